@@ -1,0 +1,211 @@
+"""Run a script or `-m module` as `__main__`, exactly as `python` would.
+
+Modelled on coverage.py's PyRunner: the user's code sees the `sys.argv`, `sys.path[0]`,
+`__main__` module, `__file__`, `__spec__` and `__loader__` that plain `python` gives it; it is
+compiled with `dont_inherit=True` so detrun's own `from __future__` flags never leak into it;
+its tracebacks carry none of detrun's frames; and its exit status passes through unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.machinery
+import importlib.util
+import io
+import os
+import signal
+import sys
+import tokenize
+import types
+from typing import Callable
+
+from detrun.errors import DetrunError, ScriptNotFound
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What to run: a script path or a module name, and its arguments."""
+
+    name: str
+    args: tuple[str, ...] = ()
+    is_module: bool = False
+
+    @property
+    def display(self) -> str:
+        """Return the target as a user would type it after `python`."""
+        return f"-m {self.name}" if self.is_module else self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedTarget:
+    """A target whose source file has been found."""
+
+    target: Target
+    path: str  # absolute path of the file whose code runs as __main__
+    sha256: str
+
+
+def _module_spec(name: str) -> importlib.machinery.ModuleSpec:
+    """Find a module's spec as `python -m` does, following packages to their __main__."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError) as exc:
+        raise ScriptNotFound(f"no module named {name!r} ({exc})") from None
+    if spec is None:
+        raise ScriptNotFound(f"no module named {name!r}")
+    if spec.submodule_search_locations is not None:  # a package: run its __main__, as runpy does
+        if name == "__main__" or name.endswith(".__main__"):
+            raise ScriptNotFound(f"cannot use package {name!r} as __main__")
+        return _module_spec(name + ".__main__")
+    if spec.origin is None or not os.path.isfile(spec.origin):
+        raise ScriptNotFound(f"module {name!r} has no source file to run")
+    return spec
+
+
+def resolve(target: Target) -> ResolvedTarget:
+    """Find the target's file and hash it; raise ScriptNotFound with one clear line if absent."""
+    if target.is_module:
+        path = _module_spec(target.name).origin
+        assert path is not None
+    else:
+        path = target.name
+        if os.path.isdir(path):
+            path = os.path.join(path, "__main__.py")
+        if not os.path.isfile(path):
+            raise ScriptNotFound(f"no such script: {target.name}")
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError as exc:
+        raise ScriptNotFound(f"cannot read {target.name}: {exc.strerror}") from None
+    return ResolvedTarget(target, os.path.abspath(path), digest)
+
+
+def _read_source(path: str) -> str:
+    """Read Python source honouring its coding cookie, with universal newlines, as `python` does."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    return io.TextIOWrapper(io.BytesIO(raw), encoding).read()
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How the user's code ended, so the caller can finish its own work before exiting the same way."""
+
+    exit_status: int
+    system_exit: SystemExit | None = None
+    keyboard_interrupt: bool = False
+
+    def finish(self) -> None:
+        """Leave the interpreter exactly as `python` would have for this outcome."""
+        if self.keyboard_interrupt:
+            # CPython exits through SIGINT after an unhandled KeyboardInterrupt, so the shell sees it.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        if self.system_exit is not None:
+            raise self.system_exit
+        sys.exit(self.exit_status)
+
+
+def exit_status_of(code: object) -> int:
+    """Map a SystemExit code to the process exit status, as CPython's handler does."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF  # the OS keeps the low byte: sys.exit(-1) is status 255
+    return 1  # CPython prints the object to stderr and exits 1
+
+
+class Runner:
+    """Set up `__main__` for one target and execute it."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.resolved = resolve(target)
+
+    def _main_module(self) -> tuple[types.ModuleType, types.CodeType]:
+        """Build the fresh `__main__` module and the code to run in it."""
+        main = types.ModuleType("__main__")
+        main.__builtins__ = sys.modules["builtins"]  # type: ignore[attr-defined]
+        path = self.resolved.path
+        if self.target.is_module:
+            # Mirrors runpy._run_module_as_main + runpy._run_code (CPython 3.10-3.13).
+            spec = _module_spec(self.target.name)
+            loader = spec.loader
+            code = loader.get_code(spec.name)  # type: ignore[union-attr]
+            if code is None:
+                raise ScriptNotFound(f"no code object available for {self.target.name}")
+            main.__file__ = spec.origin
+            main.__cached__ = spec.cached  # type: ignore[attr-defined]
+            main.__loader__ = loader
+            main.__package__ = spec.parent
+            main.__spec__ = spec
+        else:
+            # Mirrors pymain_run_file -> _PyRun_SimpleFileObject (CPython 3.11).
+            code = compile(_read_source(path), path, "exec", dont_inherit=True)
+            main.__file__ = path
+            main.__cached__ = None  # type: ignore[attr-defined]
+            main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+            main.__package__ = None
+            main.__spec__ = None
+        return main, code
+
+    def _prepare_sys(self, main: types.ModuleType) -> None:
+        """Set sys.argv, sys.path[0] and sys.modules['__main__'] as python sets them."""
+        if self.target.is_module:
+            sys.argv = [self.resolved.path, *self.target.args]
+            path0 = os.getcwd()
+        else:
+            sys.argv = [self.target.name, *self.target.args]
+            script = self.target.name
+            if os.path.isdir(script):
+                path0 = os.path.abspath(script)
+            else:
+                path0 = os.path.dirname(os.path.realpath(script))
+        # Under -P / PYTHONSAFEPATH python prepends nothing; the child was started the same way.
+        if not sys.flags.safe_path:
+            sys.path[0] = path0
+        sys.modules["__main__"] = main
+        # multiprocessing's spawn start method reads __main__.__file__/__spec__ to re-import the script
+        # as __mp_main__ in each child; a fresh module with python's attributes gives it exactly that.
+
+    def run(self, on_exception: Callable[[BaseException], None] | None = None) -> Outcome:
+        """Execute the target; return how it ended instead of exiting."""
+        main, code = self._main_module()
+        self._prepare_sys(main)
+        try:
+            exec(code, main.__dict__)
+        except SystemExit as exc:
+            return Outcome(exit_status_of(exc.code), system_exit=exc)
+        except BaseException as exc:  # noqa: BLE001 - the user's exception, reported as python would
+            if on_exception is not None:
+                on_exception(exc)
+            _report_user_exception(exc)
+            return Outcome(1 if not isinstance(exc, KeyboardInterrupt) else 130,
+                           keyboard_interrupt=isinstance(exc, KeyboardInterrupt))
+        return Outcome(0)
+
+
+def _strip_own_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """Drop the leading traceback entries that belong to detrun, so the user sees only their code."""
+    own_dir = os.path.dirname(os.path.abspath(__file__))
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(own_dir + os.sep):
+        tb = tb.tb_next
+    return tb
+
+
+def _report_user_exception(exc: BaseException) -> None:
+    """Show an uncaught exception through sys.excepthook, the way the interpreter does."""
+    tb = _strip_own_frames(exc.__traceback__)
+    exc.__traceback__ = tb
+    try:
+        sys.excepthook(type(exc), exc, tb)
+    except BaseException:  # noqa: BLE001 - mirrors CPython's "Error in sys.excepthook"
+        sys.stderr.write("Error in sys.excepthook:\n")
+        sys.__excepthook__(*sys.exc_info())
+        sys.stderr.write("\nOriginal exception was:\n")
+        sys.__excepthook__(type(exc), exc, tb)
+
+
+__all__ = ["Target", "ResolvedTarget", "Runner", "Outcome", "resolve", "exit_status_of", "DetrunError"]
