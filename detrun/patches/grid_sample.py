@@ -1,0 +1,4 @@
+"""Placeholder."""
+from __future__ import annotations
+
+PATCHES: tuple = ()

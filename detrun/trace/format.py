@@ -1,0 +1,59 @@
+"""Constants and value codecs of the trace format, shared by the writer and the reader.
+
+A trace is one zstd stream (possibly several frames) of msgpack objects:
+
+1. the header, a map with `format: "detrun-trace"` and an integer `version`;
+2. events, each a two-element array `[kind_id, payload]`; kind ids are declared in the stream by
+   `[DECLARE_KIND, [kind_id, name, role]]` before their first use, so a reader needs no table and a
+   step costs a one-byte kind;
+3. last, `[END, {...}]`: exit status, event counts, steps, `complete`.
+
+Payloads are plain msgpack data. Integers outside msgpack's 64-bit range travel as ExtType
+`EXT_BIGINT` (two's complement, big-endian). Nothing is ever pickled.
+"""
+from __future__ import annotations
+
+import msgpack
+
+FORMAT_NAME = "detrun-trace"
+FORMAT_VERSION = 1
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+DECLARE_KIND = 0
+END = 1
+FIRST_USER_KIND = 2
+
+EXT_BIGINT = 1
+
+
+def _default(obj: object) -> object:
+    """Encode the few non-msgpack values a trace may hold."""
+    if isinstance(obj, int):  # only reached for ints beyond 64 bits
+        length = (obj.bit_length() + 8) // 8
+        return msgpack.ExtType(EXT_BIGINT, obj.to_bytes(length, "big", signed=True))
+    if isinstance(obj, (tuple, set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a trace")
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    """Decode ExtTypes; unknown ones stay opaque rather than being executed or trusted."""
+    if code == EXT_BIGINT:
+        return int.from_bytes(data, "big", signed=True)
+    return msgpack.ExtType(code, data)
+
+
+def make_packer() -> msgpack.Packer:
+    """Return the packer every trace writer uses."""
+    return msgpack.Packer(default=_default, use_bin_type=True)
+
+
+def make_unpacker() -> msgpack.Unpacker:
+    """Return an incremental unpacker with limits that keep a hostile file from exhausting memory."""
+    return msgpack.Unpacker(
+        raw=False,
+        use_list=True,
+        strict_map_key=False,
+        ext_hook=_ext_hook,
+        max_buffer_size=256 * 1024 * 1024,
+    )

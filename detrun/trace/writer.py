@@ -1,0 +1,116 @@
+"""Write a trace: a header, events in flushed chunks, then an end record."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, BinaryIO
+
+import zstandard
+
+from detrun.trace.format import (
+    DECLARE_KIND,
+    END,
+    FIRST_USER_KIND,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    make_packer,
+)
+
+# A chunk is compressed and flushed to disk once it holds this many bytes or is this old, so a
+# killed run loses at most about one chunk while a step still costs only a bytearray append.
+CHUNK_BYTES = 64 * 1024
+CHUNK_SECONDS = 1.0
+ZSTD_LEVEL = 6
+
+
+class TraceWriter:
+    """Append events to a trace file; the main process's writer also merges child segments."""
+
+    def __init__(self, path: str, header: dict[str, Any] | None = None, *, segment: str | None = None) -> None:
+        self.path = path
+        self._file: BinaryIO = open(path, "wb")
+        self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).stream_writer(self._file, closefd=False)
+        self._packer = make_packer()
+        self._buffer = bytearray()
+        self._kind_ids: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
+        self._last_flush = time.monotonic()
+        self.closed = False
+        if segment is None:
+            assert header is not None, "the main trace needs a header"
+            self._buffer += self._packer.pack({"format": FORMAT_NAME, "version": FORMAT_VERSION, **header})
+        else:
+            # A segment is the event stream of one child process (a DataLoader worker, a rank).
+            self._buffer += self._packer.pack({"segment": segment})
+        self.flush()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Return how many events of each kind were written."""
+        return dict(self._counts)
+
+    def event(self, kind: str, payload: Any) -> None:
+        """Append one event; compress and flush when the chunk is full."""
+        kind_id = self._kind_ids.get(kind)
+        if kind_id is None:
+            kind_id = self._kind_ids[kind] = len(self._kind_ids) + FIRST_USER_KIND
+            self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind]])
+        self._buffer += self._packer.pack([kind_id, payload])
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        if len(self._buffer) >= CHUNK_BYTES:
+            self.flush()
+
+    def maybe_flush(self) -> None:
+        """Flush if the pending chunk is older than CHUNK_SECONDS (called from cheap periodic points)."""
+        if self._buffer and time.monotonic() - self._last_flush >= CHUNK_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Compress the pending chunk and push it to the OS, decodable on its own."""
+        if self.closed:
+            return
+        if self._buffer:
+            self._zstd.write(bytes(self._buffer))
+            self._buffer.clear()
+        self._zstd.flush(zstandard.FLUSH_BLOCK)
+        self._file.flush()
+        self._last_flush = time.monotonic()
+
+    def _end_frame(self) -> None:
+        """Finish the current zstd frame so raw bytes can follow it."""
+        self.flush()
+        self._zstd.flush(zstandard.FLUSH_FRAME)
+        self._file.flush()
+
+    def append_segments(self, segment_paths: list[str]) -> None:
+        """Copy finished child segments into this trace as whole zstd frames, then delete them."""
+        self._end_frame()
+        for segment_path in segment_paths:
+            with open(segment_path, "rb") as segment:
+                while chunk := segment.read(1 << 20):
+                    self._file.write(chunk)
+            os.unlink(segment_path)
+        self._file.flush()
+        # Events after the segments belong to the main process again.
+        self._kind_ids.clear()
+        self._buffer += self._packer.pack({"segment": "main"})
+
+    def close(self, end: dict[str, Any] | None = None) -> int:
+        """Write the end record (main trace only), finish the stream, and return the file size."""
+        if self.closed:
+            return os.path.getsize(self.path)
+        if end is not None:
+            self._buffer += self._packer.pack([END, {**end, "counts": self.counts}])
+        self._end_frame()
+        self._zstd.close()
+        self._file.close()
+        self.closed = True
+        return os.path.getsize(self.path)
+
+
+def write_objects(path: str, objects: list[Any]) -> None:
+    """Write already-decoded trace objects verbatim as a new single-frame trace (used to salvage)."""
+    packer = make_packer()
+    with open(path, "wb") as f, zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).stream_writer(f) as z:
+        for obj in objects:
+            z.write(packer.pack(obj))
