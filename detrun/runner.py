@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.machinery
-import importlib.util
 import io
 import os
+import runpy
 import signal
 import sys
 import tokenize
@@ -45,28 +45,38 @@ class ResolvedTarget:
     sha256: str
 
 
-def _module_spec(name: str) -> importlib.machinery.ModuleSpec:
-    """Find a module's spec as `python -m` does, following packages to their __main__."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError) as exc:
-        raise ScriptNotFound(f"no module named {name!r} ({exc})") from None
-    if spec is None:
-        raise ScriptNotFound(f"no module named {name!r}")
-    if spec.submodule_search_locations is not None:  # a package: run its __main__, as runpy does
-        if name == "__main__" or name.endswith(".__main__"):
+def _find_module_file(name: str) -> str:
+    """Locate a module's source file as `python -m` would, without executing any package code.
+
+    The parent process only needs the file (to hash it); importing parent packages here would run
+    the user's `__init__` twice. The child resolves it again with runpy, which does import them.
+    """
+    search: list[str] | None = [os.getcwd(), *sys.path]  # python -m searches the cwd first
+    spec = None
+    parts = name.split(".")
+    for depth, part in enumerate(parts):
+        if not part.isidentifier():
+            raise ScriptNotFound(f"no module named {name!r}")
+        spec = importlib.machinery.PathFinder.find_spec(part if depth == 0 else ".".join(parts[:depth + 1]), search)
+        if spec is None:
+            raise ScriptNotFound(f"no module named {name!r}")
+        search = list(spec.submodule_search_locations or []) or None
+        if depth < len(parts) - 1 and search is None:
+            raise ScriptNotFound(f"no module named {name!r} ({'.'.join(parts[:depth + 1])} is not a package)")
+    assert spec is not None
+    if spec.submodule_search_locations is not None:  # a package runs its __main__, as runpy does
+        if name.endswith(".__main__") or name == "__main__":
             raise ScriptNotFound(f"cannot use package {name!r} as __main__")
-        return _module_spec(name + ".__main__")
+        return _find_module_file(name + ".__main__")
     if spec.origin is None or not os.path.isfile(spec.origin):
         raise ScriptNotFound(f"module {name!r} has no source file to run")
-    return spec
+    return spec.origin
 
 
 def resolve(target: Target) -> ResolvedTarget:
     """Find the target's file and hash it; raise ScriptNotFound with one clear line if absent."""
     if target.is_module:
-        path = _module_spec(target.name).origin
-        assert path is not None
+        path = _find_module_file(target.name)
     else:
         path = target.name
         if os.path.isdir(path):
@@ -128,14 +138,16 @@ class Runner:
         """Build the fresh `__main__` module and the code to run in it."""
         main = types.ModuleType("__main__")
         main.__builtins__ = sys.modules["builtins"]  # type: ignore[attr-defined]
+        main.__annotations__ = {}  # the interpreter's own __main__ starts with an empty one
         path = self.resolved.path
         if self.target.is_module:
-            # Mirrors runpy._run_module_as_main + runpy._run_code (CPython 3.10-3.13).
-            spec = _module_spec(self.target.name)
+            # Mirrors runpy._run_module_as_main + runpy._run_code (CPython 3.10-3.13): runpy finds the
+            # spec and code (importing parent packages, as python -m does), we run it in a fresh module.
+            try:
+                _, spec, code = runpy._get_module_details(self.target.name, ScriptNotFound)  # type: ignore[attr-defined]
+            except ScriptNotFound as exc:
+                raise ScriptNotFound(str(exc).replace("\n", " ")) from None
             loader = spec.loader
-            code = loader.get_code(spec.name)  # type: ignore[union-attr]
-            if code is None:
-                raise ScriptNotFound(f"no code object available for {self.target.name}")
             main.__file__ = spec.origin
             main.__cached__ = spec.cached  # type: ignore[attr-defined]
             main.__loader__ = loader

@@ -50,13 +50,22 @@ def apply_axis_matrices(
             return out.view(x.shape[0], *new, x.shape[1]).movedim(-1, 1)
         out = x.reshape(-1, math.prod(old)) @ kron.t()
         return out.view(*lead, *new)
-    out = x
-    # Last axis first: it needs no transposing copy.
+    out = x.contiguous()
+    # One GEMM per axis on a contiguous (lead, L, rest) view: the last axis is a right-multiplication,
+    # the others a broadcast left-multiplication (strided-batched GEMM), so no transposing copies are made.
     for axis in reversed(range(spatial)):
         dim = out.dim() - spatial + axis
-        moved = out.movedim(dim, -1)
-        out = (moved @ matrices[axis].t()).movedim(-1, dim)
-    return out.contiguous(memory_format=torch.channels_last if channels_last and out.dim() == 4 else torch.contiguous_format)
+        lead_size = math.prod(out.shape[:dim])
+        rest_size = math.prod(out.shape[dim + 1 :])
+        matrix = matrices[axis]
+        if rest_size == 1:
+            mapped = out.reshape(lead_size, out.shape[dim]) @ matrix.t()
+        else:
+            mapped = torch.matmul(matrix, out.reshape(lead_size, out.shape[dim], rest_size))
+        out = mapped.view(*out.shape[:dim], matrix.shape[0], *out.shape[dim + 1 :])
+    if channels_last and out.dim() == 4:
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def deterministic_scatter_sum(

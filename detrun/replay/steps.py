@@ -164,7 +164,7 @@ class StepVerifier:
             problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
         if rec_digest is not None and digest is not None and rec_digest != digest:
             culprits = _attribute(rec_lanes, lanes, names)
-            problems.append(f"{culprits} differ (digest recorded {rec_digest:08x}, got {digest:08x})")
+            problems.append(f"{culprits} (digest recorded {rec_digest:08x}, got {digest:08x})")
         if not _same_float(rec_loss, loss):
             problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
         if problems:
@@ -228,12 +228,12 @@ def _attribute(recorded: bytes, got: bytes, names: list[str]) -> str:
     """Name the parameters whose lanes differ (all parameters sharing a differing lane)."""
     lanes = {i for i, (a, b) in enumerate(zip(recorded, got)) if a != b}
     if not lanes:
-        return "parameters"
+        return "the parameters differ"
     suspects = [name for i, name in enumerate(names) if i % LANES in lanes]
     if len(suspects) == 1:
-        return f"parameter '{suspects[0]}'"
+        return f"parameter '{suspects[0]}' differs"
     shown = ", ".join(f"'{n}'" for n in suspects[:6])
-    return f"parameters {shown}{' …' if len(suspects) > 6 else ''}"
+    return f"parameters {shown}{' …' if len(suspects) > 6 else ''} differ"
 
 
 def _parameter_names(torch: Any, optimizer: Any, params: list[Any]) -> list[str]:

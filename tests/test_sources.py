@@ -1,0 +1,57 @@
+"""Every source of nondeterminism is recorded and fed back; departures are divergences with a call site."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import SCRIPTS, detrun, python, verdict
+
+ALL_SOURCES = str(SCRIPTS / "all_sources.py")
+
+
+def _values(stdout: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in stdout.splitlines())
+
+
+def test_every_source_differs_plainly_and_replays_exactly(workdir: Path) -> None:
+    first, second = (_values(python(ALL_SOURCES, cwd=workdir).stdout) for _ in range(2))
+    # Everything but the isinstance check must change between two plain runs; otherwise the test
+    # would prove nothing about that source.
+    changing = {key for key in first if first[key] != second[key]}
+    assert changing == set(first) - {"isinstance"}, sorted(set(first) - changing)
+
+    recorded = detrun("record", ALL_SOURCES, cwd=workdir)
+    assert recorded.returncode == 0, recorded.stderr
+    for _ in range(2):
+        replayed = detrun("replay", "trace.zst", cwd=workdir)
+        assert replayed.returncode == 0, replayed.stderr
+        assert _values(replayed.stdout) == _values(recorded.stdout)
+        assert _values(replayed.stdout)["isinstance"] == "True"
+        assert "DIVERGED" not in replayed.stderr, replayed.stderr
+
+
+def test_changed_call_order_is_a_divergence_with_call_site(workdir: Path) -> None:
+    script = workdir / "order.py"
+    script.write_text(
+        "import os, random\n"
+        "if os.environ.get('SWAP'):\n"
+        "    random.seed(7)\n"
+        "print(os.urandom(4).hex())\n"
+        "random.seed(os.urandom(4))\n"
+    )
+    assert detrun("record", "-q", str(script), cwd=workdir).returncode == 0
+    same = detrun("replay", "trace.zst", cwd=workdir)
+    assert "DIVERGED" not in same.stderr
+    swapped = detrun("replay", "trace.zst", cwd=workdir, env={"SWAP": "1"})
+    line = verdict(swapped.stderr)
+    assert line.startswith("detrun: DIVERGED: random.seed() called at order.py:3, but the recording has it at "
+                           "order.py:5"), line
+
+
+def test_extra_calls_and_missing_calls_are_divergences(workdir: Path) -> None:
+    script = workdir / "extra.py"
+    script.write_text("import os\nfor _ in range(int(os.environ.get('N', '2'))):\n    os.urandom(2)\n")
+    assert detrun("record", "-q", str(script), cwd=workdir).returncode == 0
+    more = detrun("replay", "trace.zst", cwd=workdir, env={"N": "3"})
+    assert "has no counterpart in the recording" in verdict(more.stderr)
+    fewer = detrun("replay", "trace.zst", cwd=workdir, env={"N": "1"})
+    assert "1 more os.entropy event(s) that the replay never asked for" in verdict(fewer.stderr)
