@@ -151,12 +151,18 @@ def show(as_json: bool, trace: str) -> None:
 
 
 def _register_optional_commands() -> None:
-    """Attach commands whose modules are optional or heavy, without importing them eagerly."""
-    try:
-        from detrun.profiler.command import profile_command
-    except ImportError:  # the profiler package is not part of this build
-        return
-    main.add_command(profile_command, "profile")
+    """Attach the commands that live beside their own packages (each module stays thin)."""
+    import importlib
+
+    for module_name, attribute, command_name in (
+        ("detrun.profiler.command", "profile_command", "profile"),
+        ("detrun.envcmd", "env_command", "env"),
+    ):
+        try:
+            command = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError):  # not part of this build
+            continue
+        main.add_command(command, command_name)
 
 
 _register_optional_commands()

@@ -42,7 +42,8 @@ def apply_axis_matrices(
         # Small pooled side (adaptive pools to 1x1, 7x7, ...): one GEMM against the Kronecker product.
         kron = matrices[0]
         for m in matrices[1:]:
-            kron = torch.kron(kron, m)
+            # Outer product by broadcasting: torch.kron mis-handles some size-1 operands.
+            kron = (kron[:, None, :, None] * m[None, :, None, :]).reshape(kron.shape[0] * m.shape[0], -1)
         if channels_last and x.dim() == spatial + 2:
             # (N, spatial..., C) rows: the GEMM writes a channels-last result directly, without a copy.
             rows = x.movedim(1, -1).reshape(x.shape[0], math.prod(old), x.shape[1])

@@ -140,6 +140,9 @@ class Session:
         self._progress_due = 0.0
         self._progress_shown = False
         self._on_stop: list[Callable[[], None]] = []
+        # Differences that may explain a divergence (environment, pinned settings that could not
+        # be pinned), most likely first; the verdict names the first one.
+        self.causes: list[str] = []
 
     # ----------------------------------------------------------------- shared services
 
@@ -167,6 +170,11 @@ class Session:
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Register work to finish before the verdict (flush batched step digests, say)."""
         self._on_stop.append(callback)
+
+    def note_cause(self, cause: str, likely: bool = False) -> None:
+        """Remember a difference that may explain a divergence; `likely` puts it first."""
+        if cause not in self.causes:
+            self.causes.insert(0, cause) if likely else self.causes.append(cause)
 
     def hook_failed(self, where: str, exc: BaseException) -> None:
         """Report an internal failure once on stderr; the user's program carries on unchanged."""
@@ -353,7 +361,8 @@ class Session:
             more = len(self.divergences) - 1
             tail = f" (+{more} more)" if more else ""
             where = f" at step {first.step}" if first.step is not None else ""
-            return f"DIVERGED{where}: {first.message}{tail}{incomplete}"
+            cause = f"; likely cause: {self.causes[0]}" if self.causes else ""
+            return f"DIVERGED{where}: {first.message}{tail}{cause}{incomplete}"
         if self.steps == 0 and self._replayed == 0:
             return "UNVERIFIED (the run made no optimizer steps and used no recorded events: nothing was checked)"
         if self.steps == 0:

@@ -1,0 +1,37 @@
+# The two commands README.md opens with. Both set up .venv on a fresh machine first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXAMPLE := examples/train_unseeded.py
+DEMO_DIR := out/demo
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever pyproject.toml changes; torch==2.13.0 is the CPU wheel on this machine's disk.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[torch,tensorflow,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Record the bundled unseeded example, replay it, and print the verdict.
+demo: $(STAMP)
+	@mkdir -p $(DEMO_DIR)
+	@echo "== two plain runs (they differ):"
+	@$(BIN)/python $(EXAMPLE) | tail -1
+	@$(BIN)/python $(EXAMPLE) | tail -1
+	@echo "== detrun record:"
+	@$(BIN)/detrun record --force -o $(DEMO_DIR)/trace.zst $(EXAMPLE) | tail -1
+	@echo "== detrun replay:"
+	@$(BIN)/detrun replay $(DEMO_DIR)/trace.zst $(EXAMPLE) | tail -1
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
