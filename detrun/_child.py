@@ -23,6 +23,7 @@ def main() -> None:
     from detrun.replay.session import Session
     from detrun.replay.sources import all_sources
     from detrun.replay.steps import StepVerifier
+    from detrun.replay.tf_steps import TFStepVerifier
     from detrun.runner import Runner, Target
     from detrun.trace import TraceWriter, read_trace
 
@@ -44,7 +45,7 @@ def main() -> None:
         print(f"detrun: error: {exc}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
 
-    session.install([*all_sources(), StepVerifier()])
+    session.install([*all_sources(), StepVerifier(), TFStepVerifier()])
     outcome = runner.run()
     session.finish(outcome)
     outcome.finish()

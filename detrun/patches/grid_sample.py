@@ -17,6 +17,8 @@ from detrun.patches._core import Kernel, Patch
 BILINEAR, NEAREST, BICUBIC = 0, 1, 2
 ZEROS, BORDER, REFLECTION = 0, 1, 2
 CUBIC_A = -0.75  # aten's cubic convolution constant
+# Taps scattered per index_put_ call: fewer sorts and launches, at the cost of a few grad_output-sized buffers.
+TAPS_PER_SCATTER = 4
 
 
 def _unnormalize(coord: torch.Tensor, size: int, align_corners: bool) -> tuple[torch.Tensor, float]:
@@ -101,15 +103,16 @@ class _Taps:
         self.grad_rows = grad_output.to(acc).permute(0, 2, 3, 1).reshape(-1, self.channels)
         self.input_rows = input.to(acc).permute(0, 2, 3, 1).reshape(-1, self.channels)
         out_pixels = grad_output.shape[2] * grad_output.shape[3]
+        # First grad_input row of each output pixel's image (arange // size avoids a host sync).
         self.row_base = (
-            torch.arange(self.batch, device=input.device, dtype=torch.int64).repeat_interleave(out_pixels)
-            * (self.height * self.width)
-        )
+            torch.arange(self.batch * out_pixels, device=input.device, dtype=torch.int64) // max(out_pixels, 1)
+        ) * (self.height * self.width)
         self.grad_input_rows = (
             torch.zeros(self.batch * self.height * self.width, self.channels, dtype=acc, device=input.device)
             if need_input_grad
             else None
         )
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def add(
         self,
@@ -126,16 +129,28 @@ class _Taps:
         rows = self.row_base + (y.clamp(0, self.height - 1) * self.width + x.clamp(0, self.width - 1))
         weight = torch.where(inside, weight.reshape(-1), torch.zeros((), dtype=self.acc, device=weight.device))
         if self.grad_input_rows is not None:
-            # One sorted scatter sum per tap, taps in a fixed order: the sum order never changes.
-            self.grad_input_rows.index_put_((rows,), self.grad_rows * weight[:, None], accumulate=True)
+            self._pending.append((rows, self.grad_rows * weight[:, None]))
+            if len(self._pending) == TAPS_PER_SCATTER:
+                self._flush()
         if weight_dx is None or weight_dy is None:
             return None
         # The tap's input value dotted with grad_output over channels; a zero for taps outside the image.
         dot = (self.input_rows[rows] * self.grad_rows).sum(dim=1) * inside.to(self.acc)
         return dot * weight_dx.reshape(-1), dot * weight_dy.reshape(-1)
 
+    def _flush(self) -> None:
+        """Add the pending taps to grad_input with one sorted scatter sum (index_put_ accumulate)."""
+        if self._pending and self.grad_input_rows is not None:
+            rows = torch.cat([r for r, _ in self._pending])
+            values = torch.cat([v for _, v in self._pending])
+            # Duplicates are summed run by run after a stable sort, and batches of taps come in a fixed
+            # order, so the order of every floating-point addition is the same on each run.
+            self.grad_input_rows.index_put_((rows,), values, accumulate=True)
+        self._pending = []
+
     def grad_input(self, like: torch.Tensor) -> torch.Tensor | None:
         """Return grad_input in NCHW, dtype of ``like``."""
+        self._flush()
         if self.grad_input_rows is None:
             return None
         rows = self.grad_input_rows.view(self.batch, self.height, self.width, self.channels)

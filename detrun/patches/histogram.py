@@ -54,12 +54,13 @@ def histc(self: torch.Tensor, bins: int = 100, min: float = 0, max: float = 0) -
     values = self.reshape(-1).to(acc)
     # NaN fails both comparisons, so it is dropped, as in aten.
     inside = (values >= low) & (values <= high)
-    values = values[inside]
     # aten's getBin: (int)((x - min) * nbins / (max - min)), and x == max goes into the last bin.
     scaled = (values - low) * bins / (high - low)
-    index = scaled.to(torch.int64).clamp_(max=bins - 1)
-    counts = deterministic_scatter_sum(bins, index, torch.ones_like(index))
-    return counts.to(self.dtype)
+    index = torch.where(inside, scaled.clamp(0, bins), torch.full_like(scaled, bins)).to(torch.int64)
+    index = torch.where(inside, index.clamp(max=bins - 1), index)
+    # Values outside [min, max] land in a spare last bin that is dropped: no data-dependent host sync.
+    counts = deterministic_scatter_sum(bins + 1, index, torch.ones_like(index))
+    return counts[:bins].to(self.dtype)
 
 
 PATCHES: tuple[Patch, ...] = (

@@ -33,7 +33,7 @@ def last_of_each_run(positions: torch.Tensor) -> torch.Tensor:
 def put_(self: torch.Tensor, index: torch.Tensor, source: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
     """Write (or add, with ``accumulate``) ``source`` into ``self`` at flat ``index`` positions, in a fixed order."""
     if index.numel() != source.numel():
-        raise RuntimeError(
+        raise IndexError(
             f"put_(): Expected source and index to have the same number of elements, but got "
             f"source.numel() = {source.numel()}, index.numel() = {index.numel()}"
         )

@@ -10,7 +10,9 @@ from typing import Sequence
 import torch
 
 from detrun.patches._common import (
-    apply_axis_matrices,
+    AxisMap,
+    apply_axis_maps,
+    axis_map,
     compute_dtype,
     matrix_cache,
     scatter_sum_into_planes,
@@ -55,6 +57,31 @@ def avg_pool_matrix(
     return inside.to(dtype) / divisor.to(dtype)[:, None]
 
 
+@matrix_cache
+def adaptive_pool_backward_map(in_size: int, out_size: int, dtype: torch.dtype, device: torch.device) -> AxisMap:
+    """Return the transposed adaptive averaging matrix (in, out): the backward map along one axis."""
+    return axis_map(adaptive_pool_matrix(in_size, out_size, dtype, device).t())
+
+
+@matrix_cache
+def avg_pool_backward_map(
+    in_size: int,
+    out_size: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    count_include_pad: bool,
+    divisor_override: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> AxisMap:
+    """Return the transposed avg_pool matrix (in, out); with ``divisor_override`` only the window indicator."""
+    matrix = avg_pool_matrix(in_size, out_size, kernel, stride, padding, count_include_pad, dtype, device)
+    if divisor_override:
+        matrix = (matrix != 0).to(dtype)
+    return axis_map(matrix.t())
+
+
 def _channels_last(tensor: torch.Tensor) -> bool:
     """Return whether a 4-D/5-D tensor is laid out channels-last (torch keeps that layout for grad_input)."""
     if tensor.dim() == 4:
@@ -75,13 +102,12 @@ def _restore_layout(grad_input: torch.Tensor, like: torch.Tensor) -> torch.Tenso
 def _adaptive_avg_backward(grad_output: torch.Tensor, self: torch.Tensor, spatial: int) -> torch.Tensor:
     """Return grad_input of adaptive average pooling over the last ``spatial`` axes."""
     acc = compute_dtype(grad_output.dtype)
-    matrices = [
-        adaptive_pool_matrix(self.shape[-spatial + axis], grad_output.shape[-spatial + axis], acc, grad_output.device)
+    # Backward of out = P x is grad_in = P^T grad_out, axis by axis.
+    maps = [
+        adaptive_pool_backward_map(self.shape[-spatial + axis], grad_output.shape[-spatial + axis], acc, grad_output.device)
         for axis in range(spatial)
     ]
-    # Backward of out = P x is grad_in = P^T grad_out, axis by axis.
-    transposed = [m.t() for m in matrices]
-    grad = apply_axis_matrices(grad_output.to(acc), transposed, channels_last=_channels_last(self))
+    grad = apply_axis_maps(grad_output.to(acc), maps, channels_last=_channels_last(self))
     return _restore_layout(grad.to(grad_output.dtype), self)
 
 
@@ -110,25 +136,25 @@ def avg_pool3d_backward(
     strides = _triple(stride) if len(stride) else kernel  # an empty stride means stride = kernel_size
     pads = _triple(padding)
     acc = compute_dtype(grad_output.dtype)
-    matrices = []
-    for axis in range(3):
-        matrix = avg_pool_matrix(
+    maps = [
+        avg_pool_backward_map(
             self.shape[-3 + axis],
             grad_output.shape[-3 + axis],
             kernel[axis],
             strides[axis],
             pads[axis],
-            count_include_pad or divisor_override is not None,
+            count_include_pad,
+            divisor_override is not None,
             acc,
             grad_output.device,
         )
-        matrices.append(matrix.t())
+        for axis in range(3)
+    ]
     grad = grad_output.to(acc)
     if divisor_override is not None:
-        # aten divides every window by the one override, so keep only the window indicator per axis.
-        matrices = [(m != 0).to(acc) for m in matrices]
+        # aten divides every window by the one override: the per-axis maps are plain window indicators.
         grad = grad / divisor_override
-    grad = apply_axis_matrices(grad, matrices, channels_last=False)
+    grad = apply_axis_maps(grad, maps)
     return _restore_layout(grad.to(grad_output.dtype), self)
 
 

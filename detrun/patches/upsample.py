@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from detrun.patches._common import apply_axis_matrices, compute_dtype, matrix_cache, with_out
+from detrun.patches._common import AxisMap, apply_axis_maps, axis_map, compute_dtype, matrix_cache, with_out
 from detrun.patches._core import Kernel, Patch
 from detrun.patches.grid_sample import _cubic_coefficients
 
@@ -75,6 +75,20 @@ def cubic_matrix(
     return matrix
 
 
+@matrix_cache
+def backward_map(
+    builder: Callable[..., torch.Tensor],
+    in_size: int,
+    out_size: int,
+    align_corners: bool,
+    scale: float | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> AxisMap:
+    """Return the transposed interpolation matrix (in, out) of one axis: the backward map."""
+    return axis_map(builder(in_size, out_size, align_corners, scale, dtype, device).t())
+
+
 def _upsample_backward(
     grad_output: torch.Tensor,
     output_size: Sequence[int],
@@ -86,12 +100,12 @@ def _upsample_backward(
     """Return grad_input = (per-axis interpolation matrices)^T applied to grad_output."""
     spatial = len(output_size)
     acc = compute_dtype(grad_output.dtype)
-    transposed = [
-        builder(int(input_size[-spatial + axis]), int(output_size[axis]), align_corners, scales[axis], acc, grad_output.device).t()
+    maps = [
+        backward_map(builder, int(input_size[-spatial + axis]), int(output_size[axis]), align_corners, scales[axis], acc, grad_output.device)
         for axis in range(spatial)
     ]
     channels_last = grad_output.dim() == 4 and grad_output.is_contiguous(memory_format=torch.channels_last) and not grad_output.is_contiguous()
-    grad = apply_axis_matrices(grad_output.to(acc), transposed, channels_last=channels_last)
+    grad = apply_axis_maps(grad_output.to(acc), maps, channels_last=channels_last)
     return grad.to(grad_output.dtype).view(*[int(s) for s in input_size]) if grad.is_contiguous() else grad.to(grad_output.dtype)
 
 

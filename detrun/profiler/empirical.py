@@ -57,7 +57,7 @@ class Verdict:
 
 def skip_reason(func: Any) -> str | None:
     """Say why an op must not be re-run, or None when the check applies."""
-    namespace, _, name = func._name.partition("::")
+    namespace, _, name = func._schema.name.partition("::")
     if namespace in _SKIP_NAMESPACES:
         return "communication or tooling op"
     if any(part in name for part in _RANDOM_NAME_PARTS):
@@ -164,7 +164,8 @@ class _RngState:
 
     def __init__(self) -> None:
         self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        # is_initialized() first: never initialise CUDA on the user's behalf.
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
@@ -193,13 +194,17 @@ def _quiet(hide_prints: bool) -> Iterator[None]:
 
 
 def _capturing_cuda_graph() -> bool:
-    return (torch.cuda.is_available() and torch.cuda.is_initialized()
-            and torch.cuda.is_current_stream_capturing())
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def copy_inputs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Return exact copies of an op's arguments (kept for the CUDA kernel probe)."""
     return _copy_tree(args), _copy_tree(kwargs)
+
+
+def input_bytes(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Return the storage bytes behind an op's tensor arguments."""
+    return sum(t.untyped_storage().nbytes() for t in _tensors((args, kwargs)))
 
 
 def run_twice(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -209,12 +214,11 @@ def run_twice(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
         problem = _unsupported_tensor(tensor)
         if problem:
             return Verdict("skipped", problem)
-    size = sum(t.untyped_storage().nbytes() for t in _tensors((args, kwargs)))
-    if size > MAX_INPUT_BYTES:
+    if input_bytes(args, kwargs) > MAX_INPUT_BYTES:
         return Verdict("skipped", "inputs larger than 1 GiB")
     if _capturing_cuda_graph():
         return Verdict("skipped", "during CUDA graph capture")
-    custom = func._name.partition("::")[0] not in ("aten", "prims")
+    custom = func.namespace not in ("aten", "prims")
     rng = _RngState()
     results = []
     try:

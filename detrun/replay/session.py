@@ -14,6 +14,7 @@ import os
 import struct
 import sys
 import sysconfig
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -42,6 +43,7 @@ class Divergence:
     kind: str
     message: str
     step: int | None = None
+    batch: str | None = None  # "DataLoader #0 epoch 1, batch 7" when the divergence is in the data
 
 
 def call_site() -> str:
@@ -105,6 +107,14 @@ class _ImportWatcher(importlib.abc.MetaPathFinder):
                 self._on_error(f"setting up hooks for {fullname}", exc)
 
 
+_active: Session | None = None
+
+
+def active_session() -> Session | None:
+    """Return the session whose hooks are installed in this process, if any."""
+    return _active
+
+
 class Session:
     """Record or replay one process's events and produce the verdict."""
 
@@ -128,6 +138,10 @@ class Session:
         self.strict = strict
         self.quiet = quiet
         self.role = role
+        # tempfile draws random names the first time it looks for its directory; look now, in record
+        # and replay alike and before any hook, so that neither detrun nor the program shifts the
+        # program's recorded `random` seeds by being first.
+        tempfile.gettempdir()
         self.divergences: list[Divergence] = []
         self.steps = 0
         self.last_digest: int | None = None
@@ -143,6 +157,10 @@ class Session:
         # Differences that may explain a divergence (environment, pinned settings that could not
         # be pinned), most likely first; the verdict names the first one.
         self.causes: list[str] = []
+        # Child processes (DataLoader workers) write trace segments, or in replay report files,
+        # that the main session merges when it finishes.
+        self.segment_paths: list[str] = []
+        self.report_paths: list[str] = []
 
     # ----------------------------------------------------------------- shared services
 
@@ -197,6 +215,13 @@ class Session:
         assert self.trace is not None
         return self.trace.of(kind, self.role)
 
+    def take_all(self, kind: str) -> list[Any]:
+        """Return every recorded payload of a kind at once, for sources that look events up by key."""
+        events = self.recorded(kind)
+        self._replayed += len(events) - self._cursors.get(kind, 0)
+        self._cursors[kind] = len(events)
+        return events
+
     def take(self, kind: str) -> Any:
         """Return the next recorded payload of a kind, or MISSING when the recording has no more."""
         events = self.recorded(kind)
@@ -207,11 +232,12 @@ class Session:
         self._replayed += 1
         return events[index]
 
-    def exchange(self, kind: str, observed: Any, what: str, accept: Callable[[Any], bool] | None = None) -> Any:
+    def exchange(self, kind: str, observed: Any, what: str, accept: Callable[[Any], bool] | None = None,
+                 explain: Callable[[Any], str] | None = None) -> Any:
         """Record `observed`, or return the recorded value in its place; note departures as divergences.
 
         `what` names the call for messages ("random.seed()"); `accept` checks that a recorded value
-        can stand in for this call (the same byte count, say).
+        can stand in for this call (the same byte count, say), and `explain` says why it cannot.
         """
         site = call_site()
         if self.recording:
@@ -225,16 +251,17 @@ class Session:
             return observed
         recorded_site, value = recorded
         if accept is not None and not accept(value):
-            self.diverge(kind, f"{what} at {site} does not match the recorded call at {recorded_site}")
+            reason = explain(value) if explain is not None else f"does not match the recorded call at {recorded_site}"
+            self.diverge(kind, f"{what} at {site} {reason}")
             return observed
         if recorded_site != site:
             self.diverge(kind, f"{what} called at {site}, but the recording has it at {recorded_site} "
                                "(the call order changed)")
         return value
 
-    def diverge(self, kind: str, message: str, step: int | None = None) -> None:
+    def diverge(self, kind: str, message: str, step: int | None = None, batch: str | None = None) -> None:
         """Note a divergence; under --strict, stop the run here."""
-        self.divergences.append(Divergence(kind, message, step))
+        self.divergences.append(Divergence(kind, message, step, batch))
         if self.strict and len(self.divergences) == 1:
             from detrun.errors import ExitCode
 
@@ -278,6 +305,8 @@ class Session:
 
     def install(self, sources: list[Any]) -> None:
         """Install every source's hooks; a source that fails to install is reported and skipped."""
+        global _active
+        _active = self
         for source in sources:
             try:
                 source.install(self)
@@ -296,6 +325,72 @@ class Session:
                 self.hook_failed("uninstalling hooks", exc)
         if self._watcher in sys.meta_path:
             sys.meta_path.remove(self._watcher)
+        global _active
+        if _active is self:
+            _active = None
+
+    def detach(self) -> None:
+        """Undo this session's hooks in a forked child without touching the parent's trace."""
+        self.writer = None  # the child's copy of the parent's writer must never write
+        self._on_stop.clear()
+        self._failed_hooks.add("uninstalling hooks")  # stay quiet about the parent's hooks
+        self.uninstall()
+
+    # ----------------------------------------------------------------- child processes
+
+    def scratch_path(self, name: str) -> str:
+        """Return a path beside the trace for a child process's segment or report."""
+        base = self.writer.path if self.writer is not None else self.settings.get("report_base", "")
+        if not base:
+            # Named from the unhooked entropy: tempfile's own names would draw on the program's
+            # `random` and shift its recorded seeds (gettempdir() was cached before the hooks).
+            base = os.path.join(tempfile.gettempdir(), f"detrun-{os.getpid()}-{_os_urandom(6).hex()}")
+            self.settings["report_base"] = base
+        return f"{base}.{name}"
+
+    def finish_child(self) -> None:
+        """Close a child process's session: its segment in record mode, its report in replay mode."""
+        self._run_stop_callbacks()
+        self.uninstall()
+        if self.recording:
+            assert self.writer is not None
+            partial = self.writer.path
+            self.writer.close()
+            os.replace(partial, partial.removesuffix(".partial"))
+            return
+        leftovers = self.settings.get("report_path")
+        if leftovers:
+            import json
+
+            if self.trace is not None and self.trace.complete:
+                for kind, events in self.trace.events.get(self.role, {}).items():
+                    used = self._cursors.get(kind, 0)
+                    if used < len(events):
+                        self.divergences.append(Divergence(kind, f"{self.role}: the recording has "
+                                                                 f"{len(events) - used} more {kind} event(s)"))
+            with open(leftovers, "w", encoding="utf-8") as report:
+                json.dump([dataclasses.asdict(d) for d in self.divergences], report)
+
+    def _merge_children(self) -> None:
+        """Fold finished child segments into the trace, or child divergences into the verdict."""
+        if self.recording and self.writer is not None:
+            finished = [p for p in self.segment_paths if os.path.exists(p)]
+            for unfinished in self.segment_paths:
+                if os.path.exists(unfinished + ".partial"):
+                    os.unlink(unfinished + ".partial")
+            if finished:
+                self.writer.append_segments(finished)
+            return
+        import json
+
+        for path in self.report_paths:
+            try:
+                with open(path, encoding="utf-8") as report:
+                    for item in json.load(report):
+                        self.divergences.append(Divergence(**item))
+                os.unlink(path)
+            except (OSError, ValueError, TypeError):
+                continue
 
     def _run_stop_callbacks(self) -> None:
         while self._on_stop:
@@ -310,6 +405,7 @@ class Session:
         self._run_stop_callbacks()
         self._clear_progress()
         self.uninstall()
+        self._merge_children()
         if self.recording:
             self._finish_record(outcome)
         else:
@@ -345,7 +441,11 @@ class Session:
         assert self.trace is not None
         for kind, events in self.trace.events.get(self.role, {}).items():
             used = self._cursors.get(kind, 0)
-            if used < len(events) and kind != "step":
+            if used >= len(events):
+                continue
+            if kind == "step":
+                self.diverge(kind, f"the replay made {used} optimizer steps, the recording {len(events)}")
+            else:
                 self.diverge(kind, f"the recording has {len(events) - used} more {kind} event(s) "
                                    "that the replay never asked for")
         recorded_status = self.trace.end.get("exit_status") if self.trace.end else None
@@ -362,7 +462,9 @@ class Session:
             tail = f" (+{more} more)" if more else ""
             where = f" at step {first.step}" if first.step is not None else ""
             cause = f"; likely cause: {self.causes[0]}" if self.causes else ""
-            return f"DIVERGED{where}: {first.message}{tail}{cause}{incomplete}"
+            batch = next((d.batch for d in self.divergences if d.batch), None)
+            first_batch = f"; first divergent batch: {batch}" if batch and first.batch is None else ""
+            return f"DIVERGED{where}: {first.message}{tail}{first_batch}{cause}{incomplete}"
         if self.steps == 0 and self._replayed == 0:
             return "UNVERIFIED (the run made no optimizer steps and used no recorded events: nothing was checked)"
         if self.steps == 0:

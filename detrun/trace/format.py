@@ -57,3 +57,31 @@ def make_unpacker() -> msgpack.Unpacker:
         ext_hook=_ext_hook,
         max_buffer_size=256 * 1024 * 1024,
     )
+
+
+_WIDTH_TYPECODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+def pack_indices(values: list[int]) -> tuple[int, bytes]:
+    """Pack non-negative ints into the narrowest fixed width (1, 2, 4 or 8 bytes, little-endian)."""
+    import array
+    import sys
+
+    top = max(values, default=0)
+    width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
+    packed = array.array(_WIDTH_TYPECODES[width], values)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return width, packed.tobytes()
+
+
+def unpack_indices(width: int, data: bytes) -> list[int]:
+    """Invert pack_indices."""
+    import array
+    import sys
+
+    unpacked = array.array(_WIDTH_TYPECODES[width])
+    unpacked.frombytes(data)
+    if sys.byteorder == "big":
+        unpacked.byteswap()
+    return unpacked.tolist()

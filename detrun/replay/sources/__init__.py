@@ -21,12 +21,28 @@ class Source(Protocol):
 
 def all_sources() -> list[Source]:
     """Return a fresh instance of every source, in installation order."""
-    from detrun.replay.sources import entropy, numpy, pyrandom, threads, torch
+    from detrun.replay import kernels
+    from detrun.replay.sources import backends, dataloader, tensorflow, threads
+
+    return [
+        *worker_sources(),
+        threads.ThreadsSource(),
+        # After threads: its import-time pinning must not count as the script's set_num_threads call.
+        backends.BackendsSource(),
+        kernels.KernelSequence(),
+        dataloader.DataLoaderSource(),
+        tensorflow.TensorFlowSource(),
+    ]
+
+
+def worker_sources() -> list[Source]:
+    """Return the sources a DataLoader worker process records on its own."""
+    from detrun.replay.sources import entropy, fsorder, numpy, pyrandom, torch
 
     return [
         entropy.EntropySource(),
         pyrandom.PyRandomSource(),
         numpy.NumpySource(),
         torch.TorchSource(),
-        threads.ThreadsSource(),
+        fsorder.FsOrderSource(),
     ]

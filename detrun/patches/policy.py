@@ -1,0 +1,139 @@
+"""Determinism policies: the torch flags plus the patches that ``detrun record`` / ``replay`` apply.
+
+Call ``apply_policy`` right after torch is imported and before anything touches CUDA: cuBLAS reads
+``CUBLAS_WORKSPACE_CONFIG`` once, when the first handle is created, so setting it later has no effect
+(the returned dict says so in ``cublas_workspace_config_effective``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+POLICIES = ("strict", "minimal")
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+_NOTSET = object()
+_saved: dict[str, Any] | None = None
+_lock = threading.Lock()
+
+
+def apply_policy(name: str = "strict", only_ops: set[str] | None = None) -> dict[str, Any]:
+    """Turn on deterministic torch and install patches (all for "strict", those covering ``only_ops`` for "minimal")."""
+    import torch
+
+    import detrun.patches as patches
+
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    with _lock:
+        if _saved is not None:
+            _remove_policy_locked()
+        cuda_initialised = bool(torch.cuda.is_initialized())
+        saved: dict[str, Any] = {
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cublas_env": os.environ.get("CUBLAS_WORKSPACE_CONFIG", _NOTSET),
+        }
+        # Must precede CUDA initialisation: cuBLAS reads it when its first handle is created.
+        if saved["cublas_env"] is _NOTSET:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        if name == "strict":
+            wanted = patches.names()
+            requested_ops: list[str] = []
+        else:
+            requested_ops = sorted(only_ops or ())
+            wanted = sorted({p for p in (patches.patch_for_op(op) for op in requested_ops) if p is not None})
+        installed = patches.install(wanted, dispatch_key="CUDA")
+        saved["patches"] = installed
+        _set_saved(saved)
+    return {
+        "policy": name,
+        "patches": list(installed),
+        "patches_skipped": sorted(set(wanted) - set(installed)),
+        "requested_ops": requested_ops,
+        "unpatched_ops": sorted(op for op in requested_ops if patches.patch_for_op(op) is None),
+        "dispatch_key": "CUDA",
+        "flags": {
+            "use_deterministic_algorithms": True,
+            "cudnn_benchmark": False,
+            "cudnn_deterministic": True,
+            "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
+        },
+        "cublas_workspace_config_effective": not cuda_initialised,
+        "torch": torch.__version__,
+    }
+
+
+def remove_policy() -> None:
+    """Restore every flag apply_policy changed and uninstall the patches it installed."""
+    with _lock:
+        _remove_policy_locked()
+
+
+def _remove_policy_locked() -> None:
+    """Undo the active policy; the caller holds the lock."""
+    global _saved
+    if _saved is None:
+        return
+    import torch
+
+    import detrun.patches as patches
+
+    saved, _saved = _saved, None
+    for name in saved["patches"]:
+        patches.REGISTRY[name].uninstall("CUDA")
+    torch.use_deterministic_algorithms(saved["deterministic"], warn_only=saved["warn_only"])
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
+    if saved["cublas_env"] is _NOTSET:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas_env"]
+
+
+def _set_saved(saved: dict[str, Any]) -> None:
+    """Remember what apply_policy replaced."""
+    global _saved
+    _saved = saved
+
+
+FLAG_FIELDS = ("nondeterministic_cuda", "raises_in_det_mode", "measured_nondeterministic", "nondeterministic")
+FLAGGED_SEVERITIES = ("raises", "nondeterministic", "measured")
+
+
+def load_profile_ops(path: str | os.PathLike[str]) -> set[str]:
+    """Return the aten ops a ``detrun profile --json`` report flags (see detrun/profiler/SCHEMA.md).
+
+    An op counts when any of nondeterministic_cuda, raises_in_det_mode, measured_nondeterministic
+    or nondeterministic is true, or its severity is raises / nondeterministic / measured. Leniency:
+    a bare list, plain strings, "name" instead of "op", and entries with none of those fields (taken
+    as flagged) are accepted; entries without an op name are skipped.
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    entries = data.get("ops", []) if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list under 'ops'")
+    ops: set[str] = set()
+    for entry in entries:
+        if isinstance(entry, str):
+            ops.add(entry)
+            continue
+        if not isinstance(entry, dict):
+            continue
+        op = entry.get("op") or entry.get("name") or entry.get("aten_op")
+        if not isinstance(op, str) or not op:
+            continue
+        known = [entry[field] for field in FLAG_FIELDS if field in entry] + (
+            [entry["severity"] in FLAGGED_SEVERITIES] if "severity" in entry else []
+        )
+        if not known or any(value is True for value in known):
+            ops.add(op)
+    return ops

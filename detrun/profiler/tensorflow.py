@@ -1,0 +1,386 @@
+"""Profile a TensorFlow script: which ops it runs that are nondeterministic on GPU or refuse op determinism.
+
+`profile_tensorflow_script(target, steps)` runs the script in a child interpreter with
+`tf.config.experimental.enable_op_determinism()` on (and detrun's TensorFlow source installed,
+so unseeded random ops and `Generator.from_non_deterministic_state()` still run) and captures
+every op it executes eagerly or builds into a graph (`tf.function`, `model.fit`, `tf.data`
+functions) through TensorFlow's op callbacks. Capturing graph ops when they are built, before
+they run, is what lets one run list them all instead of stopping at the first one that raises.
+If an op does raise under determinism (an `UnimplementedError` on GPU), that op is noted and the
+script runs a second time with determinism off to capture the rest.
+
+Each captured op type is matched against detrun/profiler/kb/tensorflow.json (data, with the
+source of every claim), and each op is given the first line of user code behind it: for a
+gradient op, the forward line that created the op it differentiates (from the graph op's
+creation traceback, or for eager code from the call site noted when the forward op ran).
+
+    python -m detrun.profiler.tensorflow [--steps K] [--all] script.py [args...]   # JSON on stdout
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import weakref
+from collections import Counter
+from typing import Any, Iterable, Sequence, TextIO
+
+from detrun.runner import Target
+
+KB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kb", "tensorflow.json")
+_DETRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MAX_SITES = 16
+_MAX_EAGER_SITES = 200_000
+
+
+# ------------------------------------------------------------------------ knowledge base
+
+
+def load_knowledge_base(path: str = KB_PATH) -> dict[str, dict[str, Any]]:
+    """Return the knowledge-base entries that hold for the installed TF version, by op type."""
+    from detrun.profiler.kb import parse_version, version_matches
+
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    tf_version = None
+    for distribution in ("tensorflow", "tensorflow-cpu"):
+        if _installed(distribution):
+            from importlib.metadata import version
+
+            tf_version = parse_version(version(distribution))
+            break
+    entries: dict[str, dict[str, Any]] = {}
+    for entry in data["ops"]:
+        if tf_version is not None and entry.get("tf") and not version_matches(entry["tf"], tf_version):
+            continue
+        for op in entry["ops"]:
+            entries.setdefault(op, entry)
+    return entries
+
+
+def _installed(distribution: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(distribution)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------ the public entry point
+
+
+def profile_tensorflow_script(target: Target | str | Sequence[str], steps: int | None = None, *,
+                              include_all: bool = False, stdout: TextIO | int | None = None) -> list[dict[str, Any]]:
+    """Run a TF script under op determinism and list the ops the knowledge base flags, with call sites.
+
+    `target` is a Target, a script path, or [script, *args]; `steps` stops the script cleanly
+    after that many training steps (None or 0: run to the end). `include_all` lists every op
+    type the script ran, flagged or not. The script's stdout goes to `stdout` (default: ours).
+    """
+    target = _as_target(target)
+    first = _run_worker(target, steps, determinism=True, stdout=stdout)
+    runs = [first]
+    if first.get("determinism_error"):
+        # The first op without a deterministic implementation ended that run; capture the rest
+        # with determinism off, which is how the script runs without detrun.
+        runs.append(_run_worker(target, steps, determinism=False, stdout=stdout))
+    return _report(runs, load_knowledge_base(), include_all)
+
+
+def _as_target(target: Target | str | Sequence[str]) -> Target:
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        return Target(target)
+    items = list(target)
+    return Target(items[0], tuple(items[1:]))
+
+
+def _run_worker(target: Target, steps: int | None, *, determinism: bool,
+                stdout: TextIO | int | None) -> dict[str, Any]:
+    """Run the script in a child interpreter under the capture; return what it captured."""
+    handle, path = tempfile.mkstemp(prefix="detrun-tfprofile-", suffix=".json")
+    os.close(handle)
+    try:
+        command = [sys.executable, "-m", "detrun.profiler.tensorflow", "--worker", path,
+                   "--steps", str(steps or 0)]
+        if not determinism:
+            command.append("--no-determinism")
+        if target.is_module:
+            command.append("-m")
+        command += ["--", target.name, *target.args]
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        status = subprocess.run(command, stdout=stdout, env=env, check=False).returncode
+        try:
+            with open(path, encoding="utf-8") as handle_in:
+                result = json.load(handle_in)
+        except (OSError, ValueError):
+            result = {"ops": {}, "raised": [], "steps": 0}
+        result["exit_status"] = status
+        return result
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _report(runs: list[dict[str, Any]], kb: dict[str, dict[str, Any]], include_all: bool) -> list[dict[str, Any]]:
+    """Merge the captures of one or two runs into the list of op dicts, worst first."""
+    merged: dict[str, dict[str, Any]] = {}
+    raised = {item["op"]: item["message"] for run in runs for item in run.get("raised", [])}
+    for run in runs:
+        for op, captured in run.get("ops", {}).items():
+            slot = merged.setdefault(op, {"count": 0, "sites": Counter(), "phases": set()})
+            slot["count"] = max(slot["count"], captured["count"])  # the same ops, seen again
+            for site in captured["sites"]:
+                slot["sites"][(site["file"], site["line"], site["function"])] += site["count"]
+            slot["phases"].update(captured["phases"])
+    for op in raised:
+        merged.setdefault(op, {"count": 1, "sites": Counter(), "phases": set()})
+    findings = []
+    for op, slot in merged.items():
+        entry = kb.get(op)
+        flagged = entry is not None and (entry.get("nondeterministic_gpu") or entry.get("raises_with_op_determinism")
+                                         or entry.get("nondeterministic_cpu"))
+        if not (flagged or op in raised or include_all):
+            continue
+        sites = [{"file": f, "line": l, "function": fn, "count": c} for (f, l, fn), c in slot["sites"].most_common(_MAX_SITES)]
+        findings.append({
+            "op": op,
+            "count": slot["count"],
+            "call_site": {k: sites[0][k] for k in ("file", "line", "function")} if sites
+            else {"file": "<unknown>", "line": 0, "function": "<unknown>"},
+            "call_sites": sites,
+            "phases": sorted(slot["phases"]),
+            "api": entry.get("api") if entry else None,
+            "nondeterministic_gpu": entry.get("nondeterministic_gpu") if entry else None,
+            "nondeterministic_cpu": entry.get("nondeterministic_cpu", False) if entry else None,
+            "raises_with_op_determinism": (True if op in raised else entry.get("raises_with_op_determinism")
+                                           if entry else None),
+            "op_determinism_fixes": entry.get("op_determinism_fixes") if entry else None,
+            "raised_here": raised.get(op),
+            "note": entry.get("note") if entry else None,
+            "source": list(entry.get("source", [])) + (["raised-here"] if op in raised else []) if entry
+            else (["raised-here"] if op in raised else []),
+        })
+    rank = {True: 0, None: 1, False: 2}
+    findings.sort(key=lambda f: (f["raised_here"] is None, rank[f["raises_with_op_determinism"]],
+                                 not f["nondeterministic_gpu"], -f["count"], f["op"]))
+    return findings
+
+
+# ------------------------------------------------------------------------ the worker (child side)
+
+
+class _StepLimit(SystemExit):
+    """End the script cleanly after K steps; a SystemExit so `except Exception:` does not swallow it."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+
+def _user_prefixes() -> tuple[str, ...]:
+    """Return the directories whose frames are never the user's call site."""
+    prefixes = {_DETRUN_DIR}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            prefixes.add(os.path.abspath(path))
+    return tuple(p + os.sep for p in sorted(prefixes))
+
+
+class OpCapture:
+    """Count every op type TF runs eagerly or builds into a graph, with the user line behind it."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, dict[str, Any]] = {}
+        self._internal = _user_prefixes()
+        self._eager_sites: dict[int, tuple[Any, tuple[str, int, str]]] = {}
+        self._lock = threading.Lock()
+        self.stop_requested = False
+
+    def _is_user(self, filename: str) -> bool:
+        return not (filename.startswith(self._internal) or filename.startswith("<")
+                    or "site-packages" in filename or "dist-packages" in filename)
+
+    def _stack_site(self) -> tuple[tuple[str, int, str] | None, Any]:
+        """Return the nearest user frame, and the forward site if a gradient function is on the stack."""
+        frame = sys._getframe(2)
+        user = None
+        forward = None
+        while frame is not None:
+            code = frame.f_code
+            if forward is None and code.co_name in ("_gradient_function", "_GradientsHelper"):
+                forward = self._forward_site(frame)
+            if user is None and self._is_user(code.co_filename):
+                user = (code.co_filename, frame.f_lineno, code.co_name)
+            frame = frame.f_back
+        return user, forward
+
+    def _forward_site(self, frame: Any) -> tuple[str, int, str] | bool:
+        """Return the user line that built the op being differentiated (True: backward, site unknown)."""
+        local = frame.f_locals
+        candidates: list[Any] = []
+        if "op" in local:  # gradients_util._GradientsHelper: the graph op itself
+            candidates.append(local["op"])
+        for tensor in local.get("outputs") or ():  # backprop._gradient_function: its outputs
+            if tensor is None:
+                continue
+            site = self._eager_sites.get(id(tensor))
+            if site is not None and site[0]() is tensor:
+                return site[1]
+            candidates.append(getattr(tensor, "op", None))  # graph tensors only: eager ones have no op
+        for op in candidates:
+            try:
+                trace = op.traceback if op is not None else None
+            except Exception:  # noqa: BLE001 - eager tensors have no op
+                trace = None
+            for entry in reversed(list(trace or ())):
+                if self._is_user(entry.filename):
+                    return (entry.filename, entry.lineno, entry.name)
+        return True
+
+    def callback(self, op_type: str, inputs: Any, attrs: Any, outputs: Any, op_name: Any = None,
+                 graph: Any = None) -> None:
+        """The op callback: note the op type and its user line; never change the op's outputs."""
+        try:
+            user, forward = self._stack_site()
+            phase = "backward" if forward else "forward"
+            site = forward if isinstance(forward, tuple) else user
+            with self._lock:
+                slot = self.ops.setdefault(op_type, {"count": 0, "sites": Counter(), "phases": set()})
+                slot["count"] += 1
+                slot["phases"].add(phase)
+                if site is not None:
+                    slot["sites"][site] += 1
+                if graph is None and outputs and user is not None:
+                    self._remember_eager(outputs, user)
+        except Exception:  # noqa: BLE001 - bookkeeping must never break the script
+            pass
+        if self.stop_requested and threading.current_thread() is threading.main_thread():
+            self.stop_requested = False
+            raise _StepLimit()
+
+    def _remember_eager(self, outputs: Iterable[Any], site: tuple[str, int, str]) -> None:
+        if len(self._eager_sites) > _MAX_EAGER_SITES:
+            self._eager_sites.clear()
+        for tensor in outputs:
+            try:
+                self._eager_sites[id(tensor)] = (weakref.ref(tensor), site)
+            except TypeError:
+                continue
+
+    def to_json(self) -> dict[str, Any]:
+        return {op: {"count": slot["count"], "phases": sorted(slot["phases"]),
+                     "sites": [{"file": f, "line": l, "function": fn, "count": c}
+                               for (f, l, fn), c in slot["sites"].most_common(_MAX_SITES)]}
+                for op, slot in self.ops.items()}
+
+
+def _determinism_op(exc: BaseException, capture: OpCapture) -> str | None:
+    """Return the op type behind an error that op determinism raised, or None for other errors."""
+    message = str(exc)
+    # UnimplementedError ("Deterministic GPU implementation of ... not available"),
+    # FailedPreconditionError ("Timestamp cannot be called when determinism is enabled").
+    if "determinis" not in message.lower():
+        return None
+    op = getattr(getattr(exc, "op", None), "type", None)
+    if op:
+        return str(op)
+    match = re.search(r"\[Op:(\w+)\]", message) or re.search(r"__wrapped__(\w+?)_device_", message)
+    if match:
+        return match.group(1)
+    for known in sorted(capture.ops, key=len, reverse=True):
+        if known in message:
+            return known
+    return "<unknown>"
+
+
+def _worker(out_path: str, target: Target, steps: int, determinism: bool) -> None:
+    """Run the target under the capture and write what it saw to out_path; exit as the script did."""
+    from detrun.replay.session import Session
+    from detrun.replay.sources.tensorflow import TensorFlowSource
+    from detrun.replay.tf_steps import TFStepVerifier
+    from detrun.runner import Runner
+
+    capture = OpCapture()
+    raised: list[dict[str, str]] = []
+
+    class ProfileSession(Session):
+        """A record-mode session that keeps nothing and stops the script after `steps` steps."""
+
+        def emit(self, kind: str, payload: Any) -> None:
+            return None
+
+        def on_step(self) -> None:
+            self.steps += 1
+            if steps and self.steps >= steps:
+                if threading.current_thread() is threading.main_thread():
+                    raise _StepLimit()
+                capture.stop_requested = True  # a py_function step: stop at the next eager op
+
+    session = ProfileSession("record", quiet=True, settings={"tf_op_determinism": determinism,
+                                                              "digest_every": 1 << 62})
+
+    def hook(tf: Any) -> None:
+        from tensorflow.python.framework import op_callbacks  # type: ignore[import-not-found]
+
+        op_callbacks.add_op_callback(capture.callback)
+
+    session.when_imported("tensorflow", hook)
+    session.install([TensorFlowSource(), TFStepVerifier()])
+
+    def on_exception(exc: BaseException) -> None:
+        op = _determinism_op(exc, capture)
+        if op is not None:
+            raised.append({"op": op, "message": str(exc).strip().splitlines()[0][:400]})
+
+    outcome = Runner(target).run(on_exception=on_exception)
+    stopped = isinstance(outcome.system_exit, _StepLimit)
+    with open(out_path, "w", encoding="utf-8") as handle:
+        json.dump({"ops": capture.to_json(), "raised": raised, "steps": session.steps,
+                   "stopped_by_limit": stopped, "determinism": determinism,
+                   "determinism_error": bool(raised)}, handle)
+    session.uninstall()
+    if stopped:
+        sys.exit(0)
+    outcome.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m detrun.profiler.tensorflow [--steps K] [--all] [-m] SCRIPT [ARGS...]`: print the JSON list."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m detrun.profiler.tensorflow",
+                                     description="List the ops a TensorFlow script runs that are "
+                                                 "nondeterministic on GPU or raise under op determinism.")
+    parser.add_argument("--steps", type=int, default=0, help="stop after K training steps (0: run to the end)")
+    parser.add_argument("--all", action="store_true", help="list every op type, flagged or not")
+    parser.add_argument("-m", dest="module", action="store_true", help="SCRIPT is a module name")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--no-determinism", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("script")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    options = parser.parse_args(argv)
+    args = options.args[1:] if options.args[:1] == ["--"] else options.args
+    target = Target(options.script, tuple(args), options.module)
+    if options.worker:
+        _worker(options.worker, target, options.steps, not options.no_determinism)
+        return
+    # The script's own stdout goes to stderr so that stdout carries only the JSON.
+    findings = profile_tensorflow_script(target, options.steps, include_all=options.all, stdout=sys.stderr.fileno())
+    json.dump(findings, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

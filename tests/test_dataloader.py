@@ -1,0 +1,158 @@
+"""Data order: DataLoader order, worker seeds and RNGs (fork and spawn), per-batch digests, file listings."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, detrun, python, verdict, weights_sha
+
+EXAMPLE = str(EXAMPLES / "train_dataloader.py")
+
+
+@pytest.fixture
+def reorderable_tmp() -> Path:
+    """Return a temporary directory on tmpfs when there is one: it lists files in creation order,
+    so two copies made in different orders really list differently (ext4 orders by name hash)."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="detrun-test-", dir=base))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_data(root: Path, order: str, count: int = 160) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    result = python(EXAMPLE, "--data", str(root / "data"), "--make-data", str(count), "--make-order", order)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.mark.parametrize("context,extra", [("fork", []), ("spawn", ["--persistent"])])
+def test_dataloader_runs_differ_plainly_and_replay_exactly(context: str, extra: list[str],
+                                                          reorderable_tmp: Path) -> None:
+    first = _make_data(reorderable_tmp / "first", "forward")
+    args = [EXAMPLE, "--data", "data", "--context", context, "--epochs", "2", *extra]
+    plain = [python(*args, cwd=first) for _ in range(2)]
+    assert all(p.returncode == 0 for p in plain), plain[0].stderr
+    assert weights_sha(plain[0].stdout) != weights_sha(plain[1].stdout)
+
+    recorded = detrun("record", "-q", *args, cwd=first)
+    assert recorded.returncode == 0, recorded.stderr
+    replayed = detrun("replay", "trace.zst", cwd=first)
+    assert verdict(replayed.stderr).startswith("detrun: REPRODUCED"), replayed.stderr
+    assert weights_sha(replayed.stdout) == weights_sha(recorded.stdout)
+
+    # The same data in a directory whose files were created in the opposite order.
+    second = _make_data(reorderable_tmp / "second", "reverse")
+    if reorderable_tmp.parent == Path("/dev/shm"):
+        assert os.listdir(first / "data") != os.listdir(second / "data"), "the copy lists in the same order"
+    shutil.copy(first / "trace.zst", second / "trace.zst")
+    moved = detrun("replay", "trace.zst", cwd=second)
+    assert verdict(moved.stderr).startswith("detrun: REPRODUCED"), moved.stderr
+    assert weights_sha(moved.stdout) == weights_sha(recorded.stdout)
+
+    # The trace holds the workers' own segments, for each worker.
+    shown = detrun("show", "trace.zst", cwd=first)
+    assert "dl0.i0.w0" in shown.stdout and "dl0.i0.w1" in shown.stdout, shown.stdout
+
+
+def test_changed_dataset_is_diverged_naming_epoch_and_batch(tmp_path: Path) -> None:
+    root = _make_data(tmp_path, "forward")
+    args = [EXAMPLE, "--data", "data", "--epochs", "1"]
+    assert detrun("record", "-q", *args, cwd=root).returncode == 0
+
+    files = sorted(os.listdir(root / "data"))
+    (root / "data" / files[0]).unlink()  # a different length
+    shorter = detrun("replay", "trace.zst", cwd=root)
+    line = verdict(shorter.stderr)
+    assert line.startswith("detrun: DIVERGED") and f"missing ['{files[0]}']" in line, line
+    assert "first divergent batch: DataLoader #0 epoch 0, batch 0" in line, line
+
+    (root / "data" / "0_99999.txt").write_text((root / "data" / files[1]).read_text())  # different files
+    different = detrun("replay", "trace.zst", cwd=root)
+    line = verdict(different.stderr)
+    assert "added ['0_99999.txt']" in line and "DataLoader #0 epoch 0, batch" in line, line
+
+
+def test_changed_augmentation_names_the_first_divergent_batch(tmp_path: Path) -> None:
+    root = _make_data(tmp_path, "forward")
+    args = [EXAMPLE, "--data", "data", "--epochs", "2"]
+    assert detrun("record", "-q", *args, cwd=root).returncode == 0
+    changed = detrun("replay", "trace.zst", cwd=root, env={"AUGMENT_SCALE": "0.2"})
+    line = verdict(changed.stderr)
+    assert line.startswith("detrun: DIVERGED: DataLoader #0 epoch 0, batch 0: field [0] differs"), line
+
+
+LISTINGS = '''
+import glob, os, pathlib
+print(os.listdir("d"))
+print([e.name for e in os.scandir("d")])
+print([(root, sorted(dirs) == dirs or dirs, files) for root, dirs, files in os.walk("d")])
+print(glob.glob("d/*"))
+print(list(glob.iglob("d/**/*.txt", recursive=True)))
+print([p.name for p in pathlib.Path("d").iterdir()])
+print([str(p) for p in pathlib.Path("d").glob("*.txt")])
+print([str(p) for p in pathlib.Path("d").rglob("*.txt")])
+'''
+
+
+def _make_tree(root: Path, reverse: bool) -> None:
+    names = [f"f{i:02d}.txt" for i in range(12)] + ["sub/s1.txt", "sub/s2.txt"]
+    for name in reversed(names) if reverse else names:
+        (root / "d" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "d" / name).write_text(name)
+
+
+def test_every_listing_api_replays_the_recorded_order(reorderable_tmp: Path) -> None:
+    first, second = reorderable_tmp / "a", reorderable_tmp / "b"
+    for root, reverse in ((first, False), (second, True)):
+        root.mkdir()
+        (root / "listings.py").write_text(LISTINGS)
+        _make_tree(root, reverse)
+    plain_first, plain_second = (python("listings.py", cwd=r).stdout for r in (first, second))
+    if reorderable_tmp.parent == Path("/dev/shm"):
+        assert plain_first != plain_second, "the two trees list in the same order"
+    recorded = detrun("record", "-q", "listings.py", cwd=first)
+    assert recorded.stdout == plain_first
+    shutil.copy(first / "trace.zst", second / "trace.zst")
+    replayed = detrun("replay", "trace.zst", cwd=second)
+    assert replayed.stdout == recorded.stdout
+    assert "DIVERGED" not in replayed.stderr, replayed.stderr
+
+    (second / "d" / "extra.txt").write_text("new")
+    added = detrun("replay", "trace.zst", cwd=second)
+    line = verdict(added.stderr)
+    assert "os.listdir('d') at listings.py:3 lists other files than the recording: added ['extra.txt'], missing []" \
+        in line, line
+
+
+ITERABLE = '''
+import numpy as np, torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        info = get_worker_info()
+        for i in range(info.id, 64, info.num_workers):
+            yield torch.tensor([i + np.random.rand()], dtype=torch.float32)
+
+if __name__ == "__main__":
+    total = sum(batch.sum().item() for batch in DataLoader(Stream(), batch_size=8, num_workers=2))
+    print(total)
+'''
+
+
+def test_iterable_dataset_batches_are_digested(tmp_path: Path) -> None:
+    (tmp_path / "stream.py").write_text(ITERABLE)
+    recorded = detrun("record", "-q", "stream.py", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    replayed = detrun("replay", "trace.zst", cwd=tmp_path)
+    assert replayed.stdout == recorded.stdout
+    assert verdict(replayed.stderr).startswith("detrun: UNVERIFIED"), replayed.stderr  # no optimizer steps
+    shown = detrun("show", "--json", "trace.zst", cwd=tmp_path)
+    import json
+
+    assert json.loads(shown.stdout)["events"]["main"]["dl.batch"] == 8
