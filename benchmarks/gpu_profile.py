@@ -67,6 +67,7 @@ def render(data: dict, stderr_text: str) -> str:
 
 
 def main() -> int:
+    """Profile the example on CUDA and write the markdown report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"))

@@ -14,6 +14,8 @@ Not part of the test suite; it prints numbers, it does not pass or fail.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 
 from detrun.profiler.capture import OpCapture
 from detrun.profiler.kb import KnowledgeBase
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "profile_ops.py")
 
 
 class SmallCNN(nn.Module):
@@ -40,6 +44,7 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Linear(2 * width * 16, 10)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the model."""
         x = self.features(images)
         x = x + self.embed(tokens).mean(1)[:, :, None, None]
         return self.classifier(x.flatten(1))
@@ -56,6 +61,7 @@ class TinyTransformer(nn.Module):
         self.head = nn.Linear(width, 1000)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the model."""
         return self.head(self.encoder(self.embed(tokens)))
 
 
@@ -69,6 +75,7 @@ def make_steps(device: torch.device) -> dict[str, Callable[[], None]]:
     labels = torch.randint(0, 10, (32,), device=device)
 
     def cnn_step() -> None:
+        """Run one CNN training step."""
         cnn_opt.zero_grad()
         F.cross_entropy(cnn(images, tokens), labels).backward()
         cnn_opt.step()
@@ -78,15 +85,39 @@ def make_steps(device: torch.device) -> dict[str, Callable[[], None]]:
     seq = torch.randint(0, 1000, (16, 64), device=device)
 
     def transformer_step() -> None:
+        """Run one transformer training step."""
         tr_opt.zero_grad()
         logits = tr(seq)
         F.cross_entropy(logits.flatten(0, 1), seq.flatten()).backward()
         tr_opt.step()
 
-    return {"cnn (batch 32, 32x32)": cnn_step, "transformer (16x64 tokens, width 128)": transformer_step}
+    # The bundled example: tiny tensors, so nearly all its time is per-op Python dispatch.  This
+    # is the worst case for any Python-level hook, shown for honesty rather than as a goal.
+    spec = importlib.util.spec_from_file_location("profile_ops_example", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)  # type: ignore[union-attr]
+    seg = example.SegNet().to(device)
+    seg_opt = torch.optim.SGD(seg.parameters(), lr=0.05)
+    seg_images = torch.randn(4, 3, 8, 8, device=device)
+    seg_tokens = torch.randint(0, example.VOCAB, (4, 10), device=device)
+    seg_slots = torch.randint(0, example.SLOTS, (10,), device=device)
+    seg_labels = torch.randint(0, example.CLASSES, (4, 4, 4), device=device)
+
+    def example_step() -> None:
+        """Run one step of examples/profile_ops.py's model."""
+        logits = seg(seg_images, seg_tokens, seg_slots)
+        weights = example.class_weights(seg_labels, torch.ones(seg_labels.shape, device=device))
+        loss = F.nll_loss(F.log_softmax(logits, dim=1), seg_labels, weight=weights)
+        seg_opt.zero_grad()
+        loss.backward()
+        seg_opt.step()
+
+    return {"cnn (batch 32, 32x32)": cnn_step, "transformer (16x64 tokens, width 128)": transformer_step,
+            "examples/profile_ops.py (tiny tensors: dispatch-bound worst case)": example_step}
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so timings include it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -107,16 +138,21 @@ def timed(step: Callable[[], None], n: int, device: torch.device, capture: OpCap
 
 
 def new_capture(kb: KnowledgeBase, empirical: bool) -> OpCapture:
+    """Build a fresh op capture judging ops by CUDA behaviour."""
     return OpCapture(kb, kb_device="cuda", run_empirical=empirical, keep_kernel_probes=False,
                      on_hook_error=lambda message: print(f"hook error: {message}", file=sys.stderr))
 
 
 def main() -> None:
+    """Time plain and profiled steps, interleaved, and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     kb = KnowledgeBase.load(torch.__version__)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "

@@ -74,11 +74,17 @@ def _target(script: str | None, args: tuple[str, ...], module: bool) -> Target |
 @click.option("-m", "--module", is_flag=True, help="Run a module (like `python -m`) instead of a script.")
 @click.option("--digest-every", default=1, show_default=True, type=click.IntRange(min=1), metavar="N",
               help="Digest all parameters every N optimizer steps (the loss is checked at every step).")
+@click.option("--policy", type=click.Choice(["strict", "minimal", "off"]), default="strict", show_default=True,
+              help="Determinism policy applied when torch is imported: strict = deterministic algorithms, "
+                   "cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG, every detrun patch; minimal = the same flags "
+                   "and only the patches for the ops a profile flagged; off = leave torch as the script sets it.")
+@click.option("--from-profile", type=click.Path(dir_okay=False), metavar="PROFILE.json",
+              help="With --policy minimal: the `detrun profile --json` output whose flagged ops to patch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary.")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def record(output: str, force: bool, module: bool, digest_every: int, quiet: bool, script: str,
-           args: tuple[str, ...]) -> None:
+def record(output: str, force: bool, module: bool, digest_every: int, policy: str, from_profile: str | None,
+           quiet: bool, script: str, args: tuple[str, ...]) -> None:
     """Run SCRIPT [ARGS]... as `python` would and record every source of nondeterminism.
 
     \b
@@ -97,7 +103,7 @@ def record(output: str, force: bool, module: bool, digest_every: int, quiet: boo
     from detrun.launch import exit_like, record as record_run
 
     exit_like(record_run(_target(script, args, module), output, force=force, quiet=quiet,
-                         digest_every=digest_every))
+                         digest_every=digest_every, policy=policy, profile_path=from_profile))
 
 
 @main.command(context_settings=SCRIPT_CONTEXT)

@@ -44,6 +44,10 @@ class ArgsChanged(DetrunError):
     """The replay's script arguments differ from the recorded ones."""
 
 
+class PolicyError(DetrunError):
+    """The determinism policy options are inconsistent or its profile is unreadable."""
+
+
 class DivergenceStop(DetrunError):
     """Replay --strict stopped at the first divergence."""
 

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from detrun import __version__, env
-from detrun.errors import ArgsChanged, OutputExists, ScriptChanged, TraceError
+from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TraceError
 from detrun.runner import Target, resolve
 from detrun.trace import read_header
 from detrun.trace.salvage import salvage
@@ -41,11 +41,28 @@ def _check_output(output: str, force: bool) -> None:
         raise OutputExists(f"cannot write {output}: {directory} is not writable")
 
 
+def _policy_ops(policy: str, profile_path: str | None) -> list[str]:
+    """Return the ops a minimal policy patches, read from a profile; refuse inconsistent options."""
+    if policy != "minimal":
+        if profile_path is not None:
+            raise PolicyError("--from-profile goes with --policy minimal")
+        return []
+    if profile_path is None:
+        raise PolicyError("--policy minimal needs --from-profile PROFILE.json (written by `detrun profile --json`)")
+    from detrun.patches.policy import load_profile_ops
+
+    try:
+        return sorted(load_profile_ops(profile_path))
+    except (OSError, ValueError) as exc:
+        raise PolicyError(f"cannot read the profile {profile_path}: {exc}") from None
+
+
 def record(target: Target, output: str, *, force: bool = False, quiet: bool = False,
-           digest_every: int = 1) -> int:
+           digest_every: int = 1, policy: str = "strict", profile_path: str | None = None) -> int:
     """Record one run of the target into `output`; return the script's exit status."""
     resolved = resolve(target)
     _check_output(output, force)
+    policy_ops = _policy_ops(policy, profile_path)
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
     hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(secrets.randbelow(2**32 - 1) + 1)
@@ -62,6 +79,8 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "hashseed_from_user": user_hashseed is not None,
             "thread_env": {name: os.environ.get(name) for name in env.THREAD_ENV_NAMES},
             "digest_every": digest_every,
+            "policy": policy,
+            "policy_ops": policy_ops,
         },
     }
     temporary = _temporary_path(output)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off stderr
 
@@ -26,6 +27,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--samples", type=int, default=384)
 parser.add_argument("--batch", type=int, default=32)
+parser.add_argument("--timing", action="store_true", help="print the seconds fit and predict took (benchmarks)")
 args = parser.parse_args()
 
 # Synthetic 12x12 "images" of three classes from numpy's global generator, never seeded.
@@ -66,12 +68,14 @@ if perturb_step:
 
     callbacks.append(Perturb())
 
+started = time.perf_counter()
 history = model.fit(x_train, y_train, batch_size=args.batch, epochs=args.epochs, shuffle=True,
                     validation_data=(x_val, y_val), callbacks=callbacks, verbose=0)
 for name, values in sorted(history.history.items()):
     print(f"history {name} {' '.join(repr(float(v)) for v in values)}")
 
 predictions = model.predict(x_val, verbose=0)
+elapsed = time.perf_counter() - started
 print(f"predictions {' '.join(f'{v:.6f}' for v in predictions[0])} "
       f"sha256 {hashlib.sha256(predictions.tobytes()).hexdigest()}")
 
@@ -80,3 +84,5 @@ for weight in model.weights:
     digest.update(weight.path.encode())
     digest.update(np.asarray(weight.numpy()).tobytes())
 print(f"weights sha256 {digest.hexdigest()}")
+if args.timing:
+    print(f"loop_seconds {elapsed:.4f}")

@@ -28,6 +28,7 @@ class SegNet(nn.Module):
         self.head = nn.Conv2d(EMBED, CLASSES, 1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Mix the image features with per-slot token embeddings and predict a class per cell."""
         x = F.relu(self.conv(images))
         x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)  # profile: interpolate
         x = self.pool(x)  # profile: adaptive_avg_pool2d
@@ -47,6 +48,7 @@ def class_weights(labels: torch.Tensor, confidence: torch.Tensor) -> torch.Tenso
 
 
 def main() -> None:
+    """Train SegNet for --steps steps, printing the loss of each."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="training steps (0: forever)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")

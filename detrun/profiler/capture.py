@@ -39,6 +39,7 @@ _forked_child = False
 def _mark_forked_child() -> None:
     # A DataLoader worker forked while the mode is pushed inherits it; its ops are not the
     # training loop's, and re-running them there would only slow data loading down.
+    """Stop observing in a process forked while the mode was pushed."""
     global _forked_child
     _forked_child = True
 
@@ -101,6 +102,7 @@ class OpRecord:
 
 def _device_type(tensor: torch.Tensor) -> str:
     # is_cuda/is_cpu are plain flags; .device builds a torch.device object on every call.
+    """Return a tensor's device type cheaply."""
     return "cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type
 
 
@@ -138,10 +140,12 @@ def signature_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tu
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
+    """Return 'float32' for torch.float32."""
     return str(dtype).replace("torch.", "")
 
 
 def _signature_dtypes_shapes(signature: tuple[Any, ...]) -> tuple[set[str], list[list[int]]]:
+    """Return the dtype names and tensor shapes a signature holds, for the report."""
     dtypes: set[str] = set()
     shapes: list[list[int]] = []
     for part in signature:
@@ -189,6 +193,7 @@ class OpCapture(TorchDispatchMode):
         return func(*args, **kwargs)
 
     def _observe(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Count one op call and note its call site, KB rule and, for a new signature, its check."""
         info = self._funcs.get(func)
         if info is None:
             info = self._describe(func)
@@ -232,6 +237,7 @@ class OpCapture(TorchDispatchMode):
 
     def _new_signature(self, record: OpRecord, signature: tuple[Any, ...], args: tuple[Any, ...],
                        kwargs: dict[str, Any]) -> None:
+        """Note a signature not seen before: shapes, the empirical check, the kernel probe."""
         with self._lock:
             if signature in record.signatures:
                 return
@@ -264,6 +270,7 @@ class OpCapture(TorchDispatchMode):
 
     def _describe(self, func: Any) -> FuncInfo:
         # OpOverload._name carries the overload ("aten::squeeze.dim"); the schema name does not.
+        """Compute and cache what the capture needs to know about an op overload."""
         name, overload = func._schema.name, func._overloadname
         try:
             skip = empirical.skip_reason(func)
@@ -282,6 +289,7 @@ class OpCapture(TorchDispatchMode):
         self._node_sites.clear()
 
     def _hook_failed(self, func: Any, exc: Exception) -> None:
+        """Keep a hook failure for the report and say it once on stderr."""
         message = f"{getattr(func, '_name', func)}: {type(exc).__name__}: {exc}"
         if len(self.hook_errors) < 20:
             self.hook_errors.append(message)
@@ -300,6 +308,7 @@ _MODE_PLUMBING = ("_compile.py", "eval_frame.py", "_python_dispatch.py", "_ops.p
 
 
 def _is_mode_plumbing(tb: Any) -> bool:
+    """Say whether a traceback entry is torch's dispatch-mode plumbing."""
     return os.path.basename(tb.tb_frame.f_code.co_filename) in _MODE_PLUMBING
 
 

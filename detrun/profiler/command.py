@@ -77,6 +77,7 @@ status before the step limit, that status is passed through.
 def profile_command(steps: int, json_path: str | None, fail_on: str | None, no_empirical: bool,
                     device: str, show_all: bool, quiet: bool, is_module: bool, script: str,
                     args: tuple[str, ...]) -> None:
+    """Profile SCRIPT and exit with detrun's code or the script's own status."""
     from detrun.profiler.session import ProfileOptions, run_profile
 
     options = ProfileOptions(target=Target(script, tuple(args), is_module), steps=steps, json_path=json_path,

@@ -90,6 +90,7 @@ def _exact_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _copy_tree(value: Any) -> Any:
+    """Copy every tensor in a nested args structure exactly; leave other values as they are."""
     if isinstance(value, torch.Tensor):
         return _exact_copy(value)
     if isinstance(value, (list, tuple)):
@@ -100,6 +101,7 @@ def _copy_tree(value: Any) -> Any:
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Yield every tensor in a nested args structure."""
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, (list, tuple)):
@@ -111,6 +113,7 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
 
 
 def _unsupported_tensor(tensor: torch.Tensor) -> str | None:
+    """Say why a tensor cannot be copied and compared faithfully, or None."""
     if type(tensor) is not torch.Tensor and not isinstance(tensor, torch.nn.Parameter):
         return "tensor subclass"
     if tensor.layout != torch.strided:
@@ -168,6 +171,7 @@ class _RngState:
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
 
     def restore(self) -> None:
+        """Put the saved generator states back."""
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
@@ -194,6 +198,7 @@ def _quiet(hide_prints: bool) -> Iterator[None]:
 
 
 def _capturing_cuda_graph() -> bool:
+    """Say whether the current CUDA stream is capturing a graph (without initialising CUDA)."""
     return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
@@ -243,5 +248,6 @@ def run_twice(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def _write_kwarg_names(func: Any) -> set[str]:
+    """Return the names of keyword-only arguments the op writes to (out=)."""
     return {arg.name for arg in func._schema.arguments
             if arg.kwarg_only and arg.alias_info is not None and arg.alias_info.is_write}

@@ -61,6 +61,7 @@ BoundArgs = Mapping[str, Any]
 
 
 def _first_tensor(args: BoundArgs) -> Any:
+    """Return the first tensor argument, or None."""
     import torch
 
     for value in args.values():
@@ -70,16 +71,19 @@ def _first_tensor(args: BoundArgs) -> Any:
 
 
 def _floating(args: BoundArgs) -> bool:
+    """Say whether the op works on floating-point or complex data."""
     tensor = args.get("self", args.get("input"))
     tensor = tensor if tensor is not None else _first_tensor(args)
     return tensor is not None and (tensor.is_floating_point() or tensor.is_complex())
 
 
 def _reduce_in(*names: str) -> Callable[[BoundArgs], bool]:
+    """Build a predicate: the `reduce` argument is one of names."""
     return lambda args: str(args.get("reduce")) in names
 
 
 def _integer_indices(args: BoundArgs) -> bool:
+    """Say whether any index tensor holds integers (which may repeat)."""
     import torch
 
     indices = args.get("indices") or ()
@@ -88,6 +92,7 @@ def _integer_indices(args: BoundArgs) -> bool:
 
 
 def _any_sparse(args: BoundArgs) -> bool:
+    """Say whether any tensor argument is sparse."""
     import torch
 
     return any(isinstance(v, torch.Tensor) and v.layout != torch.strided for v in args.values())
@@ -140,6 +145,7 @@ class Rule:
 
 
 def _rule_from_json(entry: Mapping[str, Any], device: str) -> Rule:
+    """Validate one JSON rule and build it for one device."""
     for field in ("id", "ops", "torch", "nondeterministic", "raises_in_det_mode", "det_mode_fixes", "source"):
         if field not in entry:
             raise KnowledgeBaseError(f"knowledge base entry {entry.get('id', '?')!r} lacks {field!r}")

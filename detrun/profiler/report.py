@@ -50,18 +50,22 @@ class Finding:
 
     @property
     def rule(self) -> Rule | None:
+        """Return the knowledge-base rule for the reported device, if any."""
         return self.record.rule
 
     @property
     def op(self) -> str:
+        """Return the op's display name."""
         return self.record.info.display
 
     @property
     def nondeterministic(self) -> bool | None:
+        """Return the knowledge base's claim for the reported device (None: no entry)."""
         return None if self.rule is None else self.rule.nondeterministic
 
     @property
     def severity(self) -> int:
+        """Return the severity tier used for sorting and --fail-on."""
         rule = self.rule
         if rule is not None and rule.nondeterministic and rule.raises_in_det_mode and self.patch is None:
             return RAISES
@@ -80,12 +84,14 @@ class Finding:
 
     @property
     def sources(self) -> list[str]:
+        """Return the evidence behind the finding: docs, measured-h100, empirical."""
         out = list(self.rule.source) if self.rule is not None else []
         if self.record.measured_nondeterministic:
             out.append("empirical")
         return out
 
     def measured_text(self) -> str:
+        """Summarise the empirical checks for the table."""
         verdicts = self.record.verdicts
         if not verdicts:
             return "not run"
@@ -97,6 +103,7 @@ class Finding:
         return f"{first.status}: {first.reason}" if first.reason else first.status
 
     def status_text(self) -> str:
+        """Describe the knowledge base's claim, with its evidence, for the table."""
         rule = self.rule
         if rule is None:
             return "not in knowledge base"
@@ -110,6 +117,7 @@ class Finding:
         return f"{word} ({', '.join(evidence)})" if evidence else word
 
     def det_mode_text(self) -> str:
+        """Describe what deterministic mode does to the op, for the table."""
         rule = self.rule
         if rule is None or not rule.nondeterministic:
             return "-"
@@ -181,13 +189,16 @@ class Report:
 
     @property
     def flagged(self) -> list[Finding]:
+        """Return the findings that can change bits (severity measured or worse)."""
         return [f for f in self.findings if f.severity >= MEASURED]
 
     @property
     def fail_on_nondeterministic(self) -> bool:
+        """Say whether --fail-on nondeterministic would fail."""
         return any(f.unpatched_nondeterministic for f in self.findings)
 
     def summary(self) -> dict[str, int]:
+        """Return the counts for the summary line and the JSON."""
         counts = {name: 0 for name in SEVERITY_NAMES.values()}
         for finding in self.findings:
             counts[SEVERITY_NAMES[finding.severity]] += 1

@@ -57,6 +57,7 @@ class StepCounter:
             self._handle.remove()
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Count a step, drop per-step bookkeeping, and stop at the limit."""
         self.steps += 1
         try:
             self._on_step()
@@ -90,6 +91,7 @@ class ProfileResult:
 
 
 def _import_torch() -> Any:
+    """Import torch or explain in one line how to install it."""
     try:
         import torch
     except ImportError:
@@ -119,9 +121,11 @@ def run_profile(options: ProfileOptions, stream: TextIO | None = None) -> Profil
         raise DetrunError(str(exc)) from None
 
     def warn(message: str) -> None:
+        """Print a detrun warning line."""
         say(stream, f"warning: {message}")
 
     def hook_error(message: str) -> None:
+        """Report the first failure inside the capture hook."""
         warn(f"the profiler's hook failed; the script runs on unaffected: {message}")
 
     if not options.quiet:

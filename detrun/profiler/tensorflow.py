@@ -26,7 +26,6 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import weakref
 from collections import Counter
 from typing import Any, Iterable, Sequence, TextIO
 
@@ -35,6 +34,7 @@ from detrun.runner import Target
 KB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kb", "tensorflow.json")
 _DETRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MAX_SITES = 16
+_MAX_NAMES = 8
 _MAX_EAGER_SITES = 200_000
 
 
@@ -90,6 +90,9 @@ def profile_tensorflow_script(target: Target | str | Sequence[str], steps: int |
     if first.get("determinism_error"):
         # The first op without a deterministic implementation ended that run; capture the rest
         # with determinism off, which is how the script runs without detrun.
+        ops = ", ".join(item["op"] for item in first["raised"])
+        print(f"detrun: {ops} refused op determinism; running the script again without it to list "
+              "the ops after it", file=sys.stderr)
         runs.append(_run_worker(target, steps, determinism=False, stdout=stdout))
     return _report(runs, load_knowledge_base(), include_all)
 
@@ -139,13 +142,14 @@ def _report(runs: list[dict[str, Any]], kb: dict[str, dict[str, Any]], include_a
     raised = {item["op"]: item["message"] for run in runs for item in run.get("raised", [])}
     for run in runs:
         for op, captured in run.get("ops", {}).items():
-            slot = merged.setdefault(op, {"count": 0, "sites": Counter(), "phases": set()})
+            slot = merged.setdefault(op, {"count": 0, "sites": Counter(), "phases": set(), "names": []})
             slot["count"] = max(slot["count"], captured["count"])  # the same ops, seen again
+            slot["names"] += [n for n in captured.get("names", []) if n not in slot["names"]][:_MAX_NAMES - len(slot["names"])]
             for site in captured["sites"]:
                 slot["sites"][(site["file"], site["line"], site["function"])] += site["count"]
             slot["phases"].update(captured["phases"])
     for op in raised:
-        merged.setdefault(op, {"count": 1, "sites": Counter(), "phases": set()})
+        merged.setdefault(op, {"count": 1, "sites": Counter(), "phases": set(), "names": []})
     findings = []
     for op, slot in merged.items():
         entry = kb.get(op)
@@ -161,6 +165,7 @@ def _report(runs: list[dict[str, Any]], kb: dict[str, dict[str, Any]], include_a
             else {"file": "<unknown>", "line": 0, "function": "<unknown>"},
             "call_sites": sites,
             "phases": sorted(slot["phases"]),
+            "graph_names": slot["names"],
             "api": entry.get("api") if entry else None,
             "nondeterministic_gpu": entry.get("nondeterministic_gpu") if entry else None,
             "nondeterministic_cpu": entry.get("nondeterministic_cpu", False) if entry else None,
@@ -204,9 +209,10 @@ class OpCapture:
     def __init__(self) -> None:
         self.ops: dict[str, dict[str, Any]] = {}
         self._internal = _user_prefixes()
-        self._eager_sites: dict[int, tuple[Any, tuple[str, int, str]]] = {}
+        self._eager_sites: dict[tuple[str, int, int], tuple[str, int, str]] = {}
         self._lock = threading.Lock()
         self.stop_requested = False
+        self.source_mapper_stacks: Any = None  # tensorflow.python.util.tf_stack's, once TF is imported
 
     def _is_user(self, filename: str) -> bool:
         return not (filename.startswith(self._internal) or filename.startswith("<")
@@ -217,14 +223,32 @@ class OpCapture:
         frame = sys._getframe(2)
         user = None
         forward = None
+        source_map = self._autograph_map()
         while frame is not None:
             code = frame.f_code
             if forward is None and code.co_name in ("_gradient_function", "_GradientsHelper"):
                 forward = self._forward_site(frame)
-            if user is None and self._is_user(code.co_filename):
-                user = (code.co_filename, frame.f_lineno, code.co_name)
+            if user is None:
+                # Code converted by AutoGraph runs from a generated file; map it back to the user's.
+                filename, line, function = source_map.get((code.co_filename, frame.f_lineno),
+                                                          (code.co_filename, frame.f_lineno, code.co_name))
+                if self._is_user(filename):
+                    user = (filename, line, function)
             frame = frame.f_back
         return user, forward
+
+    def _autograph_map(self) -> dict[tuple[str, int], tuple[str, int, str]]:
+        """Return AutoGraph's map from generated lines to the user's, for this thread."""
+        stacks = self.source_mapper_stacks
+        if stacks is None:
+            return {}
+        stack = stacks.get(threading.get_ident())
+        if not stack or len(stack) < 2:
+            return {}
+        try:
+            return stack[-1].get_effective_source_map()
+        except Exception:  # noqa: BLE001
+            return {}
 
     def _forward_site(self, frame: Any) -> tuple[str, int, str] | bool:
         """Return the user line that built the op being differentiated (True: backward, site unknown)."""
@@ -232,19 +256,24 @@ class OpCapture:
         candidates: list[Any] = []
         if "op" in local:  # gradients_util._GradientsHelper: the graph op itself
             candidates.append(local["op"])
-        for tensor in local.get("outputs") or ():  # backprop._gradient_function: its outputs
-            if tensor is None:
-                continue
-            site = self._eager_sites.get(id(tensor))
-            if site is not None and site[0]() is tensor:
-                return site[1]
-            candidates.append(getattr(tensor, "op", None))  # graph tensors only: eager ones have no op
+        op_name, inputs = local.get("op_name"), local.get("inputs") or ()
+        if op_name is not None:  # backprop._gradient_function: the forward op's type and inputs
+            for position, tensor in enumerate(inputs):
+                # The tape hands over only the inputs the gradient needs (None for the others).
+                site = self._eager_sites.get((op_name, position, id(tensor))) if tensor is not None else None
+                if site is not None:
+                    return site
+            for tensor in inputs:
+                try:  # graph tensors: the forward op is the consumer of that type
+                    candidates += [op for op in tensor.consumers() if op.type == op_name]
+                except Exception:  # noqa: BLE001 - eager tensors have no consumers
+                    continue
         for op in candidates:
             try:
-                trace = op.traceback if op is not None else None
-            except Exception:  # noqa: BLE001 - eager tensors have no op
-                trace = None
-            for entry in reversed(list(trace or ())):
+                trace = list(op.traceback)
+            except Exception:  # noqa: BLE001
+                continue
+            for entry in reversed(trace):
                 if self._is_user(entry.filename):
                     return (entry.filename, entry.lineno, entry.name)
         return True
@@ -253,34 +282,38 @@ class OpCapture:
                  graph: Any = None) -> None:
         """The op callback: note the op type and its user line; never change the op's outputs."""
         try:
+            if isinstance(op_type, bytes):  # eager execution passes bytes
+                op_type = op_type.decode()
             user, forward = self._stack_site()
             phase = "backward" if forward else "forward"
             site = forward if isinstance(forward, tuple) else user
             with self._lock:
-                slot = self.ops.setdefault(op_type, {"count": 0, "sites": Counter(), "phases": set()})
+                slot = self.ops.setdefault(op_type, {"count": 0, "sites": Counter(), "phases": set(), "names": []})
                 slot["count"] += 1
                 slot["phases"].add(phase)
+                if graph is not None and op_name and len(slot["names"]) < _MAX_NAMES:
+                    # Graph node names carry the layer scope ('sequential/conv/...'): where in a
+                    # Keras model the op sits when the user line is just `model.fit(...)`.
+                    name = op_name.decode() if isinstance(op_name, bytes) else str(op_name)
+                    if name not in slot["names"]:
+                        slot["names"].append(name)
                 if site is not None:
                     slot["sites"][site] += 1
-                if graph is None and outputs and user is not None:
-                    self._remember_eager(outputs, user)
+                if graph is None and user is not None and forward is None:
+                    # The tape keeps a forward op's inputs alive until its gradient runs, so
+                    # their ids name the op then.
+                    if len(self._eager_sites) > _MAX_EAGER_SITES:
+                        self._eager_sites.clear()
+                    for position, tensor in enumerate(inputs or ()):
+                        self._eager_sites[(op_type, position, id(tensor))] = user
         except Exception:  # noqa: BLE001 - bookkeeping must never break the script
             pass
         if self.stop_requested and threading.current_thread() is threading.main_thread():
             self.stop_requested = False
             raise _StepLimit()
 
-    def _remember_eager(self, outputs: Iterable[Any], site: tuple[str, int, str]) -> None:
-        if len(self._eager_sites) > _MAX_EAGER_SITES:
-            self._eager_sites.clear()
-        for tensor in outputs:
-            try:
-                self._eager_sites[id(tensor)] = (weakref.ref(tensor), site)
-            except TypeError:
-                continue
-
     def to_json(self) -> dict[str, Any]:
-        return {op: {"count": slot["count"], "phases": sorted(slot["phases"]),
+        return {op: {"count": slot["count"], "phases": sorted(slot["phases"]), "names": slot["names"],
                      "sites": [{"file": f, "line": l, "function": fn, "count": c}
                                for (f, l, fn), c in slot["sites"].most_common(_MAX_SITES)]}
                 for op, slot in self.ops.items()}
@@ -303,6 +336,12 @@ def _determinism_op(exc: BaseException, capture: OpCapture) -> str | None:
         if known in message:
             return known
     return "<unknown>"
+
+
+def _walk(tb: Any) -> Iterable[Any]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
 
 
 def _worker(out_path: str, target: Target, steps: int, determinism: bool) -> None:
@@ -333,7 +372,9 @@ def _worker(out_path: str, target: Target, steps: int, determinism: bool) -> Non
 
     def hook(tf: Any) -> None:
         from tensorflow.python.framework import op_callbacks  # type: ignore[import-not-found]
+        from tensorflow.python.util import tf_stack  # type: ignore[import-not-found]
 
+        capture.source_mapper_stacks = tf_stack._source_mapper_stacks  # noqa: SLF001
         op_callbacks.add_op_callback(capture.callback)
 
     session.when_imported("tensorflow", hook)
@@ -341,8 +382,19 @@ def _worker(out_path: str, target: Target, steps: int, determinism: bool) -> Non
 
     def on_exception(exc: BaseException) -> None:
         op = _determinism_op(exc, capture)
-        if op is not None:
-            raised.append({"op": op, "message": str(exc).strip().splitlines()[0][:400]})
+        if op is None:
+            return
+        raised.append({"op": op, "message": str(exc).strip().splitlines()[0][:400]})
+        # The op callback never saw an eager op that raised: its user line is in the traceback.
+        frames = [(tb.tb_frame.f_code, tb.tb_lineno) for tb in _walk(exc.__traceback__)]
+        for code, line in reversed(frames):
+            if capture._is_user(code.co_filename):  # noqa: SLF001
+                slot = capture.ops.setdefault(op, {"count": 0, "sites": Counter(), "phases": set(), "names": []})
+                if not slot["sites"]:
+                    slot["count"] += 1
+                    slot["phases"].add("forward")
+                    slot["sites"][(code.co_filename, line, code.co_name)] += 1
+                break
 
     outcome = Runner(target).run(on_exception=on_exception)
     stopped = isinstance(outcome.system_exit, _StepLimit)

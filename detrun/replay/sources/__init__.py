@@ -22,9 +22,10 @@ class Source(Protocol):
 def all_sources() -> list[Source]:
     """Return a fresh instance of every source, in installation order."""
     from detrun.replay import kernels
-    from detrun.replay.sources import backends, dataloader, tensorflow, threads
+    from detrun.replay.sources import backends, dataloader, policy, tensorflow, threads
 
     return [
+        policy.PolicySource(),  # first: its flags must be in place before anything records them
         *worker_sources(),
         threads.ThreadsSource(),
         # After threads: its import-time pinning must not count as the script's set_num_threads call.

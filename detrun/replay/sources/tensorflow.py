@@ -315,7 +315,10 @@ class TensorFlowSource:
         if not self._installed or self._keras_hooked:
             return
         self._keras_hooked = True
-        from keras.src.utils import rng_utils  # type: ignore[import-not-found]
+        try:
+            from keras.src.utils import rng_utils  # type: ignore[import-not-found]
+        except ImportError:
+            return  # Keras 2 (tf_keras layout): its set_random_seed reaches tf.random.set_seed, hooked above
 
         original = rng_utils.set_random_seed
         source = self

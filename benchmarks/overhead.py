@@ -1,0 +1,78 @@
+"""Measure detrun's overhead: plain vs record vs replay, interleaved, medians and ratios side by side.
+
+Each workload prints its own loop time (`loop_seconds`), so interpreter and torch start-up, which
+detrun does not change per step, stay out of the ratio; whole-process wall times are shown too.
+Absolute times on a shared 2-core machine are noisy: read the ratios, measured in the same round.
+
+    python benchmarks/overhead.py                   # both workloads, 5 rounds
+    python benchmarks/overhead.py --rounds 7 --only train
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DETRUN = [str(Path(sys.executable).with_name("detrun"))]
+WORKLOADS = {
+    "train": ("workloads/cpu_train.py", ["2000"], "steps", 2000),
+    "dataloader": ("workloads/dataloader_bound.py", ["100000"], "sample indices", 100_000),
+}
+
+
+def timed(command: list[str], cwd: str) -> tuple[float, float]:
+    """Run a command; return (loop seconds it printed, wall seconds)."""
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    match = re.search(r"loop_seconds ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    return float(match.group(1)), wall
+
+
+def measure(name: str, rounds: int) -> None:
+    script, args, unit, units = WORKLOADS[name]
+    path = str(HERE / script)
+    with tempfile.TemporaryDirectory() as work:
+        trace = os.path.join(work, "trace.zst")
+        modes = {
+            "plain": [sys.executable, path, *args],
+            "record": [*DETRUN, "record", "-q", "--force", "-o", trace, path, *args],
+            "replay": [*DETRUN, "replay", "-q", trace, path, *args],
+        }
+        timed(modes["record"], work)  # warm the file cache and give replay its first trace
+        loops: dict[str, list[float]] = {mode: [] for mode in modes}
+        walls: dict[str, list[float]] = {mode: [] for mode in modes}
+        for _ in range(rounds):
+            for mode, command in modes.items():  # interleaved: each round runs all three
+                loop, wall = timed(command, work)
+                loops[mode].append(loop)
+                walls[mode].append(wall)
+        size = os.path.getsize(trace)
+    plain_loop, plain_wall = statistics.median(loops["plain"]), statistics.median(walls["plain"])
+    print(f"\n{name}: {script} {' '.join(args)}  ({rounds} interleaved rounds, medians)")
+    print(f"{'mode':<8} {'loop s':>9} {'ratio':>7} {'wall s':>9} {'ratio':>7}")
+    for mode in modes:
+        loop, wall = statistics.median(loops[mode]), statistics.median(walls[mode])
+        print(f"{mode:<8} {loop:9.3f} {loop / plain_loop:6.3f}x {wall:9.3f} {wall / plain_wall:6.3f}x")
+    print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", choices=sorted(WORKLOADS))
+    options = parser.parse_args()
+    for name in [options.only] if options.only else list(WORKLOADS):
+        measure(name, options.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Benchmark workload: an unseeded MLP trained for many small CPU steps; prints its loop time."""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from torch import nn
+
+steps = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+torch.seed()
+model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
+start = time.perf_counter()
+for _ in range(steps):
+    loss = nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+print(f"loop_seconds {time.perf_counter() - start:.6f}")
