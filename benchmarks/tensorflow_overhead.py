@@ -2,7 +2,7 @@
 
 The example prints the seconds its `model.fit` + `model.predict` took (`--timing`), so TensorFlow's
 import (seconds, the same with or without detrun) stays out of the loop ratio; whole-process wall
-times are shown too. Record and replay also run with op determinism on, which plain does not: the
+and CPU times (all threads and processes) are shown too. Record and replay also run with op determinism on, which plain does not: the
 loop ratio includes its cost. Absolute times on a shared machine are noisy: read the ratios,
 measured in the same round.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,15 +27,21 @@ EXAMPLE = str(ROOT / "examples" / "keras_unseeded.py")
 DETRUN = [str(Path(sys.executable).with_name("detrun"))]
 
 
-def timed(command: list[str], cwd: str) -> tuple[float, float]:
-    """Run a command; return (loop seconds it printed, wall seconds)."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str], cwd: str) -> tuple[float, float, float]:
+    """Run a command; return (loop seconds it printed, wall seconds, CPU seconds of all its processes)."""
+    cpu = _children_cpu()
     start = time.perf_counter()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True, env=env)
     wall = time.perf_counter() - start
     match = re.search(r"loop_seconds ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
-    return float(match.group(1)), wall
+    return float(match.group(1)), wall, _children_cpu() - cpu
 
 
 def main() -> None:
@@ -53,20 +60,17 @@ def main() -> None:
             "replay": [*DETRUN, "replay", "-q", trace, EXAMPLE, *args],
         }
         timed(modes["record"], work)  # warm the file cache and give replay its first trace
-        loops: dict[str, list[float]] = {mode: [] for mode in modes}
-        walls: dict[str, list[float]] = {mode: [] for mode in modes}
+        samples: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in modes}
         for _ in range(options.rounds):
             for mode, command in modes.items():  # interleaved: each round runs all three
-                loop, wall = timed(command, work)
-                loops[mode].append(loop)
-                walls[mode].append(wall)
+                samples[mode].append(timed(command, work))
         size = os.path.getsize(trace)
-    plain_loop, plain_wall = statistics.median(loops["plain"]), statistics.median(walls["plain"])
+    medians = {mode: [statistics.median(column) for column in zip(*rows)] for mode, rows in samples.items()}
     print(f"keras_unseeded.py {' '.join(args)}: {steps} steps ({options.rounds} interleaved rounds, medians)")
-    print(f"{'mode':<8} {'loop s':>9} {'ratio':>7} {'wall s':>9} {'ratio':>7}")
-    for mode in modes:
-        loop, wall = statistics.median(loops[mode]), statistics.median(walls[mode])
-        print(f"{mode:<8} {loop:9.3f} {loop / plain_loop:6.3f}x {wall:9.3f} {wall / plain_wall:6.3f}x")
+    print(f"{'mode':<8} {'loop s':>8} {'ratio':>7} {'wall s':>8} {'ratio':>7} {'cpu s':>8} {'ratio':>7}")
+    for mode, values in medians.items():
+        cells = " ".join(f"{v:8.3f} {v / p:6.3f}x" for v, p in zip(values, medians["plain"]))
+        print(f"{mode:<8} {cells}")
     print(f"trace: {size} bytes = {size / steps:.1f} bytes per step")
 
 

@@ -88,6 +88,7 @@ FP32_PRECISION = (
     ("mkldnn.conv.fp32_precision", "mkldnn", "conv"),
     ("mkldnn.rnn.fp32_precision", "mkldnn", "rnn"),
 )
+_FP32_NAMES = {(backend, op): f"torch.backends.{name}" for name, backend, op in FP32_PRECISION}
 LEGACY_TF32 = ("cuda.matmul.allow_tf32", "cudnn.allow_tf32", "mkldnn.allow_tf32")
 # (flag, getter, setter) read and written through torch._C; absent functions are skipped (older torch).
 PLAIN_FLAGS = (
@@ -140,6 +141,21 @@ def describe_changes(changes: dict[str, Any], limit: int = 2) -> str:
     """Return 'torch.backends.cudnn.benchmark=True' for a change set (the first few flags)."""
     shown = ", ".join(f"{public_name(k)}={v!r}" for k, v in list(changes.items())[:limit])
     return shown + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "")
+
+
+def call_text(api: str, changes: dict[str, Any]) -> str:
+    """Return the call a change set came from, as the script spelled it where that can be told."""
+    more = f" (and {len(changes) - 1} more flags)" if len(changes) > 1 else ""
+    if api == "torch.set_float32_matmul_precision" and "float32_matmul_precision" in changes:
+        return f"{api}({changes['float32_matmul_precision']!r})"
+    if api == "torch.use_deterministic_algorithms" and "deterministic_algorithms" in changes:
+        return f"{api}({changes['deterministic_algorithms']!r})"
+    for key, value in changes.items():
+        if public_name(key) == api:
+            return f"{api} = {value!r}{more}"
+        if api.startswith("torch.backends.cuda.enable_") and public_name(key).endswith(f"{api[27:]}_enabled()"):
+            return f"{api}({value!r}){more}"
+    return f"{api} (changing {describe_changes(changes)})"
 
 
 def when(step: int) -> str:
@@ -260,6 +276,7 @@ class BackendsSource:
         self._next = 0
         self._early = False
         self._threads: list[int] | None = None
+        self._threads_next = 0
 
     # ------------------------------------------------------------ install / uninstall
 
@@ -316,7 +333,7 @@ class BackendsSource:
     def _patch_setters(self, torch: Any, originals: dict[str, Any]) -> None:
         wrapped = {}
         for name, original in originals.items():
-            wrapped[id(original)] = hooked = self._wrap(original, SETTERS[name])
+            wrapped[id(original)] = hooked = self._wrap(original, SETTERS[name], name == "_set_fp32_precision_setter")
             self._patcher.setattr(torch._C, name, hooked)
         # The cudnn/mkldnn module properties hold the C setter they were built with.
         backends = sys.modules.get("torch.backends")
@@ -328,7 +345,7 @@ class BackendsSource:
                 if setter is not None and id(setter) in wrapped and type(attribute).__name__ == "ContextProp":
                     self._patcher.setattr(attribute, "setter", wrapped[id(setter)])
 
-    def _wrap(self, original: Callable[..., Any], api: str) -> Callable[..., Any]:
+    def _wrap(self, original: Callable[..., Any], api: str, fp32: bool = False) -> Callable[..., Any]:
         source = self
 
         # Mirrors the torch._C._set_* flag setters (torch 2.x): the real call runs first, so bad
@@ -338,7 +355,8 @@ class BackendsSource:
             session = source._session
             if session is not None and not source._busy:
                 try:
-                    source._on_change(api)
+                    # _set_fp32_precision_setter(backend, op, value) serves every fp32_precision attribute.
+                    source._on_change(_FP32_NAMES.get(tuple(args[:2]), api) if fp32 else api)
                 except Exception as exc:  # noqa: BLE001 - never change what the program does
                     session.hook_failed(f"the {api} hook", exc)
             return result
@@ -394,26 +412,24 @@ class BackendsSource:
         if recorded is not None and recorded[0] == step and recorded[3] == changes:
             self._take()
             return
+        call = call_text(api, changes)
         if recorded is not None and recorded[0] == step:
             self._take()
-            message = (f"{api} at {site} set {describe_changes(changes)} {when(step)}, but the recording set "
-                       f"{describe_changes(recorded[3])} there ({recorded[1]}); pinned to the recorded flags")
-            self._diverge(message, f"backend flags differ {when(step)}: {describe_changes(changes)} instead of "
-                                   f"{describe_changes(recorded[3])}")
+            recorded_call = call_text(recorded[2], recorded[3])
+            self._diverge(f"{call} at {site} {when(step)}, but the recording made {recorded_call} there "
+                          f"({recorded[1]}); pinned to the recorded flags",
+                          f"{call} {when(step)} instead of the recorded {recorded_call}")
             self._apply({**before, **recorded[3]}, when(step))
             return
-        if recorded is None:
-            elsewhere = "the recording made no such change"
-        elif set(recorded[3]) & set(changes):
-            elsewhere = f"the recording set it {when(recorded[0])} ({recorded[1]})"
+        if recorded is not None and set(recorded[3]) & set(changes):
             self._early = True  # apply the recorded change at its own step
+            self._diverge(f"{call} at {site} {when(step)}, but the recording made that change {when(recorded[0])} "
+                          f"({recorded[1]}); pinned to the recorded flags",
+                          f"{call} made {when(step)} instead of {when(recorded[0])}")
         else:
-            elsewhere = f"the recording's next change is {describe_changes(recorded[3])} {when(recorded[0])}"
-            self._early = True
-        self._diverge(f"{api} at {site} set {describe_changes(changes)} {when(step)}, but {elsewhere}; "
-                      "pinned to the recorded flags",
-                      f"backend flag changed at a different step: {describe_changes(changes)} {when(step)}"
-                      + (f", recorded {when(recorded[0])}" if recorded is not None else ", never in the recording"))
+            self._early = recorded is not None
+            self._diverge(f"{call} at {site} {when(step)}, a change the recording does not have there; "
+                          "pinned to the recorded flags", f"{call} made {when(step)}, which the recording never did")
         self._apply(before, when(step))
 
     def _catch_up(self, steps_done: int) -> None:
@@ -428,10 +444,10 @@ class BackendsSource:
             self._take()
             if not (self._early and step <= steps_done and self._state_has(changes)):
                 if not self._early:
-                    self._diverge(f"the recording set {describe_changes(changes)} {when(step)} ({site}, {api}); "
-                                  f"the replay had not by the end of step {steps_done}; pinned to the recorded flags",
-                                  f"backend flag not changed by the replay: {describe_changes(changes)} "
-                                  f"(recorded {when(step)})")
+                    recorded_call = call_text(api, changes)
+                    self._diverge(f"the recording made {recorded_call} {when(step)} ({site}); the replay had not by "
+                                  f"the end of step {steps_done}; pinned to the recorded flags",
+                                  f"{recorded_call} (recorded {when(step)}) not made by the replay")
                 self._apply({**self._state, **changes}, f"after step {steps_done}")
 
     def _state_has(self, changes: dict[str, Any]) -> bool:
@@ -489,15 +505,41 @@ class BackendsSource:
         if session.recording:
             session.emit(THREADS_KIND, [step, site, api, now])
             return
-        from detrun.replay.session import MISSING
-
-        recorded = session.take(THREADS_KIND)
-        if recorded is not MISSING and isinstance(recorded, list) and len(recorded) == 4:
-            self._threads = list(recorded[3])
-            how = f"set by {api} at {site} {when(step)}"
-        else:
-            how = f"set by {api} at {site} {when(step)}, a call the recording does not have"
+        self._threads_overdue(step, "the replay did not")
+        recorded = self._next_threads()
+        how = f"set by {api} at {site} {when(step)}"
+        if recorded is None:
+            self._note_threads(now, f"{how}, a call the recording does not have")
+            return
+        self._take_threads(recorded)
+        if recorded[0] != step and recorded[3] == now:
+            self._session.note_cause(f"torch threads set {when(step)} ({site}), the recording set them "
+                                     f"{when(recorded[0])} ({recorded[1]})", likely=True)
         self._note_threads(now, how)
+
+    def _next_threads(self) -> list[Any] | None:
+        queue = self._session.recorded(THREADS_KIND)
+        while self._threads_next < len(queue):
+            recorded = queue[self._threads_next]
+            if isinstance(recorded, list) and len(recorded) == 4 and isinstance(recorded[3], list):
+                return recorded
+            self._take_threads(None)
+        return None
+
+    def _take_threads(self, recorded: list[Any] | None) -> None:
+        self._threads_next += 1
+        self._session.take(THREADS_KIND)
+        if recorded is not None:
+            self._threads = list(recorded[3])
+
+    def _threads_overdue(self, steps_done: int, what: str) -> None:
+        """Account for recorded thread changes whose step is over; name any count that now differs."""
+        while (recorded := self._next_threads()) is not None and recorded[0] < steps_done:
+            self._take_threads(recorded)
+            torch = self._torch
+            self._note_threads([torch.get_num_threads(), torch.get_num_interop_threads()],
+                               f"the recording set them with {recorded[2]} at {recorded[1]} {when(recorded[0])}; "
+                               f"{what}")
 
     def _note_threads(self, now: list[int], how: str) -> None:
         if self._threads is None:
@@ -519,6 +561,7 @@ class BackendsSource:
                 self._check_cuda()
             if not session.recording:
                 self._catch_up(self._steps_done)
+                self._threads_overdue(self._steps_done, "the replay did not")
         except Exception as exc:  # noqa: BLE001
             session.hook_failed("the backend flags step hook", exc)
 
@@ -547,18 +590,10 @@ class BackendsSource:
         while (recorded := self._peek()) is not None:
             self._take()
             step, site, api, changes = recorded
-            self._diverge(f"the recording set {describe_changes(changes)} {when(step)} ({site}, {api}); "
-                          "the replay never did",
-                          f"backend flag not changed by the replay: {describe_changes(changes)} (recorded {when(step)})")
-        from detrun.replay.session import MISSING
-
-        while (recorded := session.take(THREADS_KIND)) is not MISSING:
-            if isinstance(recorded, list) and len(recorded) == 4:
-                step, site, api, threads = recorded
-                session.note_cause(f"torch threads: the recording called {api} {when(step)} ({site}) and set "
-                                   f"{threads[0]} intra-op / {threads[1]} inter-op threads; the replay never did",
-                                   likely=True)
-                session.diverge(THREADS_KIND, f"the recording called {api} {when(step)} ({site}); the replay never did")
+            recorded_call = call_text(api, changes)
+            self._diverge(f"the recording made {recorded_call} {when(step)} ({site}); the replay never did",
+                          f"{recorded_call} (recorded {when(step)}) not made by the replay")
+        self._threads_overdue(sys.maxsize, "the replay never did")
 
     def _site(self) -> str:
         """Return `file:line` of the nearest frame outside detrun, torch and the standard library."""
