@@ -41,6 +41,8 @@ def main() -> None:
                       "only its recorded part can be checked", file=sys.stderr)
             session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
                               settings=config["settings"])
+            for cause in config.get("causes", []):  # environment differences, most likely first
+                session.note_cause(cause)
     except DetrunError as exc:
         print(f"detrun: error: {exc}", file=sys.stderr)
         sys.exit(int(exc.exit_code))

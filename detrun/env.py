@@ -574,3 +574,40 @@ def _plain(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(str(v) for v in value) if value else "(none)"
     return str(value)
+
+
+# ------------------------------------------------------------------------------ `detrun env`
+
+
+def describe(*, with_torch: bool = True, script_dir: str | None = None) -> dict[str, Any]:
+    """Return the fingerprint plus, if asked and installed, what torch itself reports (it imports torch)."""
+    data = fingerprint(script_dir)
+    if with_torch:
+        data["torch"] = _torch_section()
+    return data
+
+
+def _torch_section() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return f"{UNAVAILABLE} (torch not installed)"
+    except Exception as exc:  # noqa: BLE001 - a broken install still leaves the rest of the report
+        return f"{UNAVAILABLE} ({type(exc).__name__}: {exc})"
+    from detrun.replay.sources.backends import torch_state
+
+    info = torch_fingerprint(torch)
+    info["flags"] = _probe(lambda: torch_state(torch))
+    return info
+
+
+def compare_with_trace(trace_path: str, script_dir: str | None = None) -> list[Difference]:
+    """Return the classified differences between a trace's environment and this one."""
+    from detrun.trace import read_header
+
+    header = read_header(trace_path)
+    if script_dir is None:
+        script_dir = os.path.dirname(str(header.get("script", {}).get("path") or "")) or None
+    if script_dir is not None and not os.path.isdir(script_dir):
+        script_dir = None
+    return classify(diff(header.get("env", {}), fingerprint(script_dir)))

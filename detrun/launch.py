@@ -58,7 +58,8 @@ def _policy_ops(policy: str, profile_path: str | None) -> list[str]:
 
 
 def record(target: Target, output: str, *, force: bool = False, quiet: bool = False,
-           digest_every: int = 1, policy: str = "strict", profile_path: str | None = None) -> int:
+           digest_every: int = 1, policy: str = "strict", profile_path: str | None = None,
+           kernel_steps: int = 2) -> int:
     """Record one run of the target into `output`; return the script's exit status."""
     resolved = resolve(target)
     _check_output(output, force)
@@ -81,6 +82,7 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "digest_every": digest_every,
             "policy": policy,
             "policy_ops": policy_ops,
+            "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
         },
     }
     temporary = _temporary_path(output)
@@ -93,7 +95,8 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
 
 
 def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool = False,
-           allow_changed_args: bool = False, strict: bool = False, quiet: bool = False) -> int:
+           allow_changed_args: bool = False, strict: bool = False, quiet: bool = False,
+           pin_threads: bool = True) -> int:
     """Replay a trace; return the script's exit status (or ExitCode.DIVERGED under --strict)."""
     header = read_header(trace_path)
     recorded = header.get("script", {})
@@ -109,24 +112,26 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     if resolved.sha256 != recorded.get("sha256") and not allow_changed_script:
         raise ScriptChanged(f"{target.name} changed since it was recorded (sha256 {resolved.sha256[:12]}… vs "
                             f"recorded {str(recorded.get('sha256'))[:12]}…); pass --allow-changed-script to replay anyway")
-    settings = header.get("settings", {})
+    settings = {**header.get("settings", {}), "pin_threads": pin_threads}
     child_env: dict[str, str | None] = {"PYTHONHASHSEED": str(settings.get("hashseed", "0"))}
-    # Pin the thread environment the recording ran with (absent there means absent here).
-    child_env.update(settings.get("thread_env", {}))
+    if pin_threads:
+        # Pin the thread environment the recording ran with (absent there means absent here).
+        child_env.update(settings.get("thread_env", {}))
+    differences = env.classify(env.diff(header.get("env", {}), env.fingerprint(os.path.dirname(resolved.path))),
+                               threads_pinned=pin_threads)
+    # The differences that can change bits go to the session, which names the first as the likely
+    # cause if the replay diverges.
     config = {"mode": "replay", "target": _target_data(target), "trace_path": os.path.abspath(trace_path),
-              "strict": strict, "quiet": quiet, "settings": settings}
+              "strict": strict, "quiet": quiet, "settings": settings, "causes": env.causes(differences)}
     if not quiet:
-        _print_env_diff(header.get("env", {}))
+        _print_env_diff(differences)
     return _run_child(config, child_env)
 
 
-def _print_env_diff(recorded_env: dict[str, Any]) -> None:
-    """Warn about environment differences that may explain a divergence."""
-    current = env.fingerprint()
-    changes = [(k, a, b) for k, a, b in env.diff(recorded_env, current)
-               if not k.startswith(("python.executable", "git.", "env.PYTHONHASHSEED"))]
-    for key, old, new in changes[:12]:
-        print(f"detrun: environment differs: {key}: recorded {old!r}, now {new!r}", file=sys.stderr)
+def _print_env_diff(differences: list[env.Difference]) -> None:
+    """Report environment differences from the recording: those that can change bits one per line."""
+    for line in env.report_lines(differences):
+        print(f"detrun: {line}", file=sys.stderr)
 
 
 def _target_data(target: Target) -> dict[str, Any]:

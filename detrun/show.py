@@ -31,6 +31,9 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "bytes_per_step": round(trace.size / len(steps), 1) if steps else None,
         "final_digest": f"{end['final_digest']:08x}" if end.get("final_digest") is not None else None,
         "first_losses": [s[1] for s in steps[:5]],
+        # Backend flag changes the script made: where, at which optimizer step, and what changed.
+        "backend_changes": [{"step": c[0], "site": c[1], "call": c[2], "flags": c[3]}
+                            for c in trace.of("backends.set") if isinstance(c, list) and len(c) == 4],
     }
 
 

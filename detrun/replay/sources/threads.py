@@ -31,6 +31,12 @@ class ThreadsSource:
         if not isinstance(recorded, list) or recorded == observed:
             return
         intra, interop = recorded
+        if not session.settings.get("pin_threads", True):
+            # Pinning is off: run with this machine's counts, and name them if the replay diverges.
+            for label, old, new in zip(("intra-op", "inter-op"), recorded, observed):
+                if old != new:
+                    session.note_cause(f"torch {label} threads: recorded {old}, now {new} (not pinned)", likely=True)
+            return
         torch.set_num_threads(intra)
         try:
             torch.set_num_interop_threads(interop)
