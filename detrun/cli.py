@@ -49,7 +49,7 @@ def main() -> None:
       detrun record train.py --epochs 3      # run as usual, write trace.zst
       detrun replay trace.zst train.py       # re-run bit-identically; verdict on stderr
       detrun show trace.zst                  # what the trace holds
-      detrun profile train.py --steps 20     # nondeterministic ops and their patches
+      detrun profile --steps 20 train.py     # nondeterministic ops and their patches
 
     \b
     Exit codes: the script's own status passes through; 2 bad input (missing

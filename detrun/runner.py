@@ -163,27 +163,31 @@ class Runner:
             main.__spec__ = None
         return main, code
 
-    def _prepare_sys(self, main: types.ModuleType) -> None:
-        """Set sys.argv, sys.path[0] and sys.modules['__main__'] as python sets them."""
+    def _prepare_path(self) -> None:
+        """Set sys.path[0] as python does, before a -m module is looked up through it."""
         if self.target.is_module:
-            sys.argv = [self.resolved.path, *self.target.args]
             path0 = os.getcwd()
+        elif os.path.isdir(self.target.name):
+            path0 = os.path.abspath(self.target.name)
         else:
-            sys.argv = [self.target.name, *self.target.args]
-            script = self.target.name
-            if os.path.isdir(script):
-                path0 = os.path.abspath(script)
-            else:
-                path0 = os.path.dirname(os.path.realpath(script))
+            path0 = os.path.dirname(os.path.realpath(self.target.name))
         # Under -P / PYTHONSAFEPATH python prepends nothing; the child was started the same way.
         if not sys.flags.safe_path:
             sys.path[0] = path0
+
+    def _prepare_sys(self, main: types.ModuleType) -> None:
+        """Set sys.argv and sys.modules['__main__'] as python sets them."""
+        if self.target.is_module:
+            sys.argv = [self.resolved.path, *self.target.args]
+        else:
+            sys.argv = [self.target.name, *self.target.args]
         sys.modules["__main__"] = main
         # multiprocessing's spawn start method reads __main__.__file__/__spec__ to re-import the script
         # as __mp_main__ in each child; a fresh module with python's attributes gives it exactly that.
 
     def run(self, on_exception: Callable[[BaseException], None] | None = None) -> Outcome:
         """Execute the target; return how it ended instead of exiting."""
+        self._prepare_path()
         main, code = self._main_module()
         self._prepare_sys(main)
         try:

@@ -79,8 +79,19 @@ class Finding:
 
     @property
     def unpatched_nondeterministic(self) -> bool:
-        """What --fail-on nondeterministic fails on: can change bits and detrun has no patch."""
-        return self.severity >= MEASURED and self.patch is None
+        """What --fail-on nondeterministic fails on: still changes bits under detrun's strict policy.
+
+        That is: no detrun patch, and either measured nondeterministic here or, per the knowledge
+        base, nondeterministic on CUDA in a way deterministic mode does not fix (it raises, or it
+        stays nondeterministic). Ops deterministic mode fixes (conv backward via cuDNN's
+        deterministic algorithms, say) are what `detrun record` already turns on.
+        """
+        if self.patch is not None:
+            return False
+        if self.record.measured_nondeterministic:
+            return True
+        rule = self.rule
+        return bool(rule is not None and rule.nondeterministic and (rule.raises_in_det_mode or not rule.det_mode_fixes))
 
     @property
     def sources(self) -> list[str]:

@@ -25,6 +25,7 @@ the script's profiler works as it would without detrun.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any, Iterable, Sequence
 
 KIND = "kernels"
@@ -235,9 +236,7 @@ class KernelSequence:
         if getattr(torch.version, "cuda", None) is None or not _quiet(torch.cuda.device_count):
             return
         self._torch = torch
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        self._post_hook = register_optimizer_step_post_hook(self._after_step)
+        self._post_hook = self._register_post_hook(self._after_step)
         self._yield_to_user_profiler(torch)
         # Mirrors torch.cuda._lazy_call (torch 1.x-2.x): run once CUDA is initialised (now, if it is).
         lazy_call = getattr(torch.cuda, "_lazy_call", None)
@@ -262,11 +261,29 @@ class KernelSequence:
             self._patches.append((module, name, original))
             setattr(module, name, yielding)
 
+    # The two places that touch torch's optimizer and profiler modules (tests replace them).
+
+    def _register_post_hook(self, hook: Any) -> Any:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        return register_optimizer_step_post_hook(hook)
+
+    def _new_profiler(self) -> Any:
+        from torch.profiler import ProfilerActivity, profile
+
+        return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=False,
+                       with_stack=False, profile_memory=False)
+
     # ------------------------------------------------------------ windows
 
     def _start_first(self) -> None:
         try:
             if self._steps_done == 0 and self._profiler is None:
+                if threading.current_thread() is not threading.main_thread():
+                    # A profiler must be stopped on the thread that started it, and the optimizer
+                    # steps that stop it run on the main thread (a pin-memory thread can start CUDA).
+                    self._profiler, self._abandoned = _Placeholder(), "CUDA was initialised outside the main thread"
+                    return
                 self._start()
         except Exception as exc:  # noqa: BLE001 - this runs inside torch.cuda's lazy init: never raise
             self._failed(exc)
@@ -277,10 +294,7 @@ class KernelSequence:
             self._abandoned = "another profiler was running"
             self._profiler = _Placeholder()
             return
-        from torch.profiler import ProfilerActivity, profile
-
-        profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=False,
-                           with_stack=False, profile_memory=False)
+        profiler = self._new_profiler()
         self._own_start = True
         try:
             profiler.start()
