@@ -108,11 +108,22 @@ class _ImportWatcher(importlib.abc.MetaPathFinder):
 
 
 _active: Session | None = None
+_fork_handler_registered = False
 
 
 def active_session() -> Session | None:
     """Return the session whose hooks are installed in this process, if any."""
     return _active
+
+
+def _detach_in_forked_child() -> None:
+    """Drop the parent's hooks in a forked child: its events have nowhere safe to go.
+
+    DataLoader workers then install a session of their own; other forked processes run as plain
+    Python, unrecorded.
+    """
+    if _active is not None:
+        _active.detach()
 
 
 class Session:
@@ -305,8 +316,11 @@ class Session:
 
     def install(self, sources: list[Any]) -> None:
         """Install every source's hooks; a source that fails to install is reported and skipped."""
-        global _active
+        global _active, _fork_handler_registered
         _active = self
+        if not _fork_handler_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_detach_in_forked_child)
+            _fork_handler_registered = True
         for source in sources:
             try:
                 source.install(self)

@@ -35,6 +35,7 @@ class TraceWriter:
         self._kind_ids: dict[str, int] = {}
         self._counts: dict[str, int] = {}
         self._last_flush = time.monotonic()
+        self._pid = os.getpid()
         self.closed = False
         if segment is None:
             assert header is not None, "the main trace needs a header"
@@ -67,8 +68,8 @@ class TraceWriter:
 
     def flush(self) -> None:
         """Compress the pending chunk and push it to the OS, decodable on its own."""
-        if self.closed:
-            return
+        if self.closed or os.getpid() != self._pid:
+            return  # a forked child's copy of this writer must never touch the parent's file
         if self._buffer:
             self._zstd.write(bytes(self._buffer))
             self._buffer.clear()
@@ -97,7 +98,7 @@ class TraceWriter:
 
     def close(self, end: dict[str, Any] | None = None) -> int:
         """Write the end record (main trace only), finish the stream, and return the file size."""
-        if self.closed:
+        if self.closed or os.getpid() != self._pid:
             return os.path.getsize(self.path)
         if end is not None:
             self._buffer += self._packer.pack([END, {**end, "counts": self.counts}])
