@@ -86,7 +86,8 @@ def detrun_command() -> list[str]:
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "detrun.cli"]
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+        timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run a command with extra environment variables; capture its output."""
     full = dict(os.environ)
     full.pop("PYTHONHASHSEED", None)

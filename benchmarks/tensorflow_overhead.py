@@ -2,9 +2,9 @@
 
 The example prints the seconds its `model.fit` + `model.predict` took (`--timing`), so TensorFlow's
 import (seconds, the same with or without detrun) stays out of the loop ratio; whole-process wall
-and CPU times (all threads and processes) are shown too. Record and replay also run with op determinism on, which plain does not: the
-loop ratio includes its cost. Absolute times on a shared machine are noisy: read the ratios,
-measured in the same round.
+and CPU times (all threads and processes) are shown too. Record and replay also run with op
+determinism on, which plain does not: the loop ratio includes its cost. Absolute times on a
+shared machine are noisy: read the ratios, measured in the same round.
 
     python benchmarks/tensorflow_overhead.py                       # 3 rounds
     python benchmarks/tensorflow_overhead.py --rounds 5 --epochs 8

@@ -261,6 +261,10 @@ def _cuda(dists: dict[str, str], path: list[str]) -> dict[str, str]:
 def _gpus() -> dict[str, Any]:
     """Return the GPUs as NVML reports them; without a driver every field says "unavailable"."""
     gpus: dict[str, Any] = {"nvml": "ok", "driver": UNAVAILABLE, "cuda_driver": UNAVAILABLE, "devices": []}
+    if sys.platform == "linux" and not any(os.path.exists(p) for p in NVIDIA_DRIVER_MARKERS):
+        # No NVIDIA driver on this Linux host: skip importing pynvml (20 ms of the fingerprint's 27).
+        gpus["nvml"] = f"{UNAVAILABLE} (no NVIDIA driver)"
+        return gpus
     try:
         import pynvml  # provided by the nvidia-ml-py distribution
     except ImportError:
@@ -296,6 +300,10 @@ def _gpus() -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             pass
     return gpus
+
+
+# Present wherever the NVIDIA driver is loaded: the kernel module, its device node, or WSL's library.
+NVIDIA_DRIVER_MARKERS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/usr/lib/wsl/lib/libnvidia-ml.so.1")
 
 
 def _mode(value: Any) -> Any:
@@ -395,7 +403,6 @@ def torch_cuda_info(torch: Any) -> dict[str, Any]:
     return {
         "cudnn": str(_probe(torch.backends.cudnn.version)),
         "nccl": str(_probe(lambda: ".".join(map(str, torch.cuda.nccl.version())))),
-        "cublaslt_workspace": str(_probe(lambda: torch.backends.cuda.cublaslt_workspace_size())),
         "devices": devices,
     }
 
@@ -470,7 +477,8 @@ _RULES: tuple[tuple[str, str, int, str, str], ...] = (
     (r"gpus\.devices\.(\d+)\.name", BITS, 0, "GPU {0} model", "a different GPU runs different kernels"),
     (r"gpus\.devices\.(\d+)\.compute_capability", BITS, 0, "GPU {0} compute capability",
      "kernels are chosen per architecture"),
-    (r"gpus\.devices\.(\d+)\.mig_mode", BITS, 1, "GPU {0} MIG mode", "a MIG slice has fewer SMs (other split-K choices)"),
+    (r"gpus\.devices\.(\d+)\.mig_mode", BITS, 1, "GPU {0} MIG mode",
+     "a MIG slice has fewer SMs (other split-K choices)"),
     (r"gpus\.devices\.(\d+)\.(uuid|memory_bytes|ecc_mode)", COSMETIC, 50, "GPU {0} {1}", ""),
     (r"gpus\.(driver|cuda_driver)", BITS, 2, "NVIDIA driver ({0})", "the driver JIT-compiles and ships kernels"),
     (r"gpus\.nvml", COSMETIC, 50, "NVML", ""),

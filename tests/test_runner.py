@@ -13,13 +13,26 @@ def _detrun_lines_removed(stderr: str) -> str:
     return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith("detrun:"))
 
 
+@pytest.fixture
+def probe_dir(tmp_path: Path) -> Path:
+    """Return a directory holding the probe as a script, a package's __main__ and a module."""
+    source = (SCRIPTS / "probe.py").read_text()
+    (tmp_path / "probe.py").write_text(source)
+    package = tmp_path / "probepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(source)
+    (package / "mod.py").write_text(source)
+    return tmp_path
+
+
 @pytest.mark.parametrize("how", [["probe.py", "a", "-x", "--flag=1"], ["-m", "probepkg.mod", "z"], ["-m", "probepkg"]])
-def test_probe_sees_the_same_as_under_python(how: list[str], tmp_path: Path) -> None:
-    plain = python(*how, cwd=SCRIPTS)
-    recorded = detrun("record", "-q", "-o", str(tmp_path / "t.zst"), *how, cwd=SCRIPTS)
+def test_probe_sees_the_same_as_under_python(how: list[str], probe_dir: Path) -> None:
+    plain = python(*how, cwd=probe_dir)
+    recorded = detrun("record", "-q", "-o", "t.zst", *how, cwd=probe_dir)
     assert plain.returncode == recorded.returncode == 0, recorded.stderr
     assert json.loads(recorded.stdout) == json.loads(plain.stdout)
-    replayed = detrun("replay", "-q", str(tmp_path / "t.zst"), cwd=SCRIPTS)
+    replayed = detrun("replay", "-q", "t.zst", cwd=probe_dir)
     assert json.loads(replayed.stdout) == json.loads(plain.stdout)
 
 

@@ -144,7 +144,8 @@ def _report(runs: list[dict[str, Any]], kb: dict[str, dict[str, Any]], include_a
         for op, captured in run.get("ops", {}).items():
             slot = merged.setdefault(op, {"count": 0, "sites": Counter(), "phases": set(), "names": []})
             slot["count"] = max(slot["count"], captured["count"])  # the same ops, seen again
-            slot["names"] += [n for n in captured.get("names", []) if n not in slot["names"]][:_MAX_NAMES - len(slot["names"])]
+            fresh = [n for n in captured.get("names", []) if n not in slot["names"]]
+            slot["names"] += fresh[:_MAX_NAMES - len(slot["names"])]
             for site in captured["sites"]:
                 slot["sites"][(site["file"], site["line"], site["function"])] += site["count"]
             slot["phases"].update(captured["phases"])
@@ -157,7 +158,8 @@ def _report(runs: list[dict[str, Any]], kb: dict[str, dict[str, Any]], include_a
                                          or entry.get("nondeterministic_cpu"))
         if not (flagged or op in raised or include_all):
             continue
-        sites = [{"file": f, "line": l, "function": fn, "count": c} for (f, l, fn), c in slot["sites"].most_common(_MAX_SITES)]
+        sites = [{"file": f, "line": l, "function": fn, "count": c}
+                 for (f, l, fn), c in slot["sites"].most_common(_MAX_SITES)]
         findings.append({
             "op": op,
             "count": slot["count"],

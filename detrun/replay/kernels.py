@@ -25,8 +25,11 @@ the script's profiler works as it would without detrun.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import sys
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 KIND = "kernels"
 DEFAULT_STEPS = 2
@@ -173,7 +176,10 @@ def kernel_launches(events: Iterable[Any], cpu: Any, cuda: Any) -> list[tuple[st
     for event in events:
         device = getattr(event, "device_type", None)
         if device == cpu:
-            ops.setdefault(int(getattr(event, "id", -1)), str(event.name))
+            # Ops only: runtime calls (cudaLaunchKernel) are CPU events too, linked to their op, and
+            # their own ids are CUPTI's, which may collide with op ids (torch's parser does the same).
+            if not getattr(event, "linked_correlation_id", 0):
+                ops.setdefault(int(getattr(event, "id", -1)), str(event.name))
         elif device == cuda:
             name = str(event.name)
             if name.startswith(_NOT_KERNELS):
@@ -297,7 +303,7 @@ class KernelSequence:
         profiler = self._new_profiler()
         self._own_start = True
         try:
-            profiler.start()
+            without_kineto_log(profiler.start)
         finally:
             self._own_start = False
         self._profiler = profiler
@@ -309,7 +315,10 @@ class KernelSequence:
         if profiler is None or isinstance(profiler, _Placeholder):
             return None
         try:
-            profiler.stop()  # synchronises the device, so every kernel of the step is in
+            synchronize = getattr(getattr(self._torch, "cuda", None), "synchronize", None)
+            if synchronize is not None and keep:
+                synchronize()  # every kernel of the step is in, and the log capture below stays short
+            without_kineto_log(profiler.stop)
         except Exception as exc:  # noqa: BLE001
             if keep:
                 self._failed(exc)
@@ -358,6 +367,9 @@ class KernelSequence:
         got = StepKernels(step, [k for k, _ in launches[:MAX_LAUNCHES]], [o for _, o in launches[:MAX_LAUNCHES]])
         message = describe_difference(recorded, got)
         if message is not None:
+            if _quiet(lambda: self._torch.backends.cudnn.benchmark is True):
+                session.note_cause("torch.backends.cudnn.benchmark is on: cuDNN's autotuning can pick other "
+                                   "kernels from run to run")
             session.diverge(KIND, message, step=step)
 
     def _finish(self) -> None:
@@ -382,6 +394,48 @@ class KernelSequence:
         self._profiler = None
         if self._session is not None:
             self._session.hook_failed("the CUDA kernel capture", exc)
+
+
+# libkineto logs `USDT:2026-01-01 12:00:00 123:123 SyncActivityProfilerHandler.cpp:52] profiler_start`
+# (and STAGE/INFO/WARNING lines) straight to file descriptor 2, whatever KINETO_LOG_LEVEL says.
+_KINETO_LINE = re.compile(rb"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ [\w.]+\.(?:cpp|h):\d+\] ")
+
+
+def without_kineto_log(call: Callable[[], Any]) -> Any:
+    """Run `call` with descriptor 2 captured, then pass on everything but libkineto's own log lines.
+
+    The script's stderr is its own: the profiler detrun starts must not write to it. Nothing is lost,
+    only held back for the duration of the call. memfd_create, not tempfile, because tempfile's names
+    come from a `random.Random()` the script's recording would see.
+    """
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None:
+        return call()
+    try:
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - whatever the script made of sys.stderr
+        pass
+    try:
+        capture = memfd_create("detrun-kineto-log")
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        return call()
+    os.dup2(capture, 2)
+    try:
+        return call()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        try:
+            os.lseek(capture, 0, os.SEEK_SET)
+            chunks = []
+            while chunk := os.read(capture, 1 << 16):
+                chunks.append(chunk)
+            kept = [line for line in b"".join(chunks).splitlines(keepends=True) if not _KINETO_LINE.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
+        finally:
+            os.close(capture)
 
 
 class _Placeholder:

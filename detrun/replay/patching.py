@@ -47,3 +47,35 @@ class Patcher:
                     pass
             else:
                 setattr(owner, name, original)
+
+
+class ImportTimeSource:
+    """Base for a source that hooks a library the moment the script imports it (never earlier).
+
+    Subclasses set `module` and implement `hook(session, module)` with `self.patcher`; install is
+    idempotent, and uninstall undoes the patches (a pending import hook then does nothing).
+    """
+
+    module: str = ""
+
+    def __init__(self) -> None:
+        self.patcher = Patcher()
+        self._installed = False
+
+    def install(self, session: Any) -> None:
+        if self._installed:
+            return
+        self._installed = True
+        session.when_imported(self.module, lambda module: self._hook_once(session, module))
+
+    def _hook_once(self, session: Any, module: Any) -> None:
+        if self._installed and not self.patcher.active:
+            self.hook(session, module)
+
+    def hook(self, session: Any, module: Any) -> None:
+        """Install the patches on the freshly imported module."""
+        raise NotImplementedError
+
+    def uninstall(self) -> None:
+        self._installed = False
+        self.patcher.undo()

@@ -21,7 +21,7 @@ import weakref
 import zlib
 from typing import Any, Iterator
 
-from detrun.replay.patching import Patcher
+from detrun.replay.patching import ImportTimeSource
 from detrun.trace.format import pack_indices, unpack_indices
 
 EPOCH_KIND = "dl.epoch"
@@ -103,26 +103,12 @@ def _decode_indices(width: int, packed: Any, scalar: bool) -> Any:
     return items[0] if scalar else items
 
 
-class DataLoaderSource:
+class DataLoaderSource(ImportTimeSource):
     """Hook torch.utils.data's iterators once torch is imported."""
 
-    def __init__(self) -> None:
-        self._patcher = Patcher()
-        self._installed = False
+    module = "torch"
 
-    def install(self, session: Any) -> None:
-        if self._installed:
-            return
-        self._installed = True
-        session.when_imported("torch", lambda torch: self._hook(session, torch))
-
-    def uninstall(self) -> None:
-        self._installed = False
-        self._patcher.undo()
-
-    def _hook(self, session: Any, torch: Any) -> None:
-        if not self._installed or self._patcher.active:
-            return
+    def hook(self, session: Any, torch: Any) -> None:
         global _original_worker_loop
         import torch.utils.data.dataloader as dataloader_module
         from torch.utils.data._utils import worker as worker_module
@@ -283,7 +269,7 @@ class DataLoaderSource:
                 session.note_cause(f"{state.label}: the sampler produced another order in "
                                    f"{state.sampler_departures} batches (the recorded order was forced)")
 
-        patch = self._patcher.setattr
+        patch = self.patcher.setattr
         patch(base, "__init__", __init__)
         patch(base, "_reset", _reset)
         patch(base, "_next_index", _next_index)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detrun.replay.patching import Patcher
+from detrun.replay.patching import ImportTimeSource
 
 SEED_KIND = "np.seed"
 RNG_KIND = "np.default_rng"
@@ -29,22 +29,12 @@ def _plain_seed(seed: Any) -> Any:
     raise TypeError("not an integer seed")
 
 
-class NumpySource:
+class NumpySource(ImportTimeSource):
     """Hook numpy's seeding entry points as soon as numpy is imported."""
 
-    def __init__(self) -> None:
-        self._patcher = Patcher()
-        self._installed = False
+    module = "numpy"
 
-    def install(self, session: Any) -> None:
-        if self._installed:
-            return
-        self._installed = True
-        session.when_imported("numpy", lambda np: self._hook(session, np))
-
-    def _hook(self, session: Any, np: Any) -> None:
-        if not self._installed or self._patcher.active:
-            return
+    def hook(self, session: Any, np: Any) -> None:
         mtrand = np.random.mtrand
         original_seed = mtrand.seed
         original_default_rng = np.random.default_rng
@@ -74,13 +64,9 @@ class NumpySource:
 
         seed.__doc__ = original_seed.__doc__
         default_rng.__doc__ = original_default_rng.__doc__
-        self._patcher.setattr(mtrand, "seed", seed)
-        self._patcher.setattr(np.random, "seed", seed)
-        self._patcher.setattr(np.random, "default_rng", default_rng)
+        self.patcher.setattr(mtrand, "seed", seed)
+        self.patcher.setattr(np.random, "seed", seed)
+        self.patcher.setattr(np.random, "default_rng", default_rng)
         # numpy seeded its global RandomState from OS entropy at import; reseed it through the hook
         # so that the recording holds the seed.
         np.random.seed()
-
-    def uninstall(self) -> None:
-        self._installed = False
-        self._patcher.undo()

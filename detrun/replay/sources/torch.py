@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from detrun.replay.patching import Patcher
+from detrun.replay.patching import ImportTimeSource
 
 INITIAL_KIND = "torch.initial_seed"
 SEED_KIND = "torch.seed"
@@ -12,23 +12,13 @@ CUDA_SEED_KIND = "torch.cuda.seed"
 GENERATOR_SEED_KIND = "torch.Generator.seed"
 
 
-class TorchSource:
+class TorchSource(ImportTimeSource):
     """Hook torch's seeding entry points as soon as torch is imported."""
 
-    def __init__(self) -> None:
-        self._patcher = Patcher()
-        self._installed = False
+    module = "torch"
 
-    def install(self, session: Any) -> None:
-        if self._installed:
-            return
-        self._installed = True
-        session.when_imported("torch", lambda torch: self._hook(session, torch))
-
-    def _hook(self, session: Any, torch: Any) -> None:
-        if not self._installed or self._patcher.active:
-            return
-        patch = self._patcher.setattr
+    def hook(self, session: Any, torch: Any) -> None:
+        patch = self.patcher.setattr
         original_manual_seed = torch.random.manual_seed
         cuda_manual_seed = torch.cuda.manual_seed
         cuda_manual_seed_all = torch.cuda.manual_seed_all
@@ -85,10 +75,6 @@ class TorchSource:
             patch(module, "seed", cuda_seed)
             patch(module, "seed_all", cuda_seed_all)
         patch(torch, "Generator", _generator_class(torch, session))
-
-    def uninstall(self) -> None:
-        self._installed = False
-        self._patcher.undo()
 
 
 def _generator_class(torch: Any, session: Any) -> type:
