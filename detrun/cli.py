@@ -77,7 +77,8 @@ def _target(script: str | None, args: tuple[str, ...], module: bool) -> Target |
 @click.option("--policy", type=click.Choice(["strict", "minimal", "off"]), default="strict", show_default=True,
               help="Determinism policy applied when torch is imported: strict = deterministic algorithms, "
                    "cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG, every detrun patch; minimal = the same flags "
-                   "and only the patches for the ops a profile flagged; off = leave torch as the script sets it.")
+                   "and only the patches for the ops a profile flagged; off = leave torch as the script sets it. "
+                   "For TensorFlow, strict and minimal turn on enable_op_determinism().")
 @click.option("--from-profile", type=click.Path(dir_okay=False), metavar="PROFILE.json",
               help="With --policy minimal: the `detrun profile --json` output whose flagged ops to patch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary.")

@@ -38,7 +38,7 @@ NUMERIC_ENV_NAMES = (
 COSMETIC_ENV = re.compile(r"(LOG|DEBUG|VERBOS|VMODULE|HOME|CACHE|DIR$|PATH$|CONFIG_FILE|^NVIDIA_VISIBLE|"
                           r"^NVIDIA_DRIVER_CAPABILITIES|^NVIDIA_REQUIRE|^NVIDIA_PRODUCT)")
 THREAD_ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-                    "NUMEXPR_NUM_THREADS")
+                    "NUMEXPR_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 # Always reported (as "unavailable" when missing): the frameworks whose version changes numerics.
 FRAMEWORKS = ("torch", "numpy", "tensorflow")
 # Reported when installed.

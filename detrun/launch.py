@@ -82,6 +82,7 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "digest_every": digest_every,
             "policy": policy,
             "policy_ops": policy_ops,
+            "tf_op_determinism": policy != "off",
             "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
         },
     }

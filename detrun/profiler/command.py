@@ -72,15 +72,23 @@ status before the step limit, that status is passed through.
 @click.option("-q", "--quiet", is_flag=True, help="Print only the one-line summary (and errors).")
 @click.option("-m", "--module", "is_module", is_flag=True,
               help="SCRIPT is a module name, run like `python -m SCRIPT`.")
+@click.option("--framework", type=click.Choice(["auto", "torch", "tensorflow"]), default="auto", show_default=True,
+              help="Which framework's ops to list; auto picks tensorflow for a script that imports "
+                   "TensorFlow/Keras and not torch.")
 @click.argument("script", metavar="SCRIPT")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def profile_command(steps: int, json_path: str | None, fail_on: str | None, no_empirical: bool,
-                    device: str, show_all: bool, quiet: bool, is_module: bool, script: str,
+                    device: str, show_all: bool, quiet: bool, is_module: bool, framework: str, script: str,
                     args: tuple[str, ...]) -> None:
     """Profile SCRIPT and exit with detrun's code or the script's own status."""
     from detrun.profiler.session import ProfileOptions, run_profile
+    from detrun.profiler.tensorflow import run_tensorflow_profile, uses_tensorflow
+    from detrun.runner import resolve
 
-    options = ProfileOptions(target=Target(script, tuple(args), is_module), steps=steps, json_path=json_path,
+    target = Target(script, tuple(args), is_module)
+    if framework == "tensorflow" or (framework == "auto" and uses_tensorflow(resolve(target).path)):
+        raise SystemExit(run_tensorflow_profile(target, steps, json_path, fail_on, quiet, show_all))
+    options = ProfileOptions(target=target, steps=steps, json_path=json_path,
                              fail_on=fail_on, empirical=not no_empirical, device=device, quiet=quiet,
                              show_all=show_all)
     result = run_profile(options)

@@ -438,3 +438,60 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------------ `detrun profile` for TF
+
+_TF_IMPORT = re.compile(r"^\s*(import|from)\s+(tensorflow|keras|tf_keras)\b", re.MULTILINE)
+_TORCH_IMPORT = re.compile(r"^\s*(import|from)\s+torch\b", re.MULTILINE)
+
+
+def uses_tensorflow(path: str) -> bool:
+    """Say whether a script imports TensorFlow/Keras and not torch (how `--framework auto` picks)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return False
+    return bool(_TF_IMPORT.search(source)) and not _TORCH_IMPORT.search(source)
+
+
+def blocks_reproducibility(finding: dict[str, Any]) -> bool:
+    """Say whether an op still changes bits under detrun's policy (op determinism on)."""
+    if finding.get("raised_here") or finding.get("raises_with_op_determinism"):
+        return True
+    return bool(finding.get("nondeterministic_gpu")) and finding.get("op_determinism_fixes") is False
+
+
+def run_tensorflow_profile(target: Target, steps: int, json_path: str | None, fail_on: str | None,
+                           quiet: bool, show_all: bool) -> int:
+    """Profile a TF script for `detrun profile`: table on stderr, optional JSON; return the exit code."""
+    from detrun.errors import ExitCode
+
+    findings = profile_tensorflow_script(target, steps, include_all=show_all)
+    blocking = [f for f in findings if blocks_reproducibility(f)]
+    if not quiet:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="TensorFlow ops that can change bits (GPU behaviour from detrun/profiler/kb/tensorflow.json)")
+        for column in ("op", "count", "call site", "nondeterministic on GPU", "under op determinism"):
+            table.add_column(column, overflow="fold")
+        for f in findings:
+            site = f["call_site"]
+            under = ("raises" if f.get("raised_here") or f.get("raises_with_op_determinism")
+                     else "deterministic" if f.get("op_determinism_fixes") else "unknown")
+            table.add_row(f["op"], str(f["count"]), f"{os.path.basename(site['file'])}:{site['line']} ({site['function']})",
+                          {True: "yes", False: "no", None: "unknown"}[f.get("nondeterministic_gpu")], under)
+        Console(stderr=True).print(table)
+    print(f"detrun: profile: {len(findings)} flagged TensorFlow ops; {len(blocking)} still change bits or raise "
+          "under op determinism", file=sys.stderr)
+    if json_path:
+        document = {"schema_version": 1, "framework": "tensorflow", "ops": findings}
+        temporary = f"{json_path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as out:
+            json.dump(document, out, indent=2)
+        os.replace(temporary, json_path)
+    if fail_on == "nondeterministic" and blocking:
+        return int(ExitCode.NONDETERMINISTIC)
+    return 0
