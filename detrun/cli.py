@@ -81,11 +81,14 @@ def _target(script: str | None, args: tuple[str, ...], module: bool) -> Target |
                    "For TensorFlow, strict and minimal turn on enable_op_determinism().")
 @click.option("--from-profile", type=click.Path(dir_okay=False), metavar="PROFILE.json",
               help="With --policy minimal: the `detrun profile --json` output whose flagged ops to patch.")
+@click.option("--kernel-steps", default=2, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="Record the CUDA kernel names launched in the first K optimizer steps (0: none; no-op "
+                   "without CUDA).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary.")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def record(output: str, force: bool, module: bool, digest_every: int, policy: str, from_profile: str | None,
-           quiet: bool, script: str, args: tuple[str, ...]) -> None:
+           kernel_steps: int, quiet: bool, script: str, args: tuple[str, ...]) -> None:
     """Run SCRIPT [ARGS]... as `python` would and record every source of nondeterminism.
 
     \b
@@ -104,7 +107,8 @@ def record(output: str, force: bool, module: bool, digest_every: int, policy: st
     from detrun.launch import exit_like, record as record_run
 
     exit_like(record_run(_target(script, args, module), output, force=force, quiet=quiet,
-                         digest_every=digest_every, policy=policy, profile_path=from_profile))
+                         digest_every=digest_every, policy=policy, profile_path=from_profile,
+                         kernel_steps=kernel_steps))
 
 
 @main.command(context_settings=SCRIPT_CONTEXT)
@@ -112,12 +116,14 @@ def record(output: str, force: bool, module: bool, digest_every: int, policy: st
 @click.option("--strict", is_flag=True, help="Stop at the first divergence with exit code 3.")
 @click.option("--allow-changed-script", is_flag=True, help="Replay even if the script's sha256 changed.")
 @click.option("--allow-changed-args", is_flag=True, help="Replay with arguments other than the recorded ones.")
+@click.option("--no-pin-threads", is_flag=True,
+              help="Use this machine's thread counts instead of the recorded ones (a divergence then names them).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no environment report (the verdict stays).")
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.argument("script", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def replay(module: bool, strict: bool, allow_changed_script: bool, allow_changed_args: bool, quiet: bool,
-           trace: str, script: str | None, args: tuple[str, ...]) -> None:
+def replay(module: bool, strict: bool, allow_changed_script: bool, allow_changed_args: bool, no_pin_threads: bool,
+           quiet: bool, trace: str, script: str | None, args: tuple[str, ...]) -> None:
     """Re-run a recorded script, feeding back every recorded value, and check it step by step.
 
     \b
@@ -137,7 +143,8 @@ def replay(module: bool, strict: bool, allow_changed_script: bool, allow_changed
     from detrun.launch import exit_like, replay as replay_run
 
     exit_like(replay_run(trace, _target(script, args, module), allow_changed_script=allow_changed_script,
-                         allow_changed_args=allow_changed_args, strict=strict, quiet=quiet))
+                         allow_changed_args=allow_changed_args, strict=strict, quiet=quiet,
+                         pin_threads=not no_pin_threads))
 
 
 @main.command()
