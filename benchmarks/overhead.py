@@ -27,10 +27,15 @@ WORKLOADS = {
 }
 
 
+# One intra-op thread in every mode: on a shared 2-core machine two threads make each run's time
+# swing by tens of percent, which drowns a few percent of overhead.
+BENCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def timed(command: list[str], cwd: str) -> tuple[float, float]:
     """Run a command; return (loop seconds it printed, wall seconds)."""
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True, env=BENCH_ENV)
     wall = time.perf_counter() - start
     match = re.search(r"loop_seconds ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
@@ -67,7 +72,7 @@ def measure(name: str, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", choices=sorted(WORKLOADS))
     options = parser.parse_args()
     for name in [options.only] if options.only else list(WORKLOADS):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ def apply_policy(name: str = "strict", only_ops: set[str] | None = None) -> dict
         # Must precede CUDA initialisation: cuBLAS reads it when its first handle is created.
         if saved["cublas_env"] is _NOTSET:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
-        torch.use_deterministic_algorithms(True)
+        saved["inductor_env"] = os.environ.get(_INDUCTOR_ENV, _NOTSET)
+        _set_deterministic_algorithms(torch, True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         if name == "strict":
@@ -90,13 +92,36 @@ def _remove_policy_locked() -> None:
     saved, _saved = _saved, None
     for name in saved["patches"]:
         patches.REGISTRY[name].uninstall("CUDA")
-    torch.use_deterministic_algorithms(saved["deterministic"], warn_only=saved["warn_only"])
+    _set_deterministic_algorithms(torch, saved["deterministic"], warn_only=saved["warn_only"])
+    if saved["inductor_env"] is _NOTSET:
+        os.environ.pop(_INDUCTOR_ENV, None)
+    else:
+        os.environ[_INDUCTOR_ENV] = saved["inductor_env"]
     torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
     torch.backends.cudnn.deterministic = saved["cudnn_deterministic"]
     if saved["cublas_env"] is _NOTSET:
         os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     else:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = saved["cublas_env"]
+
+
+_INDUCTOR_ENV = "TORCHINDUCTOR_DETERMINISTIC"
+
+
+def _set_deterministic_algorithms(torch: Any, mode: bool, warn_only: bool = False) -> None:
+    """Set deterministic mode as torch.use_deterministic_algorithms does, without its import cost.
+
+    Mirrors torch.use_deterministic_algorithms (torch 2.13): it imports torch._inductor.config to
+    set `deterministic` there, which imports dynamo and costs ~1.8 s on CPU at every start. The
+    inductor flag is set directly when inductor is already loaded, and otherwise through the
+    environment variable its config reads when it is imported.
+    """
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None:
+        config.deterministic = mode
+    else:
+        os.environ[_INDUCTOR_ENV] = "1" if mode else "0"
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def _set_saved(saved: dict[str, Any]) -> None:

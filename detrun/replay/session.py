@@ -156,6 +156,7 @@ class Session:
         tempfile.gettempdir()
         self.divergences: list[Divergence] = []
         self.steps = 0
+        self.checked: dict[str, int] = {}  # outputs verified besides steps, e.g. {"batches": 391}
         self.last_digest: int | None = None
         self._cursors: dict[str, int] = {}
         # Hooks fire from any thread (pin-memory threads, the user's own): one lock keeps the writer
@@ -487,13 +488,14 @@ class Session:
             batch = next((d.batch for d in self.divergences if d.batch), None)
             first_batch = f"; first divergent batch: {batch}" if batch and first.batch is None else ""
             return f"DIVERGED{where}: {first.message}{tail}{first_batch}{cause}{incomplete}"
-        if self.steps == 0 and self._replayed == 0:
-            return "UNVERIFIED (the run made no optimizer steps and used no recorded events: nothing was checked)"
-        if self.steps == 0:
+        other_checks = "".join(f", {count} {what}" for what, count in self.checked.items() if count)
+        if self.steps == 0 and not other_checks:
+            if self._replayed == 0:
+                return "UNVERIFIED (the run made no optimizer steps and used no recorded events: nothing was checked)"
             return (f"UNVERIFIED ({self._replayed} recorded events were fed back, but the run made no "
                     "optimizer steps, so no outputs were checked)")
         digest = f", final digest {self.last_digest:08x}" if self.last_digest is not None else ""
-        return f"REPRODUCED ({self.steps} steps, {self._replayed} events{digest}){incomplete}"
+        return f"REPRODUCED ({self.steps} steps{other_checks}, {self._replayed} events{digest}){incomplete}"
 
 
 def _initialising(module: Any) -> bool:

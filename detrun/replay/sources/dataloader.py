@@ -251,6 +251,7 @@ class DataLoaderSource(ImportTimeSource):
                                     batch=f"{state.label}, batch {batch}")
                 return
             recorded = state.digests[batch]
+            session.checked["batches"] = session.checked.get("batches", 0) + 1
             if recorded != digests:
                 differing = [name for name, a, b in zip(names, recorded, digests) if a != b] or names
                 fields = ", ".join(differing[:4])
