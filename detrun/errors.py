@@ -46,9 +46,3 @@ class ArgsChanged(DetrunError):
 
 class PolicyError(DetrunError):
     """The determinism policy options are inconsistent or its profile is unreadable."""
-
-
-class DivergenceStop(DetrunError):
-    """Replay --strict stopped at the first divergence."""
-
-    exit_code = ExitCode.DIVERGED

@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from detrun import __version__, env
-from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TraceError
+from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, ScriptNotFound, TraceError
 from detrun.runner import Target, resolve
 from detrun.trace import read_header
 from detrun.trace.salvage import salvage
@@ -109,7 +109,13 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     elif list(target.args) != recorded_args and not allow_changed_args:
         raise ArgsChanged(f"arguments {list(target.args)} differ from the recorded {recorded_args}; "
                           "omit them to use the recorded ones, or pass --allow-changed-args")
-    resolved = resolve(target)
+    try:
+        resolved = resolve(target)
+    except ScriptNotFound as exc:
+        if header.get("cwd") and os.path.abspath(header["cwd"]) != os.getcwd():
+            raise ScriptNotFound(f"{exc} (the run was recorded in {header['cwd']}: replay from there, "
+                                 "or give the script's path)") from None
+        raise
     if resolved.sha256 != recorded.get("sha256") and not allow_changed_script:
         raise ScriptChanged(f"{target.name} changed since it was recorded (sha256 {resolved.sha256[:12]}… vs "
                             f"recorded {str(recorded.get('sha256'))[:12]}…); pass --allow-changed-script to replay anyway")
