@@ -145,40 +145,7 @@ class StepVerifier:
 
     def _finish_step(self, step: int, index: int, loss: float | None, per_param: list[int] | None,
                      names: list[str]) -> None:
-        session = self._session
-        if per_param is None:
-            digest, lanes = None, b""
-        else:
-            digest = zlib.crc32(struct.pack(f"<{len(per_param)}Q", *per_param))
-            folded = bytearray(min(len(per_param), LANES))
-            for i, value in enumerate(per_param):
-                folded[i % LANES] ^= value & 0xFF
-            lanes = bytes(folded)
-            session.last_digest = digest
-        if session.recording:
-            session.emit(KIND, [index, loss, digest, lanes])
-            return
-        recorded = session.take(KIND)
-        if recorded is MISSING:
-            if session.trace.complete:
-                session.diverge(KIND, f"the replay made more optimizer steps than the {len(session.recorded(KIND))} "
-                                      "recorded", step=step)
-            return
-        self._compare(step, recorded, [index, loss, digest, lanes], names)
-
-    def _compare(self, step: int, recorded: list[Any], got: list[Any], names: list[str]) -> None:
-        rec_index, rec_loss, rec_digest, rec_lanes = recorded
-        index, loss, digest, lanes = got
-        problems = []
-        if rec_index != index:
-            problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
-        if rec_digest is not None and digest is not None and rec_digest != digest:
-            culprits = _attribute(rec_lanes, lanes, names)
-            problems.append(f"{culprits} (digest recorded {rec_digest:08x}, got {digest:08x})")
-        if not _same_float(rec_loss, loss):
-            problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
-        if problems:
-            self._session.diverge(KIND, "; ".join(problems), step=step)
+        record_or_check_step(self._session, KIND, step, index, loss, per_param, names)
 
     # ------------------------------------------------------------ digests
 
@@ -207,6 +174,44 @@ class StepVerifier:
 
 
 _MASK64 = (1 << 64) - 1
+
+
+def record_or_check_step(session: Any, kind: str, step: int, index: int, loss: float | None,
+                         per_param: list[int] | None, names: list[str], noun: str = "parameter") -> None:
+    """Write one step event, or compare it with the recorded one and report what differs.
+
+    Shared by the torch and TensorFlow verifiers: `per_param` holds the 64-bit word sums of the
+    parameters (None on steps between digests), `names` their names, `noun` what to call them.
+    """
+    if per_param is None:
+        digest, lanes = None, b""
+    else:
+        digest = zlib.crc32(struct.pack(f"<{len(per_param)}Q", *(v & _MASK64 for v in per_param)))
+        folded = bytearray(min(len(per_param), LANES))
+        for i, value in enumerate(per_param):
+            folded[i % LANES] ^= value & 0xFF
+        lanes = bytes(folded)
+        session.last_digest = digest
+    if session.recording:
+        session.emit(kind, [index, loss, digest, lanes])
+        return
+    recorded = session.take(kind)
+    if recorded is MISSING:
+        if session.trace.complete:
+            session.diverge(kind, f"the replay made more training steps than the {len(session.recorded(kind))} "
+                                  "recorded", step=step)
+        return
+    rec_index, rec_loss, rec_digest, rec_lanes = recorded
+    problems = []
+    if rec_index != index:
+        problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
+    if rec_digest is not None and digest is not None and rec_digest != digest:
+        culprits = _attribute(rec_lanes, lanes, names).replace("parameter", noun)
+        problems.append(f"{culprits} (digest recorded {rec_digest:08x}, got {digest:08x})")
+    if not _same_float(rec_loss, loss):
+        problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
+    if problems:
+        session.diverge(kind, "; ".join(problems), step=step)
 
 
 def _word_width(nbytes: int) -> int:

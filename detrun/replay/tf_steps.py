@@ -25,8 +25,7 @@ import zlib
 from typing import Any, Callable
 
 from detrun.replay.patching import Patcher
-from detrun.replay.session import MISSING, float_bits
-from detrun.replay.steps import LANES, _attribute, _same_float  # noqa: PLC2701 - shared on purpose
+from detrun.replay.steps import record_or_check_step
 
 KIND = "tf.step"
 _WRAPPED = "__detrun_step_digest__"
@@ -301,39 +300,4 @@ class TFStepVerifier:
 
     def _finish_step(self, step: int, index: int, loss: float | None, per_param: list[int] | None,
                      names: list[str]) -> None:
-        session = self._session
-        if per_param is None:
-            digest, lanes = None, b""
-        else:
-            import struct
-
-            digest = zlib.crc32(struct.pack(f"<{len(per_param)}I", *per_param))
-            folded = bytearray(min(len(per_param), LANES))
-            for i, value in enumerate(per_param):
-                folded[i % LANES] ^= value & 0xFF
-            lanes = bytes(folded)
-            session.last_digest = digest
-        if session.recording:
-            session.emit(KIND, [index, loss, digest, lanes])
-            return
-        recorded = session.take(KIND)
-        if recorded is MISSING:
-            if session.trace.complete:
-                session.diverge(KIND, f"the replay made more training steps than the "
-                                      f"{len(session.recorded(KIND))} recorded", step=step)
-            return
-        self._compare(step, recorded, [index, loss, digest, lanes], names)
-
-    def _compare(self, step: int, recorded: list[Any], got: list[Any], names: list[str]) -> None:
-        rec_index, rec_loss, rec_digest, rec_lanes = recorded
-        index, loss, digest, lanes = got
-        problems = []
-        if rec_index != index:
-            problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
-        if rec_digest is not None and digest is not None and rec_digest != digest:
-            culprits = _attribute(rec_lanes, lanes, names).replace("parameter", "variable")
-            problems.append(f"{culprits} (digest recorded {rec_digest:08x}, got {digest:08x})")
-        if not _same_float(rec_loss, loss):
-            problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
-        if problems:
-            self._session.diverge(KIND, "; ".join(problems), step=step)
+        record_or_check_step(self._session, KIND, step, index, loss, per_param, names, noun="variable")

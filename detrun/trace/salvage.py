@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from detrun.trace.format import DECLARE_KIND, END
 from detrun.trace.reader import salvage_objects
