@@ -157,3 +157,35 @@ def test_iterable_dataset_batches_are_digested(tmp_path: Path) -> None:
     import json
 
     assert json.loads(shown.stdout)["events"]["main"]["dl.batch"] == 8
+
+
+WORKER_RNGS = '''
+import random, sys
+import numpy as np, torch
+from torch.utils.data import DataLoader, Dataset
+
+class Noisy(Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        # Every RNG a worker can reach, none seeded by the script: default_rng() draws OS entropy.
+        return torch.tensor([np.random.default_rng().random(), random.random(), float(torch.rand(()))])
+
+if __name__ == "__main__":
+    loader = DataLoader(Noisy(), batch_size=4, num_workers=2, multiprocessing_context=sys.argv[1])
+    for epoch in range(2):
+        print([batch.sum().item() for batch in loader])
+'''
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_worker_rngs_are_recorded_and_replayed_in_the_workers(context: str, tmp_path: Path) -> None:
+    (tmp_path / "noisy.py").write_text(WORKER_RNGS)
+    plain = [python("noisy.py", context, cwd=tmp_path).stdout for _ in range(2)]
+    assert plain[0] != plain[1]
+    recorded = detrun("record", "-q", "noisy.py", context, cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    replayed = detrun("replay", "trace.zst", cwd=tmp_path)
+    assert replayed.stdout == recorded.stdout
+    assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (0 steps, 6 batches"), replayed.stderr
