@@ -42,6 +42,7 @@ class _Epoch:
         self.iterable = iterable
         self.batch = 0
         self.indices: list[Any] = []  # replay: the recorded sampler output, in order
+        self.next_index = 0  # replay: the position in `indices` of the next one to force
         self.digests: list[list[int]] = []  # replay: the recorded batch digests, in order
         self.sampler_departures = 0
         self.unforced = False  # replay: the dataset changed size, so the sampler's own order is used
@@ -96,6 +97,13 @@ def _encode_indices(value: Any) -> tuple[int, Any, bool]:
         width, packed = pack_indices(items)
         return width, packed, scalar
     return 0, [i.tolist() if hasattr(i, "tolist") else i for i in items], scalar
+
+
+def _as_plain(value: Any) -> Any:
+    """Return a sampler output as plain ints, to compare it with a decoded recording."""
+    if isinstance(value, (list, tuple)):
+        return [i.tolist() if hasattr(i, "tolist") else i for i in value]
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def _decode_indices(width: int, packed: Any, scalar: bool) -> Any:
@@ -157,7 +165,7 @@ class DataLoaderSource(ImportTimeSource):
                                                     f"recording {start[2]}", batch=f"{state.label}, batch 0")
                         state.unforced = True
                     else:
-                        state.indices = list(indices)
+                        state.indices = indices
                     if base_seed is not None and start[3] is not None:
                         iterator._base_seed = start[3]
             states[iterator] = state
@@ -216,12 +224,13 @@ class DataLoaderSource(ImportTimeSource):
                 current = original_next_index(self)
             except StopIteration:
                 current = StopIteration
-            if not state.indices:
+            if state.next_index >= len(state.indices):
                 if current is not StopIteration:
                     session.diverge(INDICES_KIND, f"{state.label}: the sampler yields more batches than recorded")
                 raise StopIteration
-            forced = state.indices.pop(0)
-            if current is StopIteration or _encode_indices(current)[1:] != _encode_indices(forced)[1:]:
+            forced = state.indices[state.next_index]
+            state.next_index += 1
+            if current is StopIteration or _as_plain(current) != forced:
                 state.sampler_departures += 1
             return forced
 
