@@ -381,17 +381,15 @@ class Session:
             self.writer.close()
             os.replace(partial, partial.removesuffix(".partial"))
             return
-        leftovers = self.settings.get("report_path")
-        if leftovers:
+        report_path = self.settings.get("report_path")
+        if report_path:
             import json
 
             if self.trace is not None and self.trace.complete:
-                for kind, events in self.trace.events.get(self.role, {}).items():
-                    used = self._cursors.get(kind, 0)
-                    if used < len(events):
-                        self.divergences.append(Divergence(kind, f"{self.role}: the recording has "
-                                                                 f"{len(events) - used} more {kind} event(s)"))
-            with open(leftovers, "w", encoding="utf-8") as report:
+                for kind, message in self._unused_events():
+                    # Appended, not diverge(): --strict belongs to the main process.
+                    self.divergences.append(Divergence(kind, f"{self.role}: {message}"))
+            with open(report_path, "w", encoding="utf-8") as report:
                 json.dump([dataclasses.asdict(d) for d in self.divergences], report)
 
     def _merge_children(self) -> None:
@@ -462,18 +460,26 @@ class Session:
     def _check_leftovers(self, exit_status: int) -> None:
         """Report recorded events the replay never asked for, and a changed exit status."""
         assert self.trace is not None
+        for kind, message in self._unused_events():
+            self.diverge(kind, message)
+        recorded_status = self.trace.end.get("exit_status") if self.trace.end else None
+        if recorded_status is not None and recorded_status != exit_status:
+            self.diverge("exit", f"exit status recorded {recorded_status}, got {exit_status}")
+
+    def _unused_events(self) -> list[tuple[str, str]]:
+        """Return (kind, message) for every kind whose recorded events the replay did not all use."""
+        assert self.trace is not None
+        unused = []
         for kind, events in self.trace.events.get(self.role, {}).items():
             used = self._cursors.get(kind, 0)
             if used >= len(events):
                 continue
             if kind == "step":
-                self.diverge(kind, f"the replay made {used} optimizer steps, the recording {len(events)}")
+                unused.append((kind, f"the replay made {used} optimizer steps, the recording {len(events)}"))
             else:
-                self.diverge(kind, f"the recording has {len(events) - used} more {kind} event(s) "
-                                   "that the replay never asked for")
-        recorded_status = self.trace.end.get("exit_status") if self.trace.end else None
-        if recorded_status is not None and recorded_status != exit_status:
-            self.diverge("exit", f"exit status recorded {recorded_status}, got {exit_status}")
+                unused.append((kind, f"the recording has {len(events) - used} more {kind} event(s) "
+                                     "that the replay never asked for"))
+        return unused
 
     def verdict(self) -> str:
         """Return the one-line verdict of a replay."""

@@ -41,7 +41,7 @@ class StepVerifier:
         self._optimizers: dict[int, int] = {}
         self._params: dict[int, tuple[list[str], list[Any]]] = {}
         self._views: dict[int, tuple[int, Any]] = {}
-        self._pending: list[tuple[int, Any, Any, int]] = []
+        self._pending: list[tuple[int, Any, Any, int, list[str]]] = []
         self._digest_every = 1
         self._torch: Any = None
         self._add_reduce: Any = None
@@ -116,7 +116,7 @@ class StepVerifier:
             torch = self._torch
             sums = torch.stack([_device_sum(torch, p) for p in params]) if digest_now else None
             loss_value = _device_loss(torch, loss)
-            self._pending.append((index, loss_value, sums, step))
+            self._pending.append((index, loss_value, sums, step, names))
             if len(self._pending) >= SYNC_EVERY:
                 self.flush()
             return
@@ -130,18 +130,14 @@ class StepVerifier:
             return
         torch = self._torch
         pending, self._pending = self._pending, []
-        sums = [s for _, _, s, _ in pending if s is not None]
-        losses = [l for _, l, _, _ in pending if l is not None]
+        sums = [s for _, _, s, _, _ in pending if s is not None]
+        losses = [l for _, l, _, _, _ in pending if l is not None]
         host_sums = iter(torch.stack(sums).cpu().tolist()) if sums else iter(())
         host_losses = iter(torch.stack(losses).cpu().tolist()) if losses else iter(())
-        for index, loss, device_sums, step in pending:
+        for index, loss, device_sums, step, names in pending:
             loss_value = next(host_losses) if loss is not None else None
             per_param = [s & _MASK64 for s in next(host_sums)] if device_sums is not None else None
-            names = self._params[self._optimizer_key(index)][0]
             self._finish_step(step, index, loss_value, per_param, names)
-
-    def _optimizer_key(self, index: int) -> int:
-        return next(key for key, value in self._optimizers.items() if value == index)
 
     def _finish_step(self, step: int, index: int, loss: float | None, per_param: list[int] | None,
                      names: list[str]) -> None:
