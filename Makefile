@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 EXAMPLE := examples/train_unseeded.py
 DEMO_DIR := out/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The in-process unit tests only (seconds): session, step clock, trace, Patcher, patches.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

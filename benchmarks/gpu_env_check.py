@@ -117,7 +117,7 @@ def env_lines(stderr: str) -> list[str]:
 
 def kernel_summary(trace: Path) -> dict[str, Any]:
     """Return the kernel steps a trace holds: launches per step and the first few names."""
-    from detrun.replay.kernels import KIND, decode_steps
+    from detrun.engine.sources.cuda_kernels import KIND, decode_steps
     from detrun.trace import read_trace
 
     steps = decode_steps(read_trace(str(trace)).of(KIND))

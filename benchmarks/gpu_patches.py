@@ -32,7 +32,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 
 import detrun.patches as patches  # noqa: E402
-from detrun.patches.examples import EXAMPLES, Call, Example  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the shared op fixtures
+from support.patch_examples import EXAMPLES, Call, Example  # noqa: E402
 
 RUNS = 10
 GOAL_RATIO = 2.0

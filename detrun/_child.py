@@ -20,10 +20,10 @@ def main() -> None:
     config = json.loads(raw)
 
     from detrun.errors import DetrunError
-    from detrun.replay.session import Session
-    from detrun.replay.sources import all_sources
-    from detrun.replay.steps import StepVerifier
-    from detrun.replay.tf_steps import TFStepVerifier
+    from detrun.engine.session import Session
+    from detrun.engine.sources import all_sources
+    from detrun.engine.sources.torch_steps import StepVerifier
+    from detrun.engine.sources.tf_steps import TFStepVerifier
     from detrun.runner import Runner, Target
     from detrun.trace import TraceWriter, read_trace
 

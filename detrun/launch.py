@@ -16,7 +16,9 @@ import subprocess
 import sys
 from typing import Any
 
-from detrun import __version__, env
+from detrun import __version__
+from detrun.env import diff as env_diff
+from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
 from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, ScriptNotFound, TraceError
 from detrun.runner import Target, resolve
 from detrun.trace import read_header
@@ -49,7 +51,7 @@ def _policy_ops(policy: str, profile_path: str | None) -> list[str]:
         return []
     if profile_path is None:
         raise PolicyError("--policy minimal needs --from-profile PROFILE.json (written by `detrun profile --json`)")
-    from detrun.patches.policy import load_profile_ops
+    from detrun.patches.patch_policy import load_profile_ops
 
     try:
         return sorted(load_profile_ops(profile_path))
@@ -70,7 +72,7 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
     header = {
         "detrun_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "env": env.fingerprint(os.path.dirname(resolved.path)),
+        "env": fingerprint(os.path.dirname(resolved.path)),
         "script": {"name": target.name, "module": target.is_module, "path": resolved.path,
                    "sha256": resolved.sha256},
         "argv": list(target.args),
@@ -78,7 +80,7 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
         "settings": {
             "hashseed": hashseed,
             "hashseed_from_user": user_hashseed is not None,
-            "thread_env": {name: os.environ.get(name) for name in env.THREAD_ENV_NAMES},
+            "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_NAMES},
             "digest_every": digest_every,
             "policy": policy,
             "policy_ops": policy_ops,
@@ -124,20 +126,20 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     if pin_threads:
         # Pin the thread environment the recording ran with (absent there means absent here).
         child_env.update(settings.get("thread_env", {}))
-    differences = env.classify(env.diff(header.get("env", {}), env.fingerprint(os.path.dirname(resolved.path))),
+    differences = env_diff.classify(env_diff.diff(header.get("env", {}), fingerprint(os.path.dirname(resolved.path))),
                                threads_pinned=pin_threads)
     # The differences that can change bits go to the session, which names the first as the likely
     # cause if the replay diverges.
     config = {"mode": "replay", "target": _target_data(target), "trace_path": os.path.abspath(trace_path),
-              "strict": strict, "quiet": quiet, "settings": settings, "causes": env.causes(differences)}
+              "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences)}
     if not quiet:
         _print_env_diff(differences)
     return _run_child(config, child_env)
 
 
-def _print_env_diff(differences: list[env.Difference]) -> None:
+def _print_env_diff(differences: list[env_diff.Difference]) -> None:
     """Report environment differences from the recording: those that can change bits one per line."""
-    for line in env.report_lines(differences):
+    for line in env_diff.report_lines(differences):
         print(f"detrun: {line}", file=sys.stderr)
 
 

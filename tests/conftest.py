@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-SCRIPTS = Path(__file__).resolve().parent / "scripts"
+SCRIPTS = Path(__file__).resolve().parent / "e2e" / "scripts"
 
 
 def detrun_command() -> list[str]:
@@ -21,7 +21,7 @@ def detrun_command() -> list[str]:
     if beside.exists():
         return [str(beside)]
     found = shutil.which("detrun")
-    return [found] if found else [sys.executable, "-m", "detrun.cli"]
+    return [found] if found else [sys.executable, "-m", "detrun"]
 
 
 def run(args: list[str], *, cwd: Path | str | None = None, env: dict[str, str] | None = None,

@@ -8,6 +8,6 @@ Importing this package does not import torch.
 """
 from __future__ import annotations
 
-from detrun.profiler.session import ProfileOptions, ProfileResult, run_profile
+from detrun.profiler.profile_run import ProfileOptions, ProfileResult, run_profile
 
 __all__ = ["ProfileOptions", "ProfileResult", "run_profile"]

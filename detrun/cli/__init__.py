@@ -1,0 +1,48 @@
+"""The `detrun` command line: one module per command, registered here; every decision lives in the library."""
+from __future__ import annotations
+
+import click
+
+from detrun import __version__
+from detrun.cli.common import DetrunGroup
+from detrun.cli.env_cmd import env_command
+from detrun.cli.profile_cmd import profile_command
+from detrun.cli.record_cmd import record_command
+from detrun.cli.replay_cmd import replay_command
+from detrun.cli.show_cmd import show_command
+
+
+@click.group(cls=DetrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="detrun")
+def main() -> None:
+    """Record and replay ML training runs bit for bit.
+
+    \b
+    Fixing seeds is not enough: time-seeded RNGs, OS entropy, hash-seed-dependent
+    set order, thread counts, data-loader order and GPU kernel choices all change
+    the bits.  detrun runs your unmodified script, records every one of those
+    sources into a trace, and replays them so the run reproduces exactly, with a
+    digest check at every optimizer step.
+
+    \b
+    Typical use:
+      detrun record train.py --epochs 3      # run as usual, write trace.zst
+      detrun replay trace.zst train.py       # re-run bit-identically; verdict on stderr
+      detrun show trace.zst                  # what the trace holds
+      detrun profile --steps 20 train.py     # nondeterministic ops and their patches
+
+    \b
+    Exit codes: the script's own status passes through; 2 bad input (missing
+    script, bad trace, refused overwrite, changed script or arguments);
+    3 replay --strict stopped at a divergence; 4 profile --fail-on found an
+    unpatched nondeterministic op; 70 internal error in detrun.
+    """
+
+
+# Registered explicitly: a command whose module fails to import is a loud ImportError at start-up,
+# never a silent "No such command".
+main.add_command(record_command, "record")
+main.add_command(replay_command, "replay")
+main.add_command(show_command, "show")
+main.add_command(profile_command, "profile")
+main.add_command(env_command, "env")

@@ -1,0 +1,50 @@
+"""`detrun record`: run a script under a recording session and write its trace."""
+from __future__ import annotations
+
+import click
+
+from detrun.cli.common import SCRIPT_CONTEXT, make_target
+
+
+@click.command(context_settings=SCRIPT_CONTEXT)
+@click.option("-o", "--output", default="trace.zst", show_default=True, metavar="FILE",
+              help="Where to write the trace.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing trace file.")
+@click.option("-m", "--module", is_flag=True, help="Run a module (like `python -m`) instead of a script.")
+@click.option("--digest-every", default=1, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="Digest all parameters every N optimizer steps (the loss is checked at every step).")
+@click.option("--policy", type=click.Choice(["strict", "minimal", "off"]), default="strict", show_default=True,
+              help="Determinism policy applied when torch is imported: strict = deterministic algorithms, "
+                   "cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG, every detrun patch; minimal = the same flags "
+                   "and only the patches for the ops a profile flagged; off = leave torch as the script sets it. "
+                   "For TensorFlow, strict and minimal turn on enable_op_determinism().")
+@click.option("--from-profile", type=click.Path(dir_okay=False), metavar="PROFILE.json",
+              help="With --policy minimal: the `detrun profile --json` output whose flagged ops to patch.")
+@click.option("--kernel-steps", default=2, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="Record the CUDA kernel names launched in the first K optimizer steps (0: none; no-op "
+                   "without CUDA).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary.")
+@click.argument("script")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def record_command(output: str, force: bool, module: bool, digest_every: int, policy: str, from_profile: str | None,
+           kernel_steps: int, quiet: bool, script: str, args: tuple[str, ...]) -> None:
+    """Run SCRIPT [ARGS]... as `python` would and record every source of nondeterminism.
+
+    \b
+    Everything after SCRIPT goes to the script unchanged. The script's stdout,
+    stderr and exit status are its own; detrun speaks on stderr, prefixed
+    `detrun:`. It records the Python, NumPy and PyTorch RNG seeds (including
+    ones taken from the clock), OS entropy (os.urandom, secrets, uuid4), the
+    hash seed, thread counts, and a digest of the parameters and the loss at
+    every optimizer step.
+
+    \b
+    Examples:
+      detrun record train.py --epochs 3
+      detrun record -o runs/a.zst -m mypkg.train --lr 0.1
+    """
+    from detrun.launch import exit_like, record as record_run
+
+    exit_like(record_run(make_target(script, args, module), output, force=force, quiet=quiet,
+                         digest_every=digest_every, policy=policy, profile_path=from_profile,
+                         kernel_steps=kernel_steps))

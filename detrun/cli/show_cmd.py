@@ -1,0 +1,83 @@
+"""Describe what a trace holds, for `detrun show`."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from detrun.engine.session import format_bytes
+from detrun.trace import Trace
+
+
+def summarize(trace: Trace) -> dict[str, Any]:
+    """Return a plain-data summary of a trace (what `detrun show --json` prints)."""
+    end = trace.end or {}
+    steps = trace.of("step")
+    return {
+        "path": trace.path,
+        "size_bytes": trace.size,
+        "format_version": trace.header.get("version"),
+        "detrun_version": trace.header.get("detrun_version"),
+        "created": trace.header.get("created"),
+        "complete": trace.complete,
+        "end_reason": end.get("reason"),
+        "exit_status": end.get("exit_status"),
+        "script": trace.header.get("script", {}),
+        "argv": trace.header.get("argv", []),
+        "cwd": trace.header.get("cwd"),
+        "settings": trace.header.get("settings", {}),
+        "env": trace.header.get("env", {}),
+        "events": {role: {kind: len(payloads) for kind, payloads in sorted(kinds.items())}
+                   for role, kinds in trace.events.items() if kinds},
+        "steps": len(steps),
+        "bytes_per_step": round(trace.size / len(steps), 1) if steps else None,
+        "final_digest": f"{end['final_digest']:08x}" if end.get("final_digest") is not None else None,
+        "first_losses": [s[1] for s in steps[:5]],
+        # Backend flag changes the script made: where, at which optimizer step, and what changed.
+        "backend_changes": [{"step": c[0], "site": c[1], "call": c[2], "flags": c[3]}
+                            for c in trace.of("backends.set") if isinstance(c, list) and len(c) == 4],
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    """Return the human-readable view of a summary."""
+    script = summary["script"]
+    env = summary["env"]
+    libraries = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items())
+    status = "complete" if summary["complete"] else f"INCOMPLETE ({summary['end_reason']})"
+    lines = [
+        f"trace      {summary['path']} ({format_bytes(summary['size_bytes'])}, format {summary['format_version']}, "
+        f"detrun {summary['detrun_version']})",
+        f"status     {status}; script exit status {summary['exit_status']}",
+        f"recorded   {summary['created']} in {summary['cwd']}",
+        f"script     {'-m ' if script.get('module') else ''}{script.get('name')} "
+        f"(sha256 {str(script.get('sha256'))[:16]}…)",
+        f"argv       {summary['argv']}",
+        f"hash seed  {summary['settings'].get('hashseed')}",
+        f"python     {env.get('python', {}).get('version')} on {env.get('os', {}).get('system')} "
+        f"{env.get('cpu', {}).get('machine')}",
+        f"libraries  {libraries or 'none'}",
+        f"steps      {summary['steps']}"
+        + (f" ({summary['bytes_per_step']} B/step), final digest {summary['final_digest']}" if summary["steps"] else ""),
+        "events",
+    ]
+    for role, kinds in summary["events"].items():
+        for kind, count in kinds.items():
+            lines.append(f"  {role:<10} {kind:<24} {count}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.argument("trace", type=click.Path(dir_okay=False))
+def show_command(as_json: bool, trace: str) -> None:
+    """Show what a trace holds: header, environment, event counts and steps.
+
+    A trace from a killed recording is shown and marked INCOMPLETE.
+    """
+    import json
+
+    from detrun.trace import read_trace
+
+    summary = summarize(read_trace(trace))
+    click.echo(json.dumps(summary, indent=2, default=str) if as_json else render(summary))

@@ -1,0 +1,55 @@
+"""One module per source of nondeterminism, each behind the same small interface.
+
+A source has `install(session)` (idempotent), `uninstall()` (restores the originals in reverse
+order) and stable event kind names. Sources never import each other; the session is the only
+meeting point.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Source(Protocol):
+    """The interface every source implements."""
+
+    def install(self, session: Any) -> None:
+        """Install the hooks for record or replay (a second call is a no-op)."""
+
+    def uninstall(self) -> None:
+        """Restore everything install() changed, last change first."""
+
+
+def all_sources() -> list[Source]:
+    """Return a fresh instance of every source, in installation order."""
+    from detrun.engine.sources import (
+        backend_flags,
+        cuda_kernels,
+        dataloader,
+        determinism_policy,
+        tf_runtime,
+        thread_counts,
+    )
+
+    return [
+        determinism_policy.PolicySource(),  # first: its flags must be in place before anything records them
+        *worker_sources(),
+        thread_counts.ThreadsSource(),
+        # After threads: its import-time pinning must not count as the script's set_num_threads call.
+        backend_flags.BackendsSource(),
+        cuda_kernels.KernelSequence(),
+        dataloader.DataLoaderSource(),
+        tf_runtime.TensorFlowSource(),
+    ]
+
+
+def worker_sources() -> list[Source]:
+    """Return the sources a DataLoader worker process records on its own."""
+    from detrun.engine.sources import listing_order, numpy_random, os_entropy, python_random, torch_random
+
+    return [
+        os_entropy.EntropySource(),
+        python_random.PyRandomSource(),
+        numpy_random.NumpySource(),
+        torch_random.TorchSource(),
+        listing_order.FsOrderSource(),
+    ]

@@ -1,0 +1,351 @@
+"""The DataLoader: sampler order, worker base seeds, the RNGs inside workers, and per-batch digests.
+
+Events, keyed by loader (in order of first iteration) and epoch (each `iter(loader)`):
+- `dl.epoch`   `[loader, epoch, dataset_len, base_seed, sampler]` when an epoch starts; base_seed
+  is None for the later epochs of persistent workers, which keep the seed they started with;
+- `dl.indices` `[loader, epoch, width, packed, scalar]` for every index (or batch of indices) the
+  sampler yields, packed by the trace codec; `width` 0 means `packed` is a plain list;
+- `dl.batch`   `[loader, epoch, batch, digests]`: crc32 of every tensor/array/value in each
+  collated batch the program receives.
+
+On replay the recorded order and base seeds are forced even if the sampler would now produce
+something else (the sampler still runs, so its RNG side effects stay the same), and every batch is
+checked against its digest: the first differing batch is named by epoch, batch index and field.
+Worker processes (fork or spawn, persistent or not) run under a session of their own whose events
+land in a trace segment named `dl<loader>.i<iteration>.w<worker>`.
+"""
+from __future__ import annotations
+
+import inspect
+import weakref
+import zlib
+from typing import Any, Iterator
+
+from detrun.engine.patcher import ImportTimeSource
+from detrun.trace.format import pack_indices, unpack_indices
+
+EPOCH_KIND = "dl.epoch"
+INDICES_KIND = "dl.indices"
+BATCH_KIND = "dl.batch"
+
+# Set in the main process at install; a forked worker inherits it, a spawned one imports this
+# module afresh and finds torch's own function still in place.
+_original_worker_loop: Any = None
+
+
+class _Epoch:
+    """What one pass over one loader recorded, or what its replay has consumed so far."""
+
+    def __init__(self, loader: int, epoch: int, iterable: bool) -> None:
+        self.loader = loader
+        self.epoch = epoch
+        self.iterable = iterable
+        self.batch = 0
+        self.indices: list[Any] = []  # replay: the recorded sampler output, in order
+        self.next_index = 0  # replay: the position in `indices` of the next one to force
+        self.digests: list[list[int]] = []  # replay: the recorded batch digests, in order
+        self.sampler_departures = 0
+        self.unforced = False  # replay: the dataset changed size, so the sampler's own order is used
+
+    @property
+    def label(self) -> str:
+        return f"DataLoader #{self.loader} epoch {self.epoch}"
+
+
+def _leaves(data: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield (field path, leaf) for a collated batch: tuples, lists and dicts are walked."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, f"{path}[{key!r}]")
+    elif isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
+        for index, value in enumerate(data):
+            yield from _leaves(value, f"{path}[{index}]")
+    elif hasattr(data, "_fields"):  # namedtuple: name the fields
+        for name in data._fields:
+            yield from _leaves(getattr(data, name), f"{path}.{name}")
+    else:
+        yield path or "batch", data
+
+
+def _digest_leaf(torch: Any, leaf: Any) -> int:
+    """Return crc32 of a leaf's bytes (tensors and arrays without a copy when contiguous)."""
+    if isinstance(leaf, torch.Tensor):
+        flat = leaf.detach()
+        if flat.device.type != "cpu":
+            flat = flat.cpu()
+        # A byte view works for every dtype, bf16 and bool included, and numpy() of it never copies.
+        return zlib.crc32(flat.contiguous().reshape(-1).view(torch.uint8).numpy())
+    if hasattr(leaf, "__array_interface__") and hasattr(leaf, "tobytes"):
+        return zlib.crc32(leaf.tobytes())
+    return zlib.crc32(repr(leaf).encode())
+
+
+def batch_digests(torch: Any, data: Any) -> tuple[list[str], list[int]]:
+    """Return the field paths and crc32 digests of a collated batch."""
+    names, digests = [], []
+    for name, leaf in _leaves(data):
+        names.append(name)
+        digests.append(_digest_leaf(torch, leaf))
+    return names, digests
+
+
+def _encode_indices(value: Any) -> tuple[int, Any, bool]:
+    """Return (width, packed, scalar) for a sampler output, or width 0 with the value as a list."""
+    scalar = not isinstance(value, (list, tuple))
+    items = [value] if scalar else list(value)
+    if all(type(i) is int and i >= 0 for i in items):
+        width, packed = pack_indices(items)
+        return width, packed, scalar
+    return 0, [i.tolist() if hasattr(i, "tolist") else i for i in items], scalar
+
+
+def _as_plain(value: Any) -> Any:
+    """Return a sampler output as plain ints, to compare it with a decoded recording."""
+    if isinstance(value, (list, tuple)):
+        return [i.tolist() if hasattr(i, "tolist") else i for i in value]
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _decode_indices(width: int, packed: Any, scalar: bool) -> Any:
+    items = unpack_indices(width, packed) if width else list(packed)
+    return items[0] if scalar else items
+
+
+class DataLoaderSource(ImportTimeSource):
+    """Hook torch.utils.data's iterators once torch is imported."""
+
+    module = "torch"
+
+    def hook(self, session: Any, torch: Any) -> None:
+        global _original_worker_loop
+        import torch.utils.data.dataloader as dataloader_module
+        from torch.utils.data._utils import worker as worker_module
+
+        base = dataloader_module._BaseDataLoaderIter
+        iterable_kind = dataloader_module._DatasetKind.Iterable
+        original_init = base.__init__
+        original_reset = base._reset
+        original_next_index = base._next_index
+        original_next = base.__next__
+        _original_worker_loop = worker_module._worker_loop
+
+        loader_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        epochs_started: dict[int, int] = {}
+        states: weakref.WeakKeyDictionary[Any, _Epoch] = weakref.WeakKeyDictionary()
+        live_worker_iterators: weakref.WeakSet[Any] = weakref.WeakSet()
+        recorded_epochs = _index_recording(session) if not session.recording else {}
+
+        def start_epoch(iterator: Any, loader: Any, base_seed: Any) -> _Epoch:
+            """Open a new epoch for a loader, record or check its start, and return its state."""
+            loader_id = loader_ids.setdefault(loader, len(loader_ids))
+            epoch = epochs_started.get(loader_id, 0)
+            epochs_started[loader_id] = epoch + 1
+            iterable = loader._dataset_kind == iterable_kind
+            state = _Epoch(loader_id, epoch, iterable)
+            try:
+                length = len(loader.dataset)
+            except TypeError:
+                length = None
+            sampler = type(loader._index_sampler).__name__
+            observed = [loader_id, epoch, length, base_seed, sampler]
+            if session.recording:
+                session.emit(EPOCH_KIND, observed)
+            else:
+                recorded = recorded_epochs.get((loader_id, epoch))
+                if recorded is None:
+                    session.diverge(EPOCH_KIND, f"{state.label} was not in the recording (it has "
+                                                f"{sum(1 for k in recorded_epochs if k[0] == loader_id)} epochs "
+                                                f"of this loader)")
+                else:
+                    start, indices, state.digests = recorded
+                    if start[2] != length:
+                        # Recorded indices may not exist any more: let the sampler choose, and let
+                        # the batch digests say where the data departs.
+                        session.diverge(EPOCH_KIND, f"{state.label}: the dataset has {length} samples, the "
+                                                    f"recording {start[2]}", batch=f"{state.label}, batch 0")
+                        state.unforced = True
+                    else:
+                        state.indices = indices
+                    if base_seed is not None and start[3] is not None:
+                        iterator._base_seed = start[3]
+            states[iterator] = state
+            return state
+
+        def worker_entry(state: _Epoch, num_workers: int) -> Any:
+            """Return the picklable worker target for this iterator's workers, registering their files."""
+            prefix = f"dl{state.loader}.i{state.epoch}"
+            roles = [f"{prefix}.w{worker}" for worker in range(num_workers)]
+            if session.recording:
+                config: dict[str, Any] = {"mode": "record", "prefix": prefix,
+                                          "base": session.scratch_path("seg")}
+                session.segment_paths.extend(f"{config['base']}.{role}" for role in roles)
+            else:
+                trace = session.trace
+                config = {"mode": "replay", "prefix": prefix, "base": session.scratch_path("report"),
+                          "complete": trace.complete,
+                          "events": {role: trace.events.get(role, {}) for role in roles}}
+                session.report_paths.extend(f"{config['base']}.{role}.json" for role in roles)
+            return _WorkerEntry(config)
+
+        # Mirrors torch.utils.data.dataloader._BaseDataLoaderIter.__init__ (torch 2.x): the base
+        # seed is drawn there, before _MultiProcessingDataLoaderIter starts its workers with it.
+        def __init__(self: Any, loader: Any) -> None:
+            original_init(self, loader)
+            try:
+                state = start_epoch(self, loader, self._base_seed)
+                if loader.num_workers > 0:
+                    worker_module._worker_loop = worker_entry(state, loader.num_workers)
+                    live_worker_iterators.add(self)
+            except Exception as exc:  # noqa: BLE001
+                session.hook_failed("DataLoader iteration", exc)
+
+        # Mirrors _BaseDataLoaderIter._reset (torch 2.x): persistent workers start later epochs here.
+        def _reset(self: Any, loader: Any, first_iter: bool = False) -> None:
+            if not first_iter and self in states:
+                try:
+                    start_epoch(self, loader, None)
+                except Exception as exc:  # noqa: BLE001
+                    session.hook_failed("DataLoader iteration", exc)
+            return original_reset(self, loader, first_iter)
+
+        # Mirrors _BaseDataLoaderIter._next_index (torch 2.x): the sampler's next index or batch.
+        def _next_index(self: Any) -> Any:
+            state = states.get(self)
+            if state is None or state.iterable or state.unforced:
+                return original_next_index(self)
+            if session.recording:
+                value = original_next_index(self)
+                try:
+                    session.emit(INDICES_KIND, [state.loader, state.epoch, *_encode_indices(value)])
+                except Exception as exc:  # noqa: BLE001
+                    session.hook_failed("DataLoader sampler order", exc)
+                return value
+            try:
+                current = original_next_index(self)
+            except StopIteration:
+                current = StopIteration
+            if state.next_index >= len(state.indices):
+                if current is not StopIteration:
+                    session.diverge(INDICES_KIND, f"{state.label}: the sampler yields more batches than recorded")
+                raise StopIteration
+            forced = state.indices[state.next_index]
+            state.next_index += 1
+            if current is StopIteration or _as_plain(current) != forced:
+                state.sampler_departures += 1
+            return forced
+
+        # Mirrors _BaseDataLoaderIter.__next__ (torch 2.x): the collated batch the program receives.
+        def __next__(self: Any) -> Any:
+            data = original_next(self)
+            state = states.get(self)
+            if state is None:
+                return data
+            try:
+                check_batch(state, data)
+            except Exception as exc:  # noqa: BLE001
+                session.hook_failed("DataLoader batch digest", exc)
+            return data
+
+        def check_batch(state: _Epoch, data: Any) -> None:
+            names, digests = batch_digests(torch, data)
+            batch = state.batch
+            state.batch += 1
+            if session.recording:
+                session.emit(BATCH_KIND, [state.loader, state.epoch, batch, digests])
+                return
+            if batch >= len(state.digests):
+                if batch == len(state.digests):
+                    session.diverge(BATCH_KIND, f"{state.label}, batch {batch}: the recording has only "
+                                                f"{len(state.digests)} batches in this epoch",
+                                    batch=f"{state.label}, batch {batch}")
+                return
+            recorded = state.digests[batch]
+            session.checked["batches"] = session.checked.get("batches", 0) + 1
+            if recorded != digests:
+                differing = [name for name, a, b in zip(names, recorded, digests) if a != b] or names
+                fields = ", ".join(differing[:4])
+                session.diverge(BATCH_KIND, f"{state.label}, batch {batch}: field {fields} differs from the "
+                                            "recording (the data, its order or its augmentation changed)",
+                                batch=f"{state.label}, batch {batch}, field {fields}")
+
+        def shut_down_workers() -> None:
+            """Stop live (persistent) workers so that they close their trace segments."""
+            for iterator in list(live_worker_iterators):
+                shutdown = getattr(iterator, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
+            departures = [s for s in states.values() if s.sampler_departures]
+            for state in departures[:1]:
+                session.note_cause(f"{state.label}: the sampler produced another order in "
+                                   f"{state.sampler_departures} batches (the recorded order was forced)")
+
+        patch = self.patcher.setattr
+        patch(base, "__init__", __init__)
+        patch(base, "_reset", _reset)
+        patch(base, "_next_index", _next_index)
+        patch(base, "__next__", __next__)
+        patch(worker_module, "_worker_loop", _original_worker_loop)  # restored on uninstall
+        session.on_stop(shut_down_workers)
+
+
+def _index_recording(session: Any) -> dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]]:
+    """Group a recording's DataLoader events by (loader, epoch) for replay."""
+    grouped: dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]] = {}
+    for start in session.take_all(EPOCH_KIND):
+        grouped[(start[0], start[1])] = (start, [], [])
+    for loader, epoch, width, packed, scalar in session.take_all(INDICES_KIND):
+        if (loader, epoch) in grouped:
+            grouped[(loader, epoch)][1].append(_decode_indices(width, packed, scalar))
+    for loader, epoch, _batch, digests in session.take_all(BATCH_KIND):
+        if (loader, epoch) in grouped:
+            grouped[(loader, epoch)][2].append(digests)
+    return grouped
+
+
+class _WorkerEntry:
+    """The DataLoader worker target: run torch's worker loop under a session of the worker's own.
+
+    An instance is what multiprocessing pickles for spawn, so it holds only plain data.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.utils.data._utils import worker as worker_module
+
+        loop = _original_worker_loop or worker_module._worker_loop
+        session = None
+        try:
+            worker_id = inspect.signature(loop).bind(*args, **kwargs).arguments["worker_id"]
+            session = _start_worker_session(self.config, f"{self.config['prefix']}.w{worker_id}")
+        except Exception as exc:  # noqa: BLE001 - the worker must run even if detrun cannot follow it
+            import sys
+
+            print(f"detrun: warning: internal error starting a DataLoader worker session: {exc!r}", file=sys.stderr)
+        try:
+            return loop(*args, **kwargs)
+        finally:
+            if session is not None:
+                session.finish_child()
+
+
+def _start_worker_session(config: dict[str, Any], role: str) -> Any:
+    """Replace any inherited (forked) session by one for this worker, and install its sources."""
+    from detrun.engine.session import Session, active_session
+    from detrun.engine.sources import worker_sources
+    from detrun.trace import Trace, TraceWriter
+
+    inherited = active_session()
+    if inherited is not None:
+        inherited.detach()
+    if config["mode"] == "record":
+        writer = TraceWriter(f"{config['base']}.{role}.partial", segment=role)
+        session = Session("record", writer=writer, quiet=True, role=role)
+    else:
+        trace = Trace(path="", header={}, events={role: config["events"].get(role, {})},
+                      end={"complete": config["complete"]}, size=0)
+        session = Session("replay", trace=trace, quiet=True, role=role,
+                          settings={"report_path": f"{config['base']}.{role}.json"})
+    session.install(worker_sources())
+    return session

@@ -1,0 +1,72 @@
+"""NumPy: the legacy global RandomState, `np.random.seed(x)`, and unseeded generators.
+
+`RandomState()`, `SeedSequence()` and bit generators built without a seed draw their entropy
+through `secrets.randbits`, which the entropy source records; this module owns the calls whose
+seed a user passes (possibly from the clock) and `default_rng()`, the common entry point.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from detrun.engine.patcher import ImportTimeSource
+
+SEED_KIND = "np.seed"
+RNG_KIND = "np.default_rng"
+
+
+def _plain_seed(seed: Any) -> Any:
+    """Return a seed as msgpack-able data (ints and lists of ints), or raise TypeError."""
+    if isinstance(seed, (bool, float, str, bytes)):
+        raise TypeError("not an integer seed")
+    if isinstance(seed, int):
+        return seed
+    if hasattr(seed, "tolist"):  # numpy arrays and numpy integer scalars
+        seed = seed.tolist()
+    if isinstance(seed, int):
+        return seed
+    if isinstance(seed, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in seed):
+        return list(seed)
+    raise TypeError("not an integer seed")
+
+
+class NumpySource(ImportTimeSource):
+    """Hook numpy's seeding entry points as soon as numpy is imported."""
+
+    module = "numpy"
+
+    def hook(self, session: Any, np: Any) -> None:
+        mtrand = np.random.mtrand
+        original_seed = mtrand.seed
+        original_default_rng = np.random.default_rng
+
+        # Mirrors numpy.random.mtrand.seed (numpy 1.17-2.x): the legacy global RandomState.
+        def seed(seed: Any = None) -> None:
+            value = seed
+            try:
+                try:
+                    observed = [session.fresh_seed(32) for _ in range(4)] if seed is None else _plain_seed(seed)
+                except TypeError:
+                    observed = None  # not something we can store: let numpy accept or reject it as usual
+                if observed is not None:
+                    value = session.exchange(SEED_KIND, observed, "numpy.random.seed()")
+            except Exception as exc:  # noqa: BLE001
+                session.hook_failed("numpy.random.seed", exc)
+            return original_seed(value)
+
+        # Mirrors numpy.random.default_rng (numpy 1.17-2.x): only an absent seed is replaced.
+        def default_rng(seed: Any = None) -> Any:
+            if seed is None:
+                try:
+                    seed = session.exchange(RNG_KIND, session.fresh_seed(128), "numpy.random.default_rng()")
+                except Exception as exc:  # noqa: BLE001
+                    session.hook_failed("numpy.random.default_rng", exc)
+            return original_default_rng(seed)
+
+        seed.__doc__ = original_seed.__doc__
+        default_rng.__doc__ = original_default_rng.__doc__
+        self.patcher.setattr(mtrand, "seed", seed)
+        self.patcher.setattr(np.random, "seed", seed)
+        self.patcher.setattr(np.random, "default_rng", default_rng)
+        # numpy seeded its global RandomState from OS entropy at import; reseed it through the hook
+        # so that the recording holds the seed.
+        np.random.seed()

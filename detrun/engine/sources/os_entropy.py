@@ -1,0 +1,46 @@
+"""OS entropy: `os.urandom`, `os.getrandom`, and what is built on them (SystemRandom, secrets, uuid4)."""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Callable
+
+from detrun.engine.patcher import Patcher
+
+KIND = "os.entropy"
+
+
+class EntropySource:
+    """Record every byte string the OS hands out, and hand the same bytes back on replay."""
+
+    def __init__(self) -> None:
+        self._patcher = Patcher()
+
+    def install(self, session: Any) -> None:
+        if self._patcher.active:
+            return
+
+        def wrap(original: Callable[..., bytes], name: str) -> Callable[..., bytes]:
+            def entropy(size: int, *args: Any) -> bytes:
+                # The real call runs first so that bad arguments raise exactly as they would.
+                data = original(size, *args)
+                try:
+                    return session.exchange(KIND, data, f"{name}({size})",
+                                            accept=lambda v: isinstance(v, bytes) and len(v) == len(data))
+                except Exception as exc:  # noqa: BLE001
+                    session.hook_failed(name, exc)
+                    return data
+
+            entropy.__name__ = original.__name__
+            entropy.__doc__ = original.__doc__
+            return entropy
+
+        urandom = wrap(os.urandom, "os.urandom")
+        self._patcher.setattr(os, "urandom", urandom)
+        # random.py binds `from os import urandom as _urandom`; SystemRandom and secrets read it.
+        self._patcher.setattr(random, "_urandom", urandom)
+        if hasattr(os, "getrandom"):
+            self._patcher.setattr(os, "getrandom", wrap(os.getrandom, "os.getrandom"))
+
+    def uninstall(self) -> None:
+        self._patcher.undo()

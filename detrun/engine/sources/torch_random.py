@@ -1,0 +1,107 @@
+"""PyTorch: the default generators at start, `manual_seed(x)`, `torch.seed()`, CUDA seeds and `Generator().seed()`."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from detrun.engine.patcher import ImportTimeSource
+
+INITIAL_KIND = "torch.initial_seed"
+SEED_KIND = "torch.seed"
+MANUAL_KIND = "torch.manual_seed"
+CUDA_SEED_KIND = "torch.cuda.seed"
+GENERATOR_SEED_KIND = "torch.Generator.seed"
+
+
+class TorchSource(ImportTimeSource):
+    """Hook torch's seeding entry points as soon as torch is imported."""
+
+    module = "torch"
+
+    def hook(self, session: Any, torch: Any) -> None:
+        patch = self.patcher.setattr
+        original_manual_seed = torch.random.manual_seed
+        cuda_manual_seed = torch.cuda.manual_seed
+        cuda_manual_seed_all = torch.cuda.manual_seed_all
+
+        def exchanged_seed(kind: str, what: str, bits: int = 63) -> int:
+            return session.exchange(kind, session.fresh_seed(bits), what)
+
+        def guarded(where: str, fallback: Callable[[], int], body: Callable[[], int]) -> int:
+            try:
+                return body()
+            except Exception as exc:  # noqa: BLE001
+                session.hook_failed(where, exc)
+                return fallback()
+
+        # torch seeds its default generators with a constant; record it so a replay is anchored
+        # even if a library changed it at import time.
+        initial = session.exchange(INITIAL_KIND, torch.initial_seed(), "torch import")
+        if initial != torch.initial_seed():
+            original_manual_seed(initial)
+
+        # Mirrors torch.random.manual_seed (torch 2.x): the value may come from the clock.
+        def manual_seed(seed: Any) -> Any:
+            try:
+                value = int(seed)
+            except (TypeError, ValueError):
+                return original_manual_seed(seed)  # let torch raise its own error
+            value = guarded("torch.manual_seed", lambda: value,
+                            lambda: session.exchange(MANUAL_KIND, value, "torch.manual_seed()"))
+            return original_manual_seed(value)
+
+        # Mirrors torch.random.seed (torch 2.x): a nondeterministic seed for the CPU generator that
+        # is also given to CUDA (and MPS/XPU); manual_seed does the same fan-out.
+        def seed() -> int:
+            value = guarded("torch.seed", lambda: torch.default_generator.seed(),
+                            lambda: exchanged_seed(SEED_KIND, "torch.seed()"))
+            original_manual_seed(value)
+            return value
+
+        # Mirrors torch.cuda.random.seed / seed_all (torch 2.x): lazily queued until CUDA starts.
+        def cuda_seed() -> None:
+            value = guarded("torch.cuda.seed", lambda: session.fresh_seed(63),
+                            lambda: exchanged_seed(CUDA_SEED_KIND, "torch.cuda.seed()"))
+            cuda_manual_seed(value)
+
+        def cuda_seed_all() -> None:
+            value = guarded("torch.cuda.seed_all", lambda: session.fresh_seed(63),
+                            lambda: exchanged_seed(CUDA_SEED_KIND, "torch.cuda.seed_all()"))
+            cuda_manual_seed_all(value)
+
+        for module in (torch, torch.random):
+            patch(module, "manual_seed", manual_seed)
+            patch(module, "seed", seed)
+        for module in (torch.cuda, torch.cuda.random):
+            patch(module, "seed", cuda_seed)
+            patch(module, "seed_all", cuda_seed_all)
+        patch(torch, "Generator", _generator_class(torch, session))
+
+
+def _generator_class(torch: Any, session: Any) -> type:
+    """Build a torch.Generator subclass whose seed() is recorded; isinstance checks keep working."""
+    base = torch._C.Generator
+
+    class GeneratorMeta(type(base)):  # type: ignore[misc]
+        """Make the default generator and other native generators count as instances."""
+
+        def __instancecheck__(cls, instance: Any) -> bool:
+            return isinstance(instance, base)
+
+        def __subclasscheck__(cls, subclass: type) -> bool:
+            return issubclass(subclass, base)
+
+    class Generator(base, metaclass=GeneratorMeta):  # type: ignore[misc, valid-type]
+        __doc__ = base.__doc__
+
+        # Mirrors torch._C.Generator.seed (torch 2.x): a nondeterministic seed, set and returned.
+        def seed(self) -> int:
+            try:
+                value = session.exchange(GENERATOR_SEED_KIND, session.fresh_seed(63), "torch.Generator.seed()")
+            except Exception as exc:  # noqa: BLE001
+                session.hook_failed("torch.Generator.seed", exc)
+                return base.seed(self)
+            self.manual_seed(value)
+            return value
+
+    Generator.__qualname__ = "Generator"
+    return Generator

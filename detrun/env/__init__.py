@@ -1,0 +1,1 @@
+"""Environment facts: the fingerprint, its diff, and torch's build and flags."""
