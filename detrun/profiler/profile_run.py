@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from detrun.engine.step_clock import StepClock, Tick
 from detrun.errors import DetrunError
 from detrun.runner import Outcome, Runner, Target
 
@@ -37,33 +38,37 @@ class StepLimitReached(SystemExit):
 
 
 class StepCounter:
-    """Count optimizer steps (all optimizers) through torch's global post-step hook; stop at the limit."""
+    """Count optimizer steps (all optimizers) on detrun's step clock; stop the script at the limit."""
 
     def __init__(self, limit: int, on_step: Any) -> None:
         self.limit = limit
-        self.steps = 0
         self.stopped = False
         self._on_step = on_step
-        self._handle: Any = None
+        # Bookkeeping errors are ignored: the profile must not disturb the script it watches.
+        self._clock = StepClock(lambda where, exc: None)
+        self._clock.subscribe("profiler", self._after_step, "the profiler's step counter")
+
+    @property
+    def steps(self) -> int:
+        """Return the number of optimizer steps completed."""
+        return self._clock.step
 
     def __enter__(self) -> "StepCounter":
-        from torch.optim.optimizer import register_optimizer_step_post_hook
+        import torch
 
-        self._handle = register_optimizer_step_post_hook(self._after_step)
+        self._clock.attach_torch(torch)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
+        self._clock.detach_torch()
 
-    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        """Count a step, drop per-step bookkeeping, and stop at the limit."""
-        self.steps += 1
+    def _after_step(self, tick: Tick) -> None:
+        """Drop per-step bookkeeping, and stop at the limit."""
         try:
             self._on_step()
         except Exception:  # noqa: BLE001 - bookkeeping only
             pass
-        if self.limit and self.steps >= self.limit:
+        if self.limit and tick.step >= self.limit:
             self.stopped = True
             raise StepLimitReached()
 

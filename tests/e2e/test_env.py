@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import detrun, verdict
-import detrun.env_diff.diff as env_diff
+import detrun.env.diff as env_diff
 import detrun.env.fingerprint as env
 
 
