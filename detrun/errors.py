@@ -13,8 +13,9 @@ class ExitCode(enum.IntEnum):
 
     OK = 0
     BAD_INPUT = 2  # missing script, unreadable/foreign/newer trace, refused overwrite, changed script/args
-    DIVERGED = 3  # replay --strict stopped at the first divergence
+    DIVERGED = 3  # replay: a state or output check differed (with --strict: stopped at the first one)
     NONDETERMINISTIC = 4  # profile --fail-on found an unpatched nondeterministic op
+    UNVERIFIED = 5  # replay: nothing of the training state could be checked, a hook failed, or work went unrecorded
     INTERNAL = 70  # a bug in detrun (EX_SOFTWARE)
 
 
