@@ -237,7 +237,7 @@ def test_replay_pins_flags_and_reports_changes_at_other_steps(torch_flags: Any) 
     source = BackendsSource()
     source.install(recorder)
     try:
-        recorder.steps = 2
+        recorder.clock.step = 2
         torch.backends.cudnn.benchmark = True
     finally:
         source.uninstall()
@@ -249,7 +249,7 @@ def test_replay_pins_flags_and_reports_changes_at_other_steps(torch_flags: Any) 
     source = BackendsSource()
     source.install(same)
     try:
-        same.steps = 2
+        same.clock.step = 2
         torch.backends.cudnn.benchmark = True
     finally:
         source.uninstall()
@@ -261,7 +261,7 @@ def test_replay_pins_flags_and_reports_changes_at_other_steps(torch_flags: Any) 
     source = BackendsSource()
     source.install(early)
     try:
-        early.steps = 1
+        early.clock.step = 1
         torch.backends.cudnn.benchmark = True
         assert torch.backends.cudnn.benchmark is False
         early.clock.tick()  # end of step 1
