@@ -40,7 +40,8 @@ def main() -> None:
                 print(f"detrun: warning: the trace is incomplete ({trace.end.get('reason') if trace.end else '?'}); "
                       "only its recorded part can be checked", file=sys.stderr)
             session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
-                              settings=config["settings"])
+                              settings=config["settings"], verbose=config.get("verbose", False),
+                              report_json=config.get("report_json"))
             for cause in config.get("causes", []):  # environment differences, most likely first
                 session.note_cause(cause)
     except DetrunError as exc:
@@ -49,7 +50,11 @@ def main() -> None:
 
     session.install([*all_sources(), StepVerifier(), TFStepVerifier()])
     outcome = runner.run()
-    session.finish(outcome)
+    verdict = session.finish(outcome)
+    if verdict is not None and outcome.exit_status == 0 and not outcome.keyboard_interrupt:
+        # The script's own non-zero status passes through; otherwise the verdict decides.
+        sys.stdout.flush()
+        sys.exit(verdict.exit_code)
     outcome.finish()
 
 

@@ -99,8 +99,9 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
 
 def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool = False,
            allow_changed_args: bool = False, strict: bool = False, quiet: bool = False,
-           pin_threads: bool = True) -> int:
-    """Replay a trace; return the script's exit status (or ExitCode.DIVERGED under --strict)."""
+           pin_threads: bool = True, verbose: bool = False, report_json: str | None = None,
+           ignore_output: tuple[str, ...] = ()) -> int:
+    """Replay a trace; return the script's non-zero exit status, else the verdict's exit code."""
     header = read_header(trace_path)
     recorded = header.get("script", {})
     recorded_args = list(header.get("argv", []))
@@ -131,7 +132,10 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     # The differences that can change bits go to the session, which names the first as the likely
     # cause if the replay diverges.
     config = {"mode": "replay", "target": _target_data(target), "trace_path": os.path.abspath(trace_path),
-              "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences)}
+              "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences),
+              # The user's options, never the trace's: a trace chooses no path detrun writes to.
+              "verbose": verbose, "report_json": os.path.abspath(report_json) if report_json else None,
+              "ignore_output": list(ignore_output)}
     if not quiet:
         _print_env_diff(differences)
     return _run_child(config, child_env)

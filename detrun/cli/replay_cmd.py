@@ -8,7 +8,13 @@ from detrun.cli.common import SCRIPT_CONTEXT, make_target
 
 @click.command(context_settings=SCRIPT_CONTEXT)
 @click.option("-m", "--module", is_flag=True, help="SCRIPT is a module name (like `python -m`).")
-@click.option("--strict", is_flag=True, help="Stop at the first divergence with exit code 3.")
+@click.option("--strict", is_flag=True, help="Stop the run at the first divergence (exit code 3).")
+@click.option("--json", "report_json", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the verdict, every check with its count, and every divergence and cause as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="List every divergence and cause, not only the first.")
+@click.option("--ignore-output", multiple=True, metavar="REGEX",
+              help="Mask what REGEX matches in stdout lines before comparing them (repeatable); durations, "
+                   "rates, timestamps and addresses are masked already.")
 @click.option("--allow-changed-script", is_flag=True, help="Replay even if the script's sha256 changed.")
 @click.option("--allow-changed-args", is_flag=True, help="Replay with arguments other than the recorded ones.")
 @click.option("--no-pin-threads", is_flag=True,
@@ -17,26 +23,35 @@ from detrun.cli.common import SCRIPT_CONTEXT, make_target
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.argument("script", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def replay_command(module: bool, strict: bool, allow_changed_script: bool, allow_changed_args: bool, no_pin_threads: bool,
-           quiet: bool, trace: str, script: str | None, args: tuple[str, ...]) -> None:
-    """Re-run a recorded script, feeding back every recorded value, and check it step by step.
+def replay_command(module: bool, strict: bool, report_json: str | None, verbose: bool, ignore_output: tuple[str, ...],
+                   allow_changed_script: bool, allow_changed_args: bool, no_pin_threads: bool, quiet: bool,
+                   trace: str, script: str | None, args: tuple[str, ...]) -> None:
+    """Re-run a recorded script, feeding back every recorded value, and check its state and output.
 
     \b
     SCRIPT defaults to the recorded one and ARGS to the recorded arguments;
     giving different arguments is refused unless --allow-changed-args.
-    At the end one verdict line goes to stderr:
-      detrun: REPRODUCED (200 steps, 1234 events, final digest 9f3c01aa)
-      detrun: DIVERGED at step 137: parameter 'fc.weight' differs ...
-      detrun: UNVERIFIED (...)            nothing could be checked
-    The exit status is the script's own, or 3 when --strict stopped the run.
+    The verdict comes from checks of the training state (the parameters and
+    loss at every optimizer step, the final state of every model, optimizer and
+    RNG at exit) and of the output (stdout line by line, the exit status):
+      detrun: REPRODUCED (200 steps, 1 final state, 1 exit status, 1234 events, ...)
+      detrun: DIVERGED at step 137: parameter 'fc.weight' differs ...; likely cause: ...
+      detrun: UNVERIFIED (why, and what to do)
+    A recorded event the replay does not match (a listing with other files, a
+    seed taken at another line) is a likely cause, never the verdict itself.
+
+    \b
+    Exit status: the script's own when it is not 0; otherwise 0 REPRODUCED,
+    3 DIVERGED, 5 UNVERIFIED (with or without --strict).
 
     \b
     Examples:
       detrun replay trace.zst train.py
-      detrun replay --strict trace.zst
+      detrun replay --json verdict.json -v trace.zst train.py
     """
     from detrun.launch import exit_like, replay as replay_run
 
     exit_like(replay_run(trace, make_target(script, args, module), allow_changed_script=allow_changed_script,
                          allow_changed_args=allow_changed_args, strict=strict, quiet=quiet,
-                         pin_threads=not no_pin_threads))
+                         pin_threads=not no_pin_threads, verbose=verbose, report_json=report_json,
+                         ignore_output=ignore_output))

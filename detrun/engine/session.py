@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 from detrun.engine.step_clock import StepClock
+from detrun.engine.verdict import Divergence, ReplayFacts, Verdict, decide, report
 from detrun.runner import Outcome
 from detrun.trace import Trace, TraceWriter
 
@@ -38,14 +39,11 @@ class _Missing:
 MISSING = _Missing()
 
 
-@dataclasses.dataclass
-class Divergence:
-    """The first point where a replay departed from its recording, for one reason."""
+class RecordingEnded(SystemExit):
+    """Stop a replay where its incomplete recording ended; a SystemExit so `except Exception:` keeps out."""
 
-    kind: str
-    message: str
-    step: int | None = None
-    batch: str | None = None  # "DataLoader #0 epoch 1, batch 7" when the divergence is in the data
+    def __init__(self) -> None:
+        super().__init__(0)
 
 
 def call_site() -> str:
@@ -141,6 +139,8 @@ class Session:
         strict: bool = False,
         quiet: bool = False,
         role: str = "main",
+        verbose: bool = False,
+        report_json: str | None = None,
     ) -> None:
         assert mode in ("record", "replay")
         self.mode = mode
@@ -150,15 +150,20 @@ class Session:
         self.settings = settings or {}
         self.strict = strict
         self.quiet = quiet
+        self.verbose = verbose  # replay: list every divergence and cause, not only the first
+        self.report_json = report_json  # replay: where the user asked for the machine-readable verdict
         self.role = role
         # tempfile draws random names the first time it looks for its directory; look now, in record
         # and replay alike and before any hook, so that neither detrun nor the program shifts the
         # program's recorded `random` seeds by being first.
         tempfile.gettempdir()
-        self.divergences: list[Divergence] = []
+        self.divergences: list[Divergence] = []  # state and output checks that differed: they decide the verdict
+        self.mismatches: list[Divergence] = []  # event mismatches: causes, never the verdict by themselves
+        self.hook_failures: list[str] = []
+        self.unrecorded: list[str] = []  # processes running the script's code that no session records
         # The one step counter: torch's optimizer post-hook and the TensorFlow step hooks tick it.
         self.clock = StepClock(self.hook_failed, after_tick=self.on_step)
-        self.checked: dict[str, int] = {}  # outputs verified besides steps, e.g. {"batches": 391}
+        self.checked: dict[str, int] = {}  # checks made, by name: {"steps": 200, "final state": 1, "batches": 391}
         self.last_digest: int | None = None
         self._cursors: dict[str, int] = {}
         # Hooks fire from any thread (pin-memory threads, the user's own): one lock keeps the writer
@@ -217,9 +222,20 @@ class Session:
         if where in self._failed_hooks:
             return
         self._failed_hooks.add(where)
+        self.hook_failures.append(f"{where}: {type(exc).__name__}: {exc}")
         self._clear_progress()
         print(f"detrun: warning: internal error in {where}: {type(exc).__name__}: {exc} "
               f"(the run continues; this source may not reproduce)", file=sys.stderr)
+
+    def count_check(self, name: str, count: int = 1) -> None:
+        """Count a state or output check that was made (whether or not it matched)."""
+        with self._lock:
+            self.checked[name] = self.checked.get(name, 0) + count
+
+    def note_unrecorded(self, what: str) -> None:
+        """Remember a process that runs the script's code without a session of its own."""
+        if what not in self.unrecorded:
+            self.unrecorded.append(what)
 
     # ----------------------------------------------------------------- events
 
@@ -267,22 +283,30 @@ class Session:
         recorded = self.take(kind)
         if recorded is MISSING:
             if self.trace is not None and self.trace.complete:
-                self.diverge(kind, f"{what} at {site} has no counterpart in the recording "
-                                   f"(it recorded {len(self.recorded(kind))} such calls)")
+                self.mismatch(kind, f"{what} at {site} has no counterpart in the recording "
+                                    f"(it recorded {len(self.recorded(kind))} such calls)")
             return observed
         recorded_site, value = recorded
         if accept is not None and not accept(value):
             reason = explain(value) if explain is not None else f"does not match the recorded call at {recorded_site}"
-            self.diverge(kind, f"{what} at {site} {reason}")
+            self.mismatch(kind, f"{what} at {site} {reason}")
             return observed
         if recorded_site != site:
-            self.diverge(kind, f"{what} called at {site}, but the recording has it at {recorded_site} "
-                               "(the call order changed)")
+            self.mismatch(kind, f"{what} called at {site}, but the recording has it at {recorded_site} "
+                                "(the call order changed)")
         return value
 
-    def diverge(self, kind: str, message: str, step: int | None = None, batch: str | None = None) -> None:
-        """Note a divergence; under --strict, stop the run here."""
-        self.divergences.append(Divergence(kind, message, step, batch))
+    def mismatch(self, kind: str, message: str, step: int | None = None, batch: str | None = None) -> None:
+        """Note an event the recording does not match: a likely cause, never the verdict by itself."""
+        with self._lock:
+            # The step in progress, so the verdict can pick the mismatches before a divergence.
+            self.mismatches.append(Divergence(kind, message, self.steps + 1 if step is None else step, batch,
+                                              check="event"))
+
+    def diverge(self, kind: str, message: str, step: int | None = None, batch: str | None = None,
+                check: str = "state") -> None:
+        """Note a state or output check that differed; under --strict, stop the run here."""
+        self.divergences.append(Divergence(kind, message, step, batch, check=check))  # type: ignore[arg-type]
         if self.strict and len(self.divergences) == 1:
             from detrun.errors import ExitCode
 
@@ -305,11 +329,26 @@ class Session:
         if self.writer is not None:
             with self._lock:
                 self.writer.maybe_flush()
+        elif self._recording_ended() and threading.current_thread() is threading.main_thread():
+            self._clear_progress()
+            if not self.quiet:
+                print(f"detrun: the recording ends after step {self.steps} "
+                      f"({self.trace.end.get('reason') if self.trace and self.trace.end else 'incomplete'}): "
+                      "stopping the replay there", file=sys.stderr)
+            raise RecordingEnded()
         if self._progress:
             now = time.monotonic()
             if now >= self._progress_due:
                 self._progress_due = now + 0.5
                 self._show_progress()
+
+    def _recording_ended(self) -> bool:
+        """Return whether an incomplete recording has no steps beyond the current one."""
+        trace = self.trace
+        if trace is None or trace.complete or trace.end is None:
+            return False
+        recorded = trace.end.get("steps")
+        return isinstance(recorded, int) and self.steps >= max(recorded, 1)
 
     def _show_progress(self) -> None:
         if self.recording and self.writer is not None:
@@ -395,10 +434,10 @@ class Session:
 
             if self.trace is not None and self.trace.complete:
                 for kind, message in self._unused_events():
-                    # Appended, not diverge(): --strict belongs to the main process.
-                    self.divergences.append(Divergence(kind, f"{self.role}: {message}"))
+                    self.mismatch(kind, f"{self.role}: {message}")
             with open(report_path, "w", encoding="utf-8") as report:
-                json.dump([dataclasses.asdict(d) for d in self.divergences], report)
+                json.dump({"divergences": [dataclasses.asdict(d) for d in self.divergences + self.mismatches],
+                           "checks": self.checked, "hook_failures": self.hook_failures}, report)
 
     def _merge_children(self) -> None:
         """Fold finished child segments into the trace, or child divergences into the verdict."""
@@ -415,10 +454,15 @@ class Session:
         for path in self.report_paths:
             try:
                 with open(path, encoding="utf-8") as report:
-                    for item in json.load(report):
-                        self.divergences.append(Divergence(**item))
+                    data = json.load(report)
+                for item in data["divergences"]:
+                    found = Divergence(**item)
+                    (self.mismatches if found.check == "event" else self.divergences).append(found)
+                for name, count in data["checks"].items():
+                    self.count_check(name, int(count))
+                self.hook_failures.extend(str(f) for f in data["hook_failures"])
                 os.unlink(path)
-            except (OSError, ValueError, TypeError):
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 continue
 
     def _run_stop_callbacks(self) -> None:
@@ -429,16 +473,18 @@ class Session:
             except Exception as exc:  # noqa: BLE001
                 self.hook_failed("finishing step digests", exc)
 
-    def finish(self, outcome: Outcome) -> None:
-        """Close the session after the user's code ended: write the end record or give the verdict."""
+    def finish(self, outcome: Outcome) -> Verdict | None:
+        """Close the session after the user's code ended: write the end record, or return the verdict."""
         self._run_stop_callbacks()
         self._clear_progress()
         self.uninstall()
         self._merge_children()
         if self.recording:
             self._finish_record(outcome)
-        else:
-            self._finish_replay(outcome.exit_status, interrupted=outcome.keyboard_interrupt)
+            return None
+        ended_early = isinstance(outcome.system_exit, RecordingEnded)
+        status = None if ended_early else outcome.exit_status
+        return self._finish_replay(status, interrupted=outcome.keyboard_interrupt)
 
     def _finish_record(self, outcome: Outcome) -> None:
         assert self.writer is not None
@@ -459,20 +505,49 @@ class Session:
             print(f"detrun: recorded {self.steps} steps, {events} events → {final_path} "
                   f"({format_bytes(size)}{per_step}){status}", file=sys.stderr)
 
-    def _finish_replay(self, exit_status: int | None, interrupted: bool = False) -> None:
+    def _finish_replay(self, exit_status: int | None, interrupted: bool = False) -> Verdict:
         assert self.trace is not None
         if exit_status is not None and self.trace.complete and not interrupted:
             self._check_leftovers(exit_status)
-        print(f"detrun: {self.verdict()}", file=sys.stderr)
+        if exit_status is not None and self.trace.complete and self.trace.end is not None:
+            recorded_final = self.trace.end.get("final_digest")
+            if recorded_final is not None and self.last_digest is not None and recorded_final != self.last_digest:
+                self.diverge("step", f"the final step digest differs (recorded {recorded_final:08x}, "
+                                     f"got {self.last_digest:08x})", step=self.steps)
+        facts = self.facts()
+        verdict = decide(facts)
+        print(f"detrun: {verdict.line}", file=sys.stderr)
+        if self.report_json:
+            import json
+
+            try:
+                with open(self.report_json, "w", encoding="utf-8") as out:
+                    json.dump(report(facts, verdict), out, indent=2, default=str)
+            except OSError as exc:
+                print(f"detrun: warning: cannot write {self.report_json}: {exc}", file=sys.stderr)
+        if self.verbose:
+            for d in self.divergences:
+                print(f"detrun:   {d.check} check differs{f' at step {d.step}' if d.step else ''}: {d.message}",
+                      file=sys.stderr)
+            for d in self.mismatches:
+                print(f"detrun:   cause: {d.message}", file=sys.stderr)
+            for cause in self.causes:
+                print(f"detrun:   environment: {cause}", file=sys.stderr)
+        return verdict
 
     def _check_leftovers(self, exit_status: int) -> None:
         """Report recorded events the replay never asked for, and a changed exit status."""
         assert self.trace is not None
         for kind, message in self._unused_events():
-            self.diverge(kind, message)
+            if kind == "step":
+                self.diverge(kind, message, step=self.steps)  # fewer training steps is a state difference
+            else:
+                self.mismatch(kind, message)
         recorded_status = self.trace.end.get("exit_status") if self.trace.end else None
-        if recorded_status is not None and recorded_status != exit_status:
-            self.diverge("exit", f"exit status recorded {recorded_status}, got {exit_status}")
+        if recorded_status is not None:
+            self.count_check("exit status")
+            if recorded_status != exit_status:
+                self.diverge("exit", f"exit status recorded {recorded_status}, got {exit_status}", check="output")
 
     def _unused_events(self) -> list[tuple[str, str]]:
         """Return (kind, message) for every kind whose recorded events the replay did not all use."""
@@ -489,27 +564,20 @@ class Session:
                                      "that the replay never asked for"))
         return unused
 
+    def facts(self) -> ReplayFacts:
+        """Return what this replay found, for the verdict and `--json`."""
+        assert self.trace is not None
+        end = self.trace.end or {}
+        return ReplayFacts(
+            divergences=list(self.divergences), mismatches=list(self.mismatches), causes=list(self.causes),
+            checks={name: count for name, count in self.checked.items() if count},
+            hook_failures=list(self.hook_failures), unrecorded=list(self.unrecorded), steps=self.steps,
+            events_used=self._replayed, trace_complete=self.trace.complete,
+            trace_reason=str(end.get("reason", "incomplete")), final_digest=self.last_digest)
+
     def verdict(self) -> str:
         """Return the one-line verdict of a replay."""
-        assert self.trace is not None
-        incomplete = "" if self.trace.complete else " (the trace is incomplete: only its recorded part was checked)"
-        if self.divergences:
-            first = self.divergences[0]
-            more = len(self.divergences) - 1
-            tail = f" (+{more} more)" if more else ""
-            where = f" at step {first.step}" if first.step is not None else ""
-            cause = f"; likely cause: {self.causes[0]}" if self.causes else ""
-            batch = next((d.batch for d in self.divergences if d.batch), None)
-            first_batch = f"; first divergent batch: {batch}" if batch and first.batch is None else ""
-            return f"DIVERGED{where}: {first.message}{tail}{first_batch}{cause}{incomplete}"
-        other_checks = "".join(f", {count} {what}" for what, count in self.checked.items() if count)
-        if self.steps == 0 and not other_checks:
-            if self._replayed == 0:
-                return "UNVERIFIED (the run made no optimizer steps and used no recorded events: nothing was checked)"
-            return (f"UNVERIFIED ({self._replayed} recorded events were fed back, but the run made no "
-                    "optimizer steps, so no outputs were checked)")
-        digest = f", final digest {self.last_digest:08x}" if self.last_digest is not None else ""
-        return f"REPRODUCED ({self.steps} steps{other_checks}, {self._replayed} events{digest}){incomplete}"
+        return decide(self.facts()).line
 
 
 def _initialising(module: Any) -> bool:

@@ -265,7 +265,7 @@ class BackendsSource:
     def _diverge(self, message: str, cause: str) -> None:
         session = self._session
         session.note_cause(cause, likely=True)
-        session.diverge(CHANGE_KIND, message)
+        session.mismatch(CHANGE_KIND, message)
 
     def _apply(self, target: dict[str, Any], where: str) -> None:
         """Set every flag to its value in `target`; note the ones torch would not take."""

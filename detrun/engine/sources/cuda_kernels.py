@@ -377,7 +377,7 @@ class KernelSequence:
             if _quiet(lambda: self._torch.backends.cudnn.benchmark is True):
                 session.note_cause("torch.backends.cudnn.benchmark is on: cuDNN's autotuning can pick other "
                                    "kernels from run to run")
-            session.diverge(KIND, message, step=step)
+            session.mismatch(KIND, message, step=step)
 
     def _finish(self) -> None:
         session = self._session
@@ -394,7 +394,7 @@ class KernelSequence:
         captured = [s.step for s in self._recorded.values() if s.skipped is None]
         cuda_used = self._torch is not None and _quiet(self._torch.cuda.is_initialized)
         if captured and self._captured == 0 and not cuda_used and session.trace is not None and session.trace.complete:
-            session.diverge(KIND, f"the recording launched CUDA kernels in step(s) {', '.join(map(str, captured))}, "
+            session.mismatch(KIND, f"the recording launched CUDA kernels in step(s) {', '.join(map(str, captured))}, "
                                   "but this replay used no CUDA device")
 
     def _failed(self, exc: BaseException) -> None:

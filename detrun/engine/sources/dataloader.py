@@ -153,7 +153,7 @@ class DataLoaderSource(ImportTimeSource):
             else:
                 recorded = recorded_epochs.get((loader_id, epoch))
                 if recorded is None:
-                    session.diverge(EPOCH_KIND, f"{state.label} was not in the recording (it has "
+                    session.mismatch(EPOCH_KIND, f"{state.label} was not in the recording (it has "
                                                 f"{sum(1 for k in recorded_epochs if k[0] == loader_id)} epochs "
                                                 f"of this loader)")
                 else:
@@ -161,7 +161,7 @@ class DataLoaderSource(ImportTimeSource):
                     if start[2] != length:
                         # Recorded indices may not exist any more: let the sampler choose, and let
                         # the batch digests say where the data departs.
-                        session.diverge(EPOCH_KIND, f"{state.label}: the dataset has {length} samples, the "
+                        session.mismatch(EPOCH_KIND, f"{state.label}: the dataset has {length} samples, the "
                                                     f"recording {start[2]}", batch=f"{state.label}, batch 0")
                         state.unforced = True
                     else:
@@ -226,7 +226,7 @@ class DataLoaderSource(ImportTimeSource):
                 current = StopIteration
             if state.next_index >= len(state.indices):
                 if current is not StopIteration:
-                    session.diverge(INDICES_KIND, f"{state.label}: the sampler yields more batches than recorded")
+                    session.mismatch(INDICES_KIND, f"{state.label}: the sampler yields more batches than recorded")
                 raise StopIteration
             forced = state.indices[state.next_index]
             state.next_index += 1
@@ -255,16 +255,16 @@ class DataLoaderSource(ImportTimeSource):
                 return
             if batch >= len(state.digests):
                 if batch == len(state.digests):
-                    session.diverge(BATCH_KIND, f"{state.label}, batch {batch}: the recording has only "
+                    session.mismatch(BATCH_KIND, f"{state.label}, batch {batch}: the recording has only "
                                                 f"{len(state.digests)} batches in this epoch",
                                     batch=f"{state.label}, batch {batch}")
                 return
             recorded = state.digests[batch]
-            session.checked["batches"] = session.checked.get("batches", 0) + 1
+            session.count_check("batches")
             if recorded != digests:
                 differing = [name for name, a, b in zip(names, recorded, digests) if a != b] or names
                 fields = ", ".join(differing[:4])
-                session.diverge(BATCH_KIND, f"{state.label}, batch {batch}: field {fields} differs from the "
+                session.mismatch(BATCH_KIND, f"{state.label}, batch {batch}: field {fields} differs from the "
                                             "recording (the data, its order or its augmentation changed)",
                                 batch=f"{state.label}, batch {batch}, field {fields}")
 

@@ -42,7 +42,7 @@ class ThreadsSource:
             torch.set_num_interop_threads(interop)
         except RuntimeError:
             # Only settable before the first inter-op parallel work; say so rather than pretend.
-            session.diverge(KIND, f"torch inter-op threads recorded {interop}, got {observed[1]} "
+            session.mismatch(KIND, f"torch inter-op threads recorded {interop}, got {observed[1]} "
                                   "and could not be pinned")
 
     def uninstall(self) -> None:

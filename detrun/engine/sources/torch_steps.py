@@ -192,6 +192,7 @@ def record_or_check_step(session: Any, kind: str, step: int, index: int, loss: f
                                   "recorded", step=step)
         return
     rec_index, rec_loss, rec_digest, rec_lanes = recorded
+    session.count_check("steps")
     problems = []
     if rec_index != index:
         problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")

@@ -1,0 +1,136 @@
+"""The verdict of a replay: REPRODUCED, DIVERGED or UNVERIFIED, decided from checks, never from events alone.
+
+- REPRODUCED: at least one check of the training state was made (per-step digests, losses at
+  backward(), the final-state digest), every state and output check matched, the whole recorded
+  run was replayed, no hook failed, and no training ran in a process detrun did not record.
+- DIVERGED: a state or output check differed. The first one is named, with the most likely cause.
+- UNVERIFIED: anything else, with the reason and what the user can do.
+
+Event mismatches (a listing with other files, a seed taken at another line, a call the recording
+does not have) are *causes*: they are listed beside the verdict and never decide it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from detrun.errors import ExitCode
+
+CheckKind = Literal["state", "output", "event"]
+
+# The checks that look at the training state itself; at least one must have been made.
+STATE_CHECKS = ("steps", "losses", "final state")
+
+
+@dataclasses.dataclass
+class Divergence:
+    """One point where a replay departed from its recording."""
+
+    kind: str
+    message: str
+    step: int | None = None
+    batch: str | None = None  # "DataLoader #0 epoch 1, batch 7" when the departure is in the data
+    check: CheckKind = "state"  # state and output decide the verdict; events are causes
+
+
+@dataclasses.dataclass
+class ReplayFacts:
+    """Everything a replay found, as the verdict needs it."""
+
+    divergences: list[Divergence]  # state and output checks that differed, in order
+    mismatches: list[Divergence]  # event mismatches, in order
+    causes: list[str]  # environment and pinning differences, most likely first
+    checks: dict[str, int]  # check name -> how many were made (all matched unless in divergences)
+    hook_failures: list[str]
+    unrecorded: list[str]  # processes that ran the script's code without a session
+    steps: int
+    events_used: int
+    trace_complete: bool
+    trace_reason: str  # why an incomplete recording ended ("killed by SIGTERM")
+    final_digest: int | None = None
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The outcome of a replay: a status, its one-line text, and the exit code it maps to."""
+
+    status: Literal["REPRODUCED", "DIVERGED", "UNVERIFIED"]
+    line: str
+    reason: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """Return the exit code a replay with this verdict ends with (when the script itself exited 0)."""
+        return {"REPRODUCED": ExitCode.OK, "DIVERGED": ExitCode.DIVERGED,
+                "UNVERIFIED": ExitCode.UNVERIFIED}[self.status]
+
+
+def likely_cause(facts: ReplayFacts, first: Divergence | None = None) -> str | None:
+    """Return the most likely cause: the first event mismatch at or before the divergence, else an environment cause."""
+    step = first.step if first is not None else None
+    for mismatch in facts.mismatches:
+        if step is None or mismatch.step is None or mismatch.step <= step:
+            return mismatch.message
+    return facts.causes[0] if facts.causes else None
+
+
+def _checks_text(facts: ReplayFacts) -> str:
+    parts = [f"{facts.steps} steps"] if facts.checks.get("steps") else []
+    parts += [f"{count} {name}" for name, count in facts.checks.items() if count and name != "steps"]
+    return ", ".join(parts)
+
+
+def decide(facts: ReplayFacts) -> Verdict:
+    """Return the verdict for what a replay found."""
+    if facts.divergences:
+        first = facts.divergences[0]
+        where = f" at step {first.step}" if first.step is not None else ""
+        more = len(facts.divergences) - 1
+        tail = f" (+{more} more: replay -v or --json lists them)" if more else ""
+        batch = next((d.batch for d in [*facts.divergences, *facts.mismatches] if d.batch), None)
+        first_batch = f"; first divergent batch: {batch}" if batch and first.batch is None else ""
+        cause = likely_cause(facts, first)
+        cause_text = f"; likely cause: {cause}" if cause else ""
+        return Verdict("DIVERGED", f"DIVERGED{where}: {first.message}{tail}{first_batch}{cause_text}")
+    state_checks = sum(facts.checks.get(name, 0) for name in STATE_CHECKS)
+    if state_checks == 0:
+        fed = (f"{facts.events_used} recorded events were fed back, but " if facts.events_used else "")
+        reason = (f"{fed}nothing of the training state could be checked: the run made no optimizer step, no "
+                  "backward() and held no model at exit that detrun knows (torch.nn.Module, optimizer, Keras "
+                  "model, tf.Variable)")
+        return Verdict("UNVERIFIED", f"UNVERIFIED ({reason})", reason)
+    if facts.hook_failures:
+        reason = (f"a detrun hook failed ({facts.hook_failures[0]}), so that source may not have been replayed; "
+                  "the checks that were made matched")
+        return Verdict("UNVERIFIED", f"UNVERIFIED ({reason})", reason)
+    if facts.unrecorded:
+        shown = ", ".join(facts.unrecorded[:3]) + (" …" if len(facts.unrecorded) > 3 else "")
+        reason = (f"the script's code ran in {len(facts.unrecorded)} process(es) detrun did not record ({shown}); "
+                  "what they did was not replayed or checked")
+        return Verdict("UNVERIFIED", f"UNVERIFIED ({reason})", reason)
+    digest = f", final digest {facts.final_digest:08x}" if facts.final_digest is not None else ""
+    checks = _checks_text(facts)
+    if not facts.trace_complete:
+        return Verdict("REPRODUCED", f"REPRODUCED up to step {facts.steps} of an incomplete recording "
+                                     f"({facts.trace_reason}) ({checks}{digest})")
+    return Verdict("REPRODUCED", f"REPRODUCED ({checks}, {facts.events_used} events{digest})")
+
+
+def report(facts: ReplayFacts, verdict: Verdict) -> dict[str, object]:
+    """Return the machine-readable verdict: every check with its count and every divergence."""
+    return {
+        "verdict": verdict.status,
+        "line": verdict.line,
+        "reason": verdict.reason,
+        "checks": dict(facts.checks),
+        "steps": facts.steps,
+        "events_used": facts.events_used,
+        "divergences": [dataclasses.asdict(d) for d in facts.divergences],
+        "mismatches": [dataclasses.asdict(d) for d in facts.mismatches],
+        "causes": list(facts.causes),
+        "hook_failures": list(facts.hook_failures),
+        "unrecorded_processes": list(facts.unrecorded),
+        "trace_complete": facts.trace_complete,
+        "trace_reason": facts.trace_reason,
+        "final_digest": facts.final_digest,
+    }
