@@ -22,8 +22,6 @@ def main() -> None:
     from detrun.errors import DetrunError
     from detrun.engine.session import Session
     from detrun.engine.sources import all_sources
-    from detrun.engine.sources.torch_steps import StepVerifier
-    from detrun.engine.sources.tf_steps import TFStepVerifier
     from detrun.runner import Runner, Target
     from detrun.trace import TraceWriter, read_trace
 
@@ -41,14 +39,15 @@ def main() -> None:
                       "only its recorded part can be checked", file=sys.stderr)
             session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
                               settings=config["settings"], verbose=config.get("verbose", False),
-                              report_json=config.get("report_json"))
+                              report_json=config.get("report_json"),
+                              ignore_output=tuple(config.get("ignore_output", ())))
             for cause in config.get("causes", []):  # environment differences, most likely first
                 session.note_cause(cause)
     except DetrunError as exc:
         print(f"detrun: error: {exc}", file=sys.stderr)
         sys.exit(int(exc.exit_code))
 
-    session.install([*all_sources(), StepVerifier(), TFStepVerifier()])
+    session.install(all_sources())
     outcome = runner.run()
     verdict = session.finish(outcome)
     if verdict is not None and outcome.exit_status == 0 and not outcome.keyboard_interrupt:

@@ -141,6 +141,7 @@ class Session:
         role: str = "main",
         verbose: bool = False,
         report_json: str | None = None,
+        ignore_output: tuple[str, ...] = (),
     ) -> None:
         assert mode in ("record", "replay")
         self.mode = mode
@@ -152,6 +153,7 @@ class Session:
         self.quiet = quiet
         self.verbose = verbose  # replay: list every divergence and cause, not only the first
         self.report_json = report_json  # replay: where the user asked for the machine-readable verdict
+        self.ignore_output = ignore_output  # replay: the user's extra stdout masks (regular expressions)
         self.role = role
         # tempfile draws random names the first time it looks for its directory; look now, in record
         # and replay alike and before any hook, so that neither detrun nor the program shifts the

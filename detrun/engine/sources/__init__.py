@@ -23,11 +23,16 @@ def all_sources() -> list[Source]:
     """Return a fresh instance of every source, in installation order."""
     from detrun.engine.sources import (
         backend_flags,
+        child_processes,
         cuda_kernels,
         dataloader,
         determinism_policy,
+        final_state,
+        stdout_lines,
         tf_runtime,
+        tf_steps,
         thread_counts,
+        torch_steps,
     )
 
     return [
@@ -39,6 +44,12 @@ def all_sources() -> list[Source]:
         cuda_kernels.KernelSequence(),
         dataloader.DataLoaderSource(),
         tf_runtime.TensorFlowSource(),
+        child_processes.ChildProcessSource(),
+        stdout_lines.StdoutSource(),
+        torch_steps.StepVerifier(),
+        tf_steps.TFStepVerifier(),
+        # After the step verifiers: its digests at the end run after theirs are flushed.
+        final_state.FinalStateSource(),
     ]
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import gc
 import struct
-import zlib
 from typing import Any
 
+from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, word_view
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
 
 KIND = "step"
+BACKWARD_KIND = "backward.loss"  # [loss] of each backward() before the first optimizer step
 LANES = 16
 SYNC_EVERY = 64
 
@@ -39,6 +40,7 @@ class StepVerifier:
         self._handle: Any = None
         self._patched_backward: tuple[Any, Any] | None = None
         self._last_loss: Any = None
+        self._backward_calls = 0
         self._optimizers: dict[int, int] = {}
         self._params: dict[int, tuple[list[str], list[Any]]] = {}
         self._views: dict[int, tuple[int, Any]] = {}
@@ -76,6 +78,12 @@ class StepVerifier:
         # wrapper sees both spellings. Mirrors torch.autograd.backward (torch 2.x).
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             verifier._last_loss = tensors
+            session = verifier._session
+            if session is not None and session.steps == 0:
+                try:
+                    verifier._check_backward_loss(tensors)
+                except Exception as exc:  # noqa: BLE001 - never change what the user's program does
+                    session.hook_failed("the backward() loss check", exc)
             return original_backward(tensors, *args, **kwargs)
 
         backward.__doc__ = original_backward.__doc__
@@ -91,6 +99,31 @@ class StepVerifier:
             module.backward = original
             self._patched_backward = None
         self._session = None
+
+    # ------------------------------------------------------------ backward() before any optimizer step
+
+    def _check_backward_loss(self, loss: Any) -> None:
+        """Record or compare the loss of a backward() that no optimizer step has followed yet.
+
+        Training without torch.optim (`w -= lr * w.grad`) makes no optimizer steps, so its losses
+        are its per-step state check: the loss at call k depends on every weight after call k - 1.
+        """
+        session = self._session
+        value = _host_loss(loss)
+        self._backward_calls += 1
+        if session.recording:
+            session.emit(BACKWARD_KIND, value)
+            return
+        recorded = session.take(BACKWARD_KIND)
+        if recorded is MISSING:
+            if session.trace.complete:
+                session.diverge(BACKWARD_KIND, f"backward() call #{self._backward_calls} is beyond the "
+                                               f"{len(session.recorded(BACKWARD_KIND))} the recording made")
+            return
+        session.count_check("losses")
+        if not _same_float(recorded, value):
+            session.diverge(BACKWARD_KIND, f"the loss of backward() call #{self._backward_calls} differs: recorded "
+                                           f"{float_bits(recorded)}, got {float_bits(value)}")
 
     # ------------------------------------------------------------ the step hook
 
@@ -108,7 +141,7 @@ class StepVerifier:
         digest_now = step % self._digest_every == 0
         if params and params[0].is_cuda:
             torch = self._torch
-            sums = torch.stack([_device_sum(torch, p) for p in params]) if digest_now else None
+            sums = torch.stack([device_word_sum(torch, p) for p in params]) if digest_now else None
             loss_value = _device_loss(torch, loss)
             self._pending.append((index, loss_value, sums, step, names))
             if len(self._pending) >= SYNC_EVERY:
@@ -145,10 +178,10 @@ class StepVerifier:
         cached = self._views.get(id(param))
         if cached is None or cached[0] != pointer:
             # `p.data = ...` swaps the storage; the pointer check notices and rebuilds the view.
-            cached = self._views[id(param)] = (pointer, _word_view(self._torch, param))
+            cached = self._views[id(param)] = (pointer, word_view(self._torch, param))
         view = cached[1]
         if view is None:  # not contiguous: sum a fresh contiguous copy
-            view = _word_view(self._torch, param.contiguous())
+            view = word_view(self._torch, param.contiguous())
         return int(self._add_reduce(view, dtype=self._uint64)) & _MASK64
 
     def _parameters(self, optimizer: Any) -> tuple[list[str], list[Any]]:
@@ -163,7 +196,6 @@ class StepVerifier:
         return names, params
 
 
-_MASK64 = (1 << 64) - 1
 
 
 def record_or_check_step(session: Any, kind: str, step: int, index: int, loss: float | None,
@@ -176,7 +208,7 @@ def record_or_check_step(session: Any, kind: str, step: int, index: int, loss: f
     if per_param is None:
         digest, lanes = None, b""
     else:
-        digest = zlib.crc32(struct.pack(f"<{len(per_param)}Q", *(v & _MASK64 for v in per_param)))
+        digest = fold(per_param)
         folded = bytearray(min(len(per_param), LANES))
         for i, value in enumerate(per_param):
             folded[i % LANES] ^= value & 0xFF
@@ -203,32 +235,6 @@ def record_or_check_step(session: Any, kind: str, step: int, index: int, loss: f
         problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
     if problems:
         session.diverge(kind, "; ".join(problems), step=step)
-
-
-def _word_width(nbytes: int) -> int:
-    """Return the widest word (8, 4, 2 or 1 bytes) that tiles a tensor's bytes."""
-    return next(width for width in (8, 4, 2, 1) if nbytes % width == 0)
-
-
-def _word_view(torch: Any, param: Any) -> Any:
-    """Return a numpy view of a contiguous CPU tensor's bytes as unsigned words, or None."""
-    if not param.is_contiguous():
-        return None
-    flat = param.detach().reshape(-1)
-    width = _word_width(flat.numel() * flat.element_size())
-    words = flat.view(torch.uint8).numpy()
-    return words.view({8: "<u8", 4: "<u4", 2: "<u2", 1: "u1"}[width])
-
-
-def _device_sum(torch: Any, param: Any) -> Any:
-    """Return a device tensor's wrapping word sum as int64, as one reduction (same value as on CPU)."""
-    flat = param.detach().contiguous().reshape(-1)
-    width = _word_width(flat.numel() * flat.element_size())
-    words = flat.view(torch.uint8).view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[width])
-    if width < 8:
-        # Signed narrow words would sign-extend; mask back to their unsigned value before summing.
-        return (words.to(torch.int64) & ((1 << (8 * width)) - 1)).sum(dtype=torch.int64)
-    return words.sum(dtype=torch.int64)
 
 
 def _device_loss(torch: Any, loss: Any) -> Any:

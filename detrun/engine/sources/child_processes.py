@@ -1,0 +1,70 @@
+"""Child processes: note every process that runs the script's code without a session of its own.
+
+DataLoader workers record their own trace segments. Any other `multiprocessing` child (a
+`Process(target=train)`, a `Pool`, a `ProcessPoolExecutor`, torch's `spawn`) runs unrecorded: what
+it does is neither replayed nor checked, so a replay that relied on one is UNVERIFIED, naming it.
+Every `multiprocessing` start method goes through `BaseProcess.start`, so one hook covers them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from detrun.engine.patcher import Patcher
+
+# Targets that are infrastructure, not the script's training: DataLoader workers (recorded on
+# their own), the inductor compiler's workers, multiprocessing's manager servers.
+_INFRASTRUCTURE = ("torch.utils.data.", "torch._inductor.", "multiprocessing.managers", "multiprocessing.resource_")
+
+
+class ChildProcessSource:
+    """Note the multiprocessing children that run without a session (record and replay alike)."""
+
+    def __init__(self) -> None:
+        self._patcher = Patcher()
+        self._session: Any = None
+
+    def install(self, session: Any) -> None:
+        if self._session is not None:
+            return
+        self._session = session
+        session.when_imported("multiprocessing.process", self._hook)
+
+    def uninstall(self) -> None:
+        self._patcher.undo()
+        self._session = None
+
+    def _hook(self, process_module: Any) -> None:
+        if self._patcher.active or self._session is None:
+            return
+        base = process_module.BaseProcess
+        original = base.start
+        source = self
+
+        # Mirrors multiprocessing.process.BaseProcess.start (CPython 3.10-3.13).
+        def start(process: Any) -> None:
+            session = source._session
+            if session is not None:
+                try:
+                    label = _describe(process)
+                    if label is not None:
+                        session.note_unrecorded(label)
+                except Exception as exc:  # noqa: BLE001 - never change what the program does
+                    session.hook_failed("the child process hook", exc)
+            return original(process)
+
+        start.__doc__ = original.__doc__
+        self._patcher.setattr(base, "start", start)
+
+
+def _describe(process: Any) -> str | None:
+    """Return how to name a child that runs unrecorded, or None for infrastructure."""
+    target = getattr(process, "_target", None)
+    module = str(getattr(target, "__module__", "") or "")
+    name = str(getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or type(process).__name__)
+    if any(module.startswith(prefix) for prefix in _INFRASTRUCTURE):
+        return None
+    if module in ("multiprocessing.pool", "concurrent.futures.process"):
+        return f"a worker of a {module} pool"
+    if module in ("__main__", "__mp_main__"):
+        return f"multiprocessing.Process(target={name})"
+    return f"multiprocessing.Process(target={module}.{name})" if module else f"multiprocessing.Process({name})"
