@@ -68,6 +68,8 @@ class Verdict:
 def likely_cause(facts: ReplayFacts, first: Divergence | None = None) -> str | None:
     """Return the most likely cause: the first event mismatch at or before the divergence, else an environment cause."""
     step = first.step if first is not None else None
+    if facts.unrecorded:
+        return f"the script's code ran in process(es) detrun did not record: {', '.join(facts.unrecorded[:3])}"
     for mismatch in facts.mismatches:
         if step is None or mismatch.step is None or mismatch.step <= step:
             return mismatch.message

@@ -34,7 +34,7 @@ def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
     line = verdict(result.stderr)
     assert "REPRODUCED" not in result.stderr
     assert line.startswith("detrun: DIVERGED at step 137: parameter 'fc2.weight' differs"), line
-    assert result.returncode == 0  # without --strict the script's own status passes through
+    assert result.returncode == 3  # DIVERGED exits 3 when the script itself exited 0
 
     strict = detrun("replay", "--strict", "trace.zst", cwd=workdir, env={"PERTURB_STEP": "50"})
     assert strict.returncode == 3

@@ -9,7 +9,7 @@ unchecked, so this source digests the training state itself:
   state) are digested when it is garbage-collected — a model local to `main()` dies before the
   script ends — or at exit if it is still alive. The finalizer holds the module's `_parameters` and
   `_buffers` dicts, never the module, so nothing lives longer than it would without detrun;
-- tensors that require grad and numpy arrays held in `__main__`'s globals, by name;
+- weights (leaf tensors that require grad) and numpy arrays held in `__main__`'s globals, by name;
 - the global RNG states of Python's `random`, numpy and torch.
 
 Items are keyed by construction order, which a reproduced run repeats exactly, so the order in
@@ -171,7 +171,9 @@ class FinalStateSource:
             if obj is not None:
                 held = (obj._parameters, obj._buffers) if key.startswith("module") else (obj.state,)
                 digest = self._digest_holdings(held)
-                label = f"{label[:-1]}, {names[id(obj)]})" if id(obj) in names else label
+                name = names.get(id(obj))
+                if name is not None and name != type(obj).__qualname__:
+                    label = f"{label[:-1]}, {name})"
             items.append([key, digest, label])
         if self._next_index > _MAX_ITEMS:
             items.append(["count", self._next_index, "the number of models and optimizers"])
@@ -194,13 +196,13 @@ class FinalStateSource:
         return names
 
     def _globals(self) -> list[list[Any]]:
-        """Return items for the tensors that require grad and the numpy arrays in __main__'s globals."""
+        """Return items for the weights (leaf tensors that require grad) and numpy arrays in __main__'s globals."""
         main = sys.modules.get("__main__")
         numpy = sys.modules.get("numpy")
         torch = self._torch
         items = []
         for name, value in sorted(vars(main).items() if main is not None else []):
-            if torch is not None and isinstance(value, torch.Tensor) and value.requires_grad:
+            if torch is not None and isinstance(value, torch.Tensor) and value.requires_grad and value.is_leaf:
                 items.append([f"global:{name}", fold(self._value_sums(value)), f"tensor '{name}'"])
             elif numpy is not None and isinstance(value, numpy.ndarray) and value.dtype != object:
                 data = numpy.ascontiguousarray(value).view(numpy.uint8).tobytes()

@@ -1,0 +1,164 @@
+"""Interrupts: a Ctrl-C or SIGTERM the script caught, recorded with where it arrived and delivered there again.
+
+A script that catches KeyboardInterrupt and ends early (pytorch's word_language_model does) must
+end at the same place on replay, or the replay trains past the recorded end. The arrival point is
+the number of optimizer steps completed, of backward() calls made, and which of the two came last.
+The replay sends the same signal to itself right after that same event, so whatever handler the
+script has installed by then reacts as it did. Code that ran between that event and the real
+arrival (a log line after `optimizer.step()`) does not run in the replay; if it printed or changed
+state, the verdict says where.
+
+    `signal` — [steps, backward_calls, signum, last_event]   (last_event: 0 start, 1 step, 2 backward)
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+from detrun.engine.patcher import Patcher
+from detrun.engine.step_clock import Tick
+
+KIND = "signal"
+START, STEP, BACKWARD = 0, 1, 2
+WATCHED = (signal.SIGINT, signal.SIGTERM)
+
+
+class InterruptSource:
+    """Record where a caught SIGINT/SIGTERM arrived; deliver it at the same place on replay."""
+
+    def __init__(self) -> None:
+        self._patcher = Patcher()
+        self._session: Any = None
+        self._backward_calls = 0
+        self._pending: list[Any] = []  # replay: recorded arrivals not yet delivered
+        self._handlers_installed: list[tuple[int, Any]] = []
+        self._backward_hooked = False
+        self._last_event = START
+
+    def install(self, session: Any) -> None:
+        if self._session is not None or threading.current_thread() is not threading.main_thread():
+            return
+        self._session = session
+        session.when_imported("torch", self._hook_torch)
+        session.clock.subscribe("profiler", self._on_tick, "the interrupt hook")
+        if session.recording:
+            self._watch_signals()
+        else:
+            # Only the watched signals, at plain integer positions: a trace never makes detrun send anything else.
+            self._pending = [p for p in session.recorded(KIND) if isinstance(p, list) and len(p) == 4
+                             and all(type(v) is int for v in p) and p[2] in WATCHED]
+
+    def uninstall(self) -> None:
+        self._patcher.undo()
+        self._backward_hooked = False
+        for signum, previous in reversed(self._handlers_installed):
+            try:
+                if signal.getsignal(signum) is not previous:
+                    signal.signal(signum, previous)
+            except (ValueError, OSError):
+                pass
+        self._handlers_installed.clear()
+        if self._session is not None:
+            self._session.clock.unsubscribe(self._on_tick)
+        self._session = None
+
+    # ------------------------------------------------------------ record
+
+    def _watch_signals(self) -> None:
+        """Note every watched signal's arrival before the script's handler (or Python's default) runs it."""
+        original_signal = signal.signal
+        source = self
+
+        def recording(handler: Any) -> Any:
+            if not callable(handler):
+                return handler  # SIG_IGN / SIG_DFL: nothing runs in Python, so nothing to note
+
+            def noted(signum: int, frame: Any) -> Any:
+                source._arrived(signum)
+                return handler(signum, frame)
+
+            noted.__wrapped__ = handler  # type: ignore[attr-defined]
+            return noted
+
+        # Mirrors signal.signal(signalnum, handler) (CPython 3.10-3.13); getsignal() still returns
+        # the script's own handler, as it would without detrun.
+        def hooked_signal(signalnum: int, handler: Any) -> Any:
+            previous = original_signal(signalnum, recording(handler) if signalnum in WATCHED else handler)
+            return getattr(previous, "__wrapped__", previous)
+
+        original_getsignal = signal.getsignal
+
+        def hooked_getsignal(signalnum: int) -> Any:
+            current = original_getsignal(signalnum)
+            return getattr(current, "__wrapped__", current)
+
+        hooked_signal.__doc__ = original_signal.__doc__
+        hooked_getsignal.__doc__ = original_getsignal.__doc__
+        for signum in WATCHED:
+            current = original_getsignal(signum)
+            if callable(current):
+                self._handlers_installed.append((signum, current))
+                original_signal(signum, recording(current))
+        self._patcher.setattr(signal, "signal", hooked_signal)
+        self._patcher.setattr(signal, "getsignal", hooked_getsignal)
+
+    def _arrived(self, signum: int) -> None:
+        session = self._session
+        if session is None:
+            return
+        try:
+            session.emit(KIND, [session.steps, self._backward_calls, int(signum), self._last_event])
+            if session.writer is not None:
+                session.writer.flush()  # the handler may end the run at once
+        except Exception as exc:  # noqa: BLE001 - never change what the program does
+            session.hook_failed("the signal hook", exc)
+
+    # ------------------------------------------------------------ both: count backward() calls
+
+    def _hook_torch(self, torch: Any) -> None:
+        if self._session is None or self._backward_hooked:
+            return
+        self._backward_hooked = True
+        original: Callable[..., Any] = torch.autograd.backward
+        source = self
+
+        # Mirrors torch.autograd.backward (torch 2.x); Tensor.backward() calls it through the module.
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            if source._pending:
+                source._maybe_deliver(START)
+            result = original(*args, **kwargs)
+            source._backward_calls += 1
+            source._last_event = BACKWARD
+            if source._pending:
+                source._maybe_deliver(BACKWARD)
+            return result
+
+        backward.__doc__ = original.__doc__
+        self._patcher.setattr(torch.autograd, "backward", backward)
+
+    # ------------------------------------------------------------ replay
+
+    def _on_tick(self, tick: Tick) -> None:
+        self._last_event = STEP
+        if self._pending:
+            self._maybe_deliver(STEP)
+
+    def _maybe_deliver(self, event: int) -> None:
+        """Send the next recorded signal if the run is right after the event it arrived after (or past it)."""
+        session = self._session
+        if session is None or threading.current_thread() is not threading.main_thread():
+            return
+        steps, calls, signum, last_event = self._pending[0]
+        here = (session.steps, self._backward_calls)
+        due = here == (steps, calls) and event == last_event or here > (steps, calls)
+        if not due:
+            return
+        self._pending.pop(0)
+        session.take(KIND)
+        if not session.quiet:
+            print(f"detrun: delivering the recorded {signal.Signals(signum).name} after step {steps}",
+                  file=sys.stderr)
+        os.kill(os.getpid(), signum)  # the script's handler (or KeyboardInterrupt) runs at the next bytecode
