@@ -82,6 +82,15 @@ def _checks_text(facts: ReplayFacts) -> str:
     return ", ".join(parts)
 
 
+def _departures(facts: ReplayFacts) -> str:
+    """Return a note on the event mismatches beside a verdict that they did not decide."""
+    if not facts.mismatches:
+        return ""
+    more = len(facts.mismatches) - 1
+    return (f"; the replay departed from the recorded events: {facts.mismatches[0].message}"
+            + (f" (+{more} more: replay -v lists them)" if more else ""))
+
+
 def decide(facts: ReplayFacts) -> Verdict:
     """Return the verdict for what a replay found."""
     if facts.divergences:
@@ -100,7 +109,7 @@ def decide(facts: ReplayFacts) -> Verdict:
         reason = (f"{fed}nothing of the training state could be checked: the run made no optimizer step, no "
                   "backward() and held no model at exit that detrun knows (torch.nn.Module, optimizer, Keras "
                   "model, tf.Variable)")
-        return Verdict("UNVERIFIED", f"UNVERIFIED ({reason})", reason)
+        return Verdict("UNVERIFIED", f"UNVERIFIED ({reason}){_departures(facts)}", reason)
     if facts.hook_failures:
         reason = (f"a detrun hook failed ({facts.hook_failures[0]}), so that source may not have been replayed; "
                   "the checks that were made matched")
@@ -114,8 +123,8 @@ def decide(facts: ReplayFacts) -> Verdict:
     checks = _checks_text(facts)
     if not facts.trace_complete:
         return Verdict("REPRODUCED", f"REPRODUCED up to step {facts.steps} of an incomplete recording "
-                                     f"({facts.trace_reason}) ({checks}{digest})")
-    return Verdict("REPRODUCED", f"REPRODUCED ({checks}, {facts.events_used} events{digest})")
+                                     f"({facts.trace_reason}) ({checks}{digest}){_departures(facts)}")
+    return Verdict("REPRODUCED", f"REPRODUCED ({checks}, {facts.events_used} events{digest}){_departures(facts)}")
 
 
 def report(facts: ReplayFacts, verdict: Verdict) -> dict[str, object]:

@@ -12,8 +12,10 @@ from typing import Any
 from detrun.engine.patcher import Patcher
 
 # Targets that are infrastructure, not the script's training: DataLoader workers (recorded on
-# their own), the inductor compiler's workers, multiprocessing's manager servers.
-_INFRASTRUCTURE = ("torch.utils.data.", "torch._inductor.", "multiprocessing.managers", "multiprocessing.resource_")
+# their own, through torch's worker loop or detrun's wrapper of it), the inductor compiler's
+# workers, multiprocessing's manager servers.
+_INFRASTRUCTURE = ("detrun.", "torch.utils.data.", "torch._inductor.", "multiprocessing.managers",
+                   "multiprocessing.resource_")
 
 
 class ChildProcessSource:
@@ -59,7 +61,8 @@ class ChildProcessSource:
 def _describe(process: Any) -> str | None:
     """Return how to name a child that runs unrecorded, or None for infrastructure."""
     target = getattr(process, "_target", None)
-    module = str(getattr(target, "__module__", "") or "")
+    # A callable instance (detrun's DataLoader worker entry) has its class's module, not its own.
+    module = str(getattr(target, "__module__", None) or getattr(type(target), "__module__", "") or "")
     name = str(getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or type(process).__name__)
     if any(module.startswith(prefix) for prefix in _INFRASTRUCTURE):
         return None

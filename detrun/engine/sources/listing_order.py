@@ -6,6 +6,17 @@ the order they were returned; on replay return that order when the same set of n
 and report a divergence naming the added and missing names when it is not — never reorder
 silently. `os.walk`, `glob.glob`/`iglob` and `pathlib.Path.glob`/`rglob` list through
 `os.scandir`, and `Path.iterdir` through `os.listdir` (CPython 3.10-3.13), so two hooks cover all.
+
+A listing of a directory that the run itself created or wrote into (a checkpoint directory, a
+logger's version folder) depends on what earlier runs left there, not on the data: it is not a
+mismatch at all. Which directories those are is known only at the end (a run may list a directory
+before writing into it), so a replay holds listing differences back until then, and drops those
+of directories that the recording or the replay created or wrote into. Writes are seen through
+Python's audit hook (`open` for writing, `os.mkdir`, `os.rename`, `os.remove`, ...); an audit hook
+cannot be removed, so it does nothing once the session is over.
+
+    `fs.listing` — [site, [names in order]]
+    `fs.written` — [directories the run created or wrote into] (at the end of the run)
 """
 from __future__ import annotations
 
@@ -15,8 +26,38 @@ import sysconfig
 from typing import Any, Iterator
 
 from detrun.engine.patcher import Patcher
+from detrun.engine.session import call_site
 
 KIND = "fs.listing"
+WRITTEN_KIND = "fs.written"
+_MAX_WRITTEN = 10_000
+_WRITE_EVENTS = {"os.mkdir": 0, "os.rename": 1, "os.replace": 1, "os.remove": 0, "os.rmdir": 0, "os.link": 1,
+                 "os.symlink": 1, "shutil.copyfile": 1, "shutil.move": 1}  # event -> index of the path written
+_active_watch: FsOrderSource | None = None
+_audit_hook_added = False
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """Note the directories the program writes into (an audit hook: cheap, and never raises)."""
+    watch = _active_watch
+    if watch is None:
+        return
+    try:
+        if event == "open":
+            path, mode, flags = args[0], args[1], args[2]
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writing and isinstance(path, (str, bytes, os.PathLike)):
+                watch.note_write(os.path.dirname(os.path.abspath(os.fsdecode(path))))
+        elif event in _WRITE_EVENTS:
+            path = args[_WRITE_EVENTS[event]]
+            if isinstance(path, (str, bytes, os.PathLike)):
+                absolute = os.path.abspath(os.fsdecode(path))
+                watch.note_write(os.path.dirname(absolute))
+                if event == "os.mkdir":
+                    watch.note_write(absolute)
+    except Exception:  # noqa: BLE001 - an audit hook must never break the program's own call
+        pass
 
 # Listings of the interpreter's own trees and of kernel pseudo-file systems are library plumbing,
 # not data order; they vary by machine and are left alone.
@@ -89,12 +130,28 @@ class FsOrderSource:
 
     def __init__(self) -> None:
         self._patcher = Patcher()
+        self._session: Any = None
+        self._written: set[str] = set()
+        self._held_back: list[tuple[str, str, int]] = []  # (directory, message, step) until the end
+
+    def note_write(self, directory: str) -> None:
+        """Remember a directory the program created or wrote into."""
+        if len(self._written) < _MAX_WRITTEN:
+            self._written.add(os.path.realpath(directory))
 
     def install(self, session: Any) -> None:
+        global _active_watch, _audit_hook_added
         if self._patcher.active:
             return
+        self._session = session
+        _active_watch = self
+        if not _audit_hook_added:
+            sys.addaudithook(_audit)
+            _audit_hook_added = True
+        session.on_stop(self._finish)
         original_listdir = os.listdir
         original_scandir = os.scandir
+        source = self
 
         def order(call: str, path: Any, names: list[Any]) -> list[Any] | None:
             """Return the order to use for these names, or None to keep the current one."""
@@ -102,10 +159,20 @@ class FsOrderSource:
             if session.recording:
                 session.exchange(KIND, observed, call)
                 return None
-            recorded = session.exchange(KIND, observed, call, accept=lambda v: sorted(v) == sorted(observed),
-                                        explain=lambda v: _difference(v, observed))
-            if recorded is observed or recorded == observed:
-                return None  # the same order, or a reported difference: keep what the OS returned
+            same_names = True
+
+            def accept(recorded_names: list[str]) -> bool:
+                nonlocal same_names
+                same_names = sorted(recorded_names) == sorted(observed)
+                if not same_names:
+                    directory = os.path.realpath(os.fspath(path) if path is not None else ".")
+                    source._held_back.append((os.fsdecode(directory), f"{call} at {call_site()} "
+                                              f"{_difference(recorded_names, observed)}", session.steps + 1))
+                return True  # a difference in names is held back until the end, not reported now
+
+            recorded = session.exchange(KIND, observed, call, accept=accept)
+            if not same_names or recorded is observed or recorded == observed:
+                return None  # the same order, or other names: keep what the OS returned
             return recorded
 
         # Mirrors os.listdir(path='.') (CPython 3.10-3.13).
@@ -145,5 +212,23 @@ class FsOrderSource:
         self._patcher.setattr(os, "listdir", listdir)
         self._patcher.setattr(os, "scandir", scandir)
 
+    def _finish(self) -> None:
+        """Record the written directories, or report the held-back listings of directories nobody wrote."""
+        session = self._session
+        if session is None:
+            return
+        if session.recording:
+            session.emit(WRITTEN_KIND, sorted(self._written))
+            return
+        recorded = session.take(WRITTEN_KIND)
+        written = self._written | {str(d) for d in recorded} if isinstance(recorded, list) else self._written
+        for directory, message, step in self._held_back:
+            if directory not in written:
+                session.mismatch(KIND, message, step=step)
+
     def uninstall(self) -> None:
+        global _active_watch
+        if _active_watch is self:
+            _active_watch = None
         self._patcher.undo()
+        self._session = None
