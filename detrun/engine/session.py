@@ -313,6 +313,7 @@ class Session:
             from detrun.errors import ExitCode
 
             self._clear_progress()
+            self.uninstall()  # puts the real stdout back, with everything the script printed so far
             self._finish_replay(exit_status=None)
             print("detrun: stopped by --strict at the first divergence", file=sys.stderr)
             sys.stderr.flush()
@@ -473,7 +474,7 @@ class Session:
             try:
                 callback()
             except Exception as exc:  # noqa: BLE001
-                self.hook_failed("finishing step digests", exc)
+                self.hook_failed("finishing the checks at the end of the run", exc)
 
     def finish(self, outcome: Outcome) -> Verdict | None:
         """Close the session after the user's code ended: write the end record, or return the verdict."""
@@ -496,6 +497,8 @@ class Session:
             "exit_status": outcome.exit_status,
             "steps": self.steps,
             "final_digest": self.last_digest,
+            # A hook that failed while recording leaves a trace that cannot vouch for its replay.
+            "hook_failures": self.hook_failures[:20],
         }
         events = sum(self.writer.counts.values())
         size = self.writer.close(end)
@@ -570,10 +573,13 @@ class Session:
         """Return what this replay found, for the verdict and `--json`."""
         assert self.trace is not None
         end = self.trace.end or {}
+        recorded_failures = end.get("hook_failures")
+        failures = [f"while recording: {f}" for f in recorded_failures if isinstance(f, str)] \
+            if isinstance(recorded_failures, list) else []
         return ReplayFacts(
             divergences=list(self.divergences), mismatches=list(self.mismatches), causes=list(self.causes),
             checks={name: count for name, count in self.checked.items() if count},
-            hook_failures=list(self.hook_failures), unrecorded=list(self.unrecorded), steps=self.steps,
+            hook_failures=failures + self.hook_failures, unrecorded=list(self.unrecorded), steps=self.steps,
             events_used=self._replayed, trace_complete=self.trace.complete,
             trace_reason=str(end.get("reason", "incomplete")), final_digest=self.last_digest)
 

@@ -148,7 +148,11 @@ class FinalStateSource:
         session = self._session
         if session is None:
             return
-        items = self._collect()
+        try:
+            items = self._collect()
+        except Exception as exc:  # noqa: BLE001 - an odd object must not cost the rest of the verdict
+            self._failed(exc)
+            return
         if session.recording:
             session.emit(KIND, {"items": items})
             return
