@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import SCRIPT_CONTEXT, make_target
+from detrun.cli.common import SCRIPT_CONTEXT, fail, make_target
 
 
 @click.command(context_settings=SCRIPT_CONTEXT)
@@ -49,8 +49,15 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
       detrun replay trace.zst train.py
       detrun replay --json verdict.json -v trace.zst train.py
     """
+    import re
+
     from detrun.launch import exit_like, replay as replay_run
 
+    for pattern in ignore_output:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            fail(f"--ignore-output {pattern!r} is not a regular expression: {exc}")
     exit_like(replay_run(trace, make_target(script, args, module), allow_changed_script=allow_changed_script,
                          allow_changed_args=allow_changed_args, strict=strict, quiet=quiet,
                          pin_threads=not no_pin_threads, verbose=verbose, report_json=report_json,

@@ -106,9 +106,8 @@ def decide(facts: ReplayFacts) -> Verdict:
     state_checks = sum(facts.checks.get(name, 0) for name in STATE_CHECKS)
     if state_checks == 0:
         fed = (f"{facts.events_used} recorded events were fed back, but " if facts.events_used else "")
-        reason = (f"{fed}nothing of the training state could be checked: the run made no optimizer step, no "
-                  "backward() and held no model at exit that detrun knows (torch.nn.Module, optimizer, Keras "
-                  "model, tf.Variable)")
+        reason = (f"{fed}nothing of the training state could be checked: the run made no optimizer or Keras "
+                  "training step, called no backward(), and created no torch.nn.Module or optimizer")
         return Verdict("UNVERIFIED", f"UNVERIFIED ({reason}){_departures(facts)}", reason)
     if facts.hook_failures:
         reason = (f"a detrun hook failed ({facts.hook_failures[0]}), so that source may not have been replayed; "

@@ -68,14 +68,19 @@ def test_changed_dataset_is_diverged_naming_epoch_and_batch(tmp_path: Path) -> N
     (root / "data" / files[0]).unlink()  # a different length
     shorter = detrun("replay", "trace.zst", cwd=root)
     line = verdict(shorter.stderr)
-    assert line.startswith("detrun: DIVERGED at step 1:") and f"missing ['{files[0]}']" in line, line
+    assert line.startswith("detrun: DIVERGED: the loss of backward() call #1 differs"), line
     assert "first divergent batch: DataLoader #0 epoch 0, batch 0" in line, line
+    assert "likely cause: DataLoader #0 epoch 0: the dataset has 159 samples, the recording 160" in line, line
     assert shorter.returncode == 3
+    verbose = detrun("replay", "-v", "trace.zst", cwd=root)
+    assert "cause: os.listdir('data') at train_dataloader.py" in verbose.stderr, verbose.stderr
+    assert f"missing ['{files[0]}']" in verbose.stderr, verbose.stderr
 
     (root / "data" / "0_99999.txt").write_text((root / "data" / files[1]).read_text())  # different files
     different = detrun("replay", "trace.zst", cwd=root)
     line = verdict(different.stderr)
-    assert "added ['0_99999.txt']" in line and "DataLoader #0 epoch 0, batch" in line, line
+    assert line.startswith("detrun: DIVERGED") and "DataLoader #0 epoch 0, batch" in line, line
+    assert "added ['0_99999.txt']" in detrun("replay", "-v", "trace.zst", cwd=root).stderr
 
 
 def test_changed_augmentation_names_the_first_divergent_batch(tmp_path: Path) -> None:
@@ -84,7 +89,7 @@ def test_changed_augmentation_names_the_first_divergent_batch(tmp_path: Path) ->
     assert detrun("record", "-q", *args, cwd=root).returncode == 0
     changed = detrun("replay", "trace.zst", cwd=root, env={"AUGMENT_SCALE": "0.2"})
     line = verdict(changed.stderr)
-    assert line.startswith("detrun: DIVERGED at step 1:"), line
+    assert line.startswith("detrun: DIVERGED: the loss of backward() call #1 differs"), line
     assert "first divergent batch: DataLoader #0 epoch 0, batch 0" in line, line
     assert "likely cause: DataLoader #0 epoch 0, batch 0: field [0] differs" in line, line
 
@@ -128,10 +133,10 @@ def test_every_listing_api_replays_the_recorded_order(reorderable_tmp: Path) -> 
     (second / "d" / "extra.txt").write_text("new")
     added = detrun("replay", "trace.zst", cwd=second)
     line = verdict(added.stderr)
-    # A listing with other files is a cause, never the verdict; the script holds no training state.
-    assert line.startswith("detrun: UNVERIFIED"), line
-    assert "os.listdir('d') at listings.py:3 lists other files than the recording: added ['extra.txt'], missing []" \
-        in line, line
+    # The printed listing differs, an output check: the listing with other files is named as the cause.
+    assert line.startswith("detrun: DIVERGED: stdout line 1 differs"), line
+    assert ("likely cause: os.listdir('d') at listings.py:3 lists other files than the recording: added "
+            "['extra.txt'], missing []") in line, line
 
 
 ITERABLE = '''
@@ -157,7 +162,8 @@ def test_iterable_dataset_batches_are_digested(tmp_path: Path) -> None:
     replayed = detrun("replay", "--json", "verdict.json", "trace.zst", cwd=tmp_path)
     assert replayed.stdout == recorded.stdout
     # Every batch was checked against its digest, but batches are data, not training state.
-    assert verdict(replayed.stderr).startswith("detrun: UNVERIFIED (nothing of the training state"), replayed.stderr
+    line = verdict(replayed.stderr)
+    assert line.startswith("detrun: UNVERIFIED") and "nothing of the training state" in line, line
     import json
 
     assert json.loads((tmp_path / "verdict.json").read_text())["checks"]["batches"] == 8
