@@ -104,6 +104,10 @@ def decide(facts: ReplayFacts) -> Verdict:
         cause_text = f"; likely cause: {cause}" if cause else ""
         return Verdict("DIVERGED", f"DIVERGED{where}: {first.message}{tail}{first_batch}{cause_text}")
     state_checks = sum(facts.checks.get(name, 0) for name in STATE_CHECKS)
+    if state_checks == 0 and not facts.trace_complete:
+        reason = (f"the recording ended ({facts.trace_reason}) before any of its training state was recorded, "
+                  "so nothing could be checked; record the run again and let it finish")
+        return Verdict("UNVERIFIED", f"UNVERIFIED ({reason}){_departures(facts)}", reason)
     if state_checks == 0:
         fed = (f"{facts.events_used} recorded events were fed back, but " if facts.events_used else "")
         reason = (f"{fed}nothing of the training state could be checked: the run made no optimizer or Keras "

@@ -119,7 +119,7 @@ def test_an_incomplete_recording_without_steps_is_unverified(workdir: Path) -> N
     assert recorded.returncode in (137, -9)
     replayed = detrun("replay", "trace.zst", "killed.py", cwd=workdir)
     line = verdict(replayed.stderr)
-    assert line.startswith("detrun: UNVERIFIED"), line
+    assert line.startswith("detrun: UNVERIFIED (the recording ended (killed by SIGKILL) before"), line
     assert replayed.returncode == 5
 
 

@@ -52,7 +52,8 @@ def test_incomplete_recording_says_how_far_it_was_checked() -> None:
     line = decide(facts(trace_complete=False, trace_reason="killed by SIGTERM", steps=2120,
                         checks={"steps": 2120})).line
     assert line.startswith("REPRODUCED up to step 2120 of an incomplete recording (killed by SIGTERM)")
-    assert decide(facts(trace_complete=False, checks={}, steps=0)).status == "UNVERIFIED"
+    empty = decide(facts(trace_complete=False, trace_reason="killed by SIGKILL", checks={}, steps=1))
+    assert empty.status == "UNVERIFIED" and "the recording ended (killed by SIGKILL) before" in empty.line
 
 
 def test_report_lists_every_divergence() -> None:
