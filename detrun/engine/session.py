@@ -8,8 +8,6 @@ divergence with the call site instead of silently accepting it.
 from __future__ import annotations
 
 import dataclasses
-import importlib.abc
-import importlib.machinery
 import os
 import struct
 import sys
@@ -19,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from detrun.engine.import_watch import ImportWatcher, initialising
 from detrun.engine.step_clock import StepClock
 from detrun.engine.verdict import Divergence, ReplayFacts, Verdict, decide, report
 from detrun.runner import Outcome
@@ -66,45 +65,6 @@ def format_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000  # type: ignore[assignment]
     return f"{n} B"
-
-
-class _ImportWatcher(importlib.abc.MetaPathFinder):
-    """Run callbacks right after a module finishes importing, so heavy libraries stay lazy."""
-
-    def __init__(self, on_error: Callable[[str, BaseException], None]) -> None:
-        self.callbacks: dict[str, list[Callable[[Any], None]]] = {}
-        self._on_error = on_error
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self.callbacks:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        original_exec = loader.exec_module
-
-        def exec_module(module: Any) -> None:
-            original_exec(module)
-            self.fire(fullname, module)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
-
-    def fire(self, fullname: str, module: Any) -> None:
-        """Run and forget the callbacks for a module that is now imported."""
-        for callback in self.callbacks.pop(fullname, []):
-            try:
-                callback(module)
-            except Exception as exc:  # noqa: BLE001 - a hook failure must not break the import
-                self._on_error(f"setting up hooks for {fullname}", exc)
 
 
 _active: Session | None = None
@@ -173,7 +133,7 @@ class Session:
         self._lock = threading.Lock()
         self._replayed = 0
         self._failed_hooks: set[str] = set()
-        self._watcher = _ImportWatcher(self.hook_failed)
+        self._watcher = ImportWatcher(self.hook_failed)
         self._uninstallers: list[Callable[[], None]] = []
         self._progress = not quiet and sys.stderr.isatty()
         self._progress_due = 0.0
@@ -196,7 +156,7 @@ class Session:
     def when_imported(self, module_name: str, callback: Callable[[Any], None]) -> None:
         """Call callback(module) once the module is imported (now, if it already is)."""
         module = sys.modules.get(module_name)
-        if module is not None and getattr(module, "__spec__", None) is not None and not _initialising(module):
+        if module is not None and getattr(module, "__spec__", None) is not None and not initialising(module):
             try:
                 callback(module)
             except Exception as exc:  # noqa: BLE001
@@ -586,12 +546,6 @@ class Session:
     def verdict(self) -> str:
         """Return the one-line verdict of a replay."""
         return decide(self.facts()).line
-
-
-def _initialising(module: Any) -> bool:
-    """Return whether a module in sys.modules is still executing its own import."""
-    spec = getattr(module, "__spec__", None)
-    return bool(getattr(spec, "_initializing", False))
 
 
 def float_bits(value: float | None) -> str:
