@@ -117,8 +117,9 @@ def env_lines(stderr: str) -> list[str]:
 
 def kernel_summary(trace: Path) -> dict[str, Any]:
     """Return the kernel steps a trace holds: launches per step and the first few names."""
-    from detrun.engine.sources.cuda_kernels import KIND, decode_steps
+    from detrun.engine.sources.cuda_kernels import KIND
     from detrun.trace import read_trace
+    from detrun.trace.kernel_codec import decode_steps
 
     steps = decode_steps(read_trace(str(trace)).of(KIND))
     return {"steps": [{"step": s.step, "launches": len(s.kernels), "skipped": s.skipped,

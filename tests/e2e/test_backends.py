@@ -15,10 +15,10 @@ import pytest
 
 from conftest import EXAMPLES, detrun, run, verdict
 from detrun.engine.sources import cuda_kernels as kernels
-from detrun.engine.sources.cuda_kernels import (KernelSequence, StepKernels, StringTable, decode_steps, describe_difference,
-                                   encode_step, first_difference, kernel_launches, skipped_step)
+from detrun.engine.sources.cuda_kernels import KernelSequence, kernel_launches
 from detrun.engine.session import MISSING
 from detrun.engine.step_clock import StepClock
+from detrun.trace.kernel_codec import StringTable, decode_steps, encode_step
 
 BACKEND_FLAGS = str(EXAMPLES / "backend_flags.py")
 
@@ -161,6 +161,10 @@ class FakeSession:
         self.causes.insert(0, cause) if likely else self.causes.append(cause)
 
     def diverge(self, kind: str, message: str, step: int | None = None) -> None:
+        self.divergences.append(message)
+
+    def mismatch(self, kind: str, message: str, step: int | None = None) -> None:
+        # An event the recording does not match: a cause beside the verdict, kept with the divergences here.
         self.divergences.append(message)
 
     def hook_failed(self, where: str, exc: BaseException) -> None:
@@ -314,48 +318,6 @@ def test_a_failing_hook_never_changes_the_program(torch_flags: Any, monkeypatch:
 
 
 # ------------------------------------------------------------------------------ kernel sequences
-
-
-def test_string_table_hands_out_only_new_strings() -> None:
-    table = StringTable()
-    assert table.encode(["a", "b", "a"]) == (["a", "b"], [0, 1, 0])
-    assert table.encode(["b", "c"]) == (["c"], [1, 2])
-    decoder = StringTable()
-    decoder.extend(["a", "b"])
-    decoder.extend(["c"])
-    assert decoder.decode([2, 0, 1, 9]) == ["c", "a", "b", "?"]
-
-
-def test_kernel_steps_survive_the_trace(tmp_path: Path) -> None:
-    from detrun.trace import TraceWriter, read_trace
-
-    table = StringTable()
-    step1 = [("sm90_xmma_gemm_tf32", "aten::mm"), ("vectorized_elementwise_kernel", "aten::add_")] * 300
-    step2 = [("sm90_xmma_gemm_tf32", "aten::mm"), ("reduce_kernel", "aten::sum")]
-    writer = TraceWriter(str(tmp_path / "t.partial"), {"settings": {}})
-    for payload in (encode_step(table, 1, step1), encode_step(table, 2, step2), skipped_step(3, "busy")):
-        writer.event(kernels.KIND, payload)
-    writer.close({"complete": True, "exit_status": 0, "steps": 3})
-    payloads = read_trace(str(tmp_path / "t.partial")).of(kernels.KIND)
-    assert payloads[1]["strings"] == ["reduce_kernel", "aten::sum"]  # only what step 1 did not bring
-    steps = decode_steps(payloads)
-    assert [list(zip(s.kernels, s.ops)) for s in steps[:2]] == [step1, step2]
-    assert steps[2].skipped == "busy" and steps[2].kernels == []
-
-
-def test_first_difference_and_its_message() -> None:
-    assert first_difference(["a", "b"], ["a", "b"]) is None
-    assert first_difference(["a", "b"], ["a", "c"]) == 1
-    assert first_difference(["a", "b"], ["a"]) == 1
-    assert first_difference([], ["x"]) == 0
-    recorded = StepKernels(1, ["gemm_tf32", "bn_fw"], ["aten::mm", "aten::cudnn_batch_norm"])
-    assert describe_difference(recorded, StepKernels(1, list(recorded.kernels), list(recorded.ops))) is None
-    other = StepKernels(1, ["gemm_f32", "bn_fw"], ["aten::mm", "aten::cudnn_batch_norm"])
-    assert describe_difference(recorded, other) == ("CUDA kernel #1 of step 1 is 'gemm_f32' (launched by aten::mm), "
-                                                    "but the recording has 'gemm_tf32' (launched by aten::mm)")
-    shorter = StepKernels(1, ["gemm_tf32"], ["aten::mm"])
-    assert describe_difference(recorded, shorter) == ("step 1 launched 1 CUDA kernels, the recording 2; the first "
-                                                      "missing is 'bn_fw' (launched by aten::cudnn_batch_norm)")
 
 
 def _event(name: str, device: str, id_: int, linked: int = 0) -> Any:
