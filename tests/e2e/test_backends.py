@@ -80,25 +80,27 @@ def test_flag_set_at_another_step_is_a_divergence(recorded: tuple[Path, str]) ->
     directory, _ = recorded
     early = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "1"})
     line = verdict(early.stderr)
-    assert line.startswith("detrun: DIVERGED: torch.backends.cudnn.benchmark = True at backend_flags.py:54 after "
-                           "step 1, but the recording made that change after step 2"), line
-    assert "likely cause: torch.backends.cudnn.benchmark = True made after step 1 instead of after step 2" in line
-    assert "(+" not in line  # the only divergence: every step digest matched
+    # The flag change is an event mismatch: the likely cause beside the verdict, which the
+    # stdout check decides (the script prints the flag it sees).
+    assert line.startswith("detrun: DIVERGED: "), line
+    assert ("likely cause: torch.backends.cudnn.benchmark = True at backend_flags.py:54 after step 1, but the "
+            "recording made that change after step 2") in line, line
     # Pinned: the flag went back to False when the script set it after step 1, and the recorded
     # change applies once step 2 is over (before the script's print).
     assert "step 1: benchmark=False" in early.stdout and "step 2: benchmark=True" in early.stdout
 
-    late = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "3"})
-    line = verdict(late.stderr)
-    assert line.startswith("detrun: DIVERGED: the recording made torch.backends.cudnn.benchmark = True after step 2 "
-                           "(backend_flags.py:54); the replay had not by the end of step 3"), line
+    # Made late: pinned at the recorded step, so every check matches; the mismatch is listed as a cause.
+    late = detrun("replay", "-v", "trace.zst", cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "3"})
+    assert verdict(late.stderr).startswith("detrun: REPRODUCED"), late.stderr
+    assert ("cause: the recording made torch.backends.cudnn.benchmark = True after step 2 (backend_flags.py:54); "
+            "the replay had not by the end of step 3") in late.stderr, late.stderr
 
 
 def test_another_thread_count_is_named_as_the_likely_cause(recorded: tuple[Path, str]) -> None:
     directory, _ = recorded
     replayed = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "1"})
     line = verdict(replayed.stderr)
-    assert line.startswith("detrun: DIVERGED at step 1: "), line
+    assert line.startswith("detrun: DIVERGED"), line  # the loss of the first backward() already differs
     assert "likely cause: torch intra-op threads: recorded 2, now 1 (set by torch.set_num_threads at " \
            "backend_flags.py:27 before the first optimizer step)" in line
 
@@ -111,7 +113,7 @@ def test_unpinned_thread_count_is_named_as_the_likely_cause(recorded: tuple[Path
             "exit_like(replay('trace.zst', None, quiet=True, pin_threads=False))\n")
     replayed = run([sys.executable, "-c", code], cwd=directory, env={"OMP_NUM_THREADS": "1"})
     line = verdict(replayed.stderr)
-    assert line.startswith("detrun: DIVERGED at step 1: "), line
+    assert line.startswith("detrun: DIVERGED"), line
     assert "likely cause: torch intra-op threads: recorded 2, now 1" in line
 
 
@@ -213,7 +215,6 @@ def test_hooks_record_every_spelling_and_uninstall_restores(torch_flags: Any) ->
             torch.set_float32_matmul_precision(5)  # torch's own error, unchanged
         with torch.backends.cudnn.flags(enabled=False):
             pass
-        torch.set_num_threads(1)
     finally:
         source.uninstall()
     assert torch._C._set_cudnn_benchmark is original_setter and prop.setter is original_setter
@@ -227,10 +228,77 @@ def test_hooks_record_every_spelling_and_uninstall_restores(torch_flags: Any) ->
     assert changes[3][3] == {"deterministic_algorithms": True, "deterministic_algorithms.warn_only": True}
     entering = next(i for i, c in enumerate(changes) if c[3].get("cudnn.enabled") is False)
     assert any(c[3].get("cudnn.enabled") is True for c in changes[entering + 1:])  # leaving flags()
-    threads = session.of("threads.set")
-    assert len(threads) == 1 and threads[0][0] == 3 and threads[0][2:] == [
-        "torch.set_num_threads", [1, torch.get_num_interop_threads()]]
+    assert session.of("threads.set") == []  # thread counts are the threads source's
     assert session.failures == []
+
+
+def test_thread_count_calls_are_recorded_with_their_step_and_uninstall_restores(torch_flags: Any) -> None:
+    from detrun.engine.sources.thread_counts import ThreadsSource
+
+    torch = torch_flags
+    original = torch.set_num_threads
+    start = [torch.get_num_threads(), torch.get_num_interop_threads()]
+    session = FakeSession(recording=True)
+    source = ThreadsSource()
+    source.install(session)
+    try:
+        assert torch.set_num_threads is not original
+        session.clock.step = 3
+        torch.set_num_threads(1)
+    finally:
+        source.uninstall()
+    assert torch.set_num_threads is original
+    assert session.of("threads") == [start]
+    threads = session.of("threads.set")
+    assert len(threads) == 1 and threads[0][0] == 3 and threads[0][1].startswith("test_backends.py:")
+    assert threads[0][2:] == ["torch.set_num_threads", [1, start[1]]]
+    assert session.failures == []
+
+
+def test_replay_names_thread_counts_set_at_another_step_or_never(torch_flags: Any) -> None:
+    from detrun.engine.sources.thread_counts import ThreadsSource
+
+    torch = torch_flags
+    start = [torch.get_num_threads(), torch.get_num_interop_threads()]
+    fewer = 1 if start[0] != 1 else 2
+    recorded = {"threads": [start], "threads.set": [[2, "train.py:7", "torch.set_num_threads", [fewer, start[1]]]]}
+
+    # The same call one step early: named as the likely cause, and nothing else.
+    early = FakeSession(recording=False, recorded=recorded)
+    source = ThreadsSource()
+    source.install(early)
+    try:
+        early.clock.step = 1
+        torch.set_num_threads(fewer)
+        early.clock.tick()
+        early.clock.tick()
+        for stop in early.stops:
+            stop()
+    finally:
+        source.uninstall()
+        torch.set_num_threads(start[0])
+    assert early.causes == ["torch threads set after step 1 (test_backends.py:%d), the recording set them after "
+                            "step 2 (train.py:7)" % _line_of("torch.set_num_threads(fewer)")], early.causes
+
+    # Never made: once step 2 is over the counts differ from the recording's, and that is named.
+    never = FakeSession(recording=False, recorded=recorded)
+    source = ThreadsSource()
+    source.install(never)
+    try:
+        never.clock.tick()
+        never.clock.tick()
+        assert never.causes == []
+        never.clock.tick()
+    finally:
+        source.uninstall()
+    assert never.causes == [f"torch intra-op threads: recorded {fewer}, now {start[0]} (the recording set them with "
+                            "torch.set_num_threads at train.py:7 after step 2; the replay did not)"]
+    assert early.failures == never.failures == [] and never._cursors["threads.set"] == 1
+
+
+def _line_of(text: str) -> int:
+    """Return the line of this file that holds `text`."""
+    return next(i for i, line in enumerate(Path(__file__).read_text().splitlines(), 1) if text in line)
 
 
 def test_replay_pins_flags_and_reports_changes_at_other_steps(torch_flags: Any) -> None:

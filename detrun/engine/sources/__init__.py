@@ -39,9 +39,10 @@ def all_sources() -> list[Source]:
     return [
         determinism_policy.PolicySource(),  # first: its flags must be in place before anything records them
         *worker_sources(),
-        thread_counts.ThreadsSource(),
-        # After threads: its import-time pinning must not count as the script's set_num_threads call.
         backend_flags.BackendsSource(),
+        # After the flags: its step-end checks and its end-of-run notes follow theirs, as its
+        # set_num_threads tracking did when the flags source held it.
+        thread_counts.ThreadsSource(),
         cuda_kernels.KernelSequence(),
         dataloader.DataLoaderSource(),
         tf_runtime.TensorFlowSource(),

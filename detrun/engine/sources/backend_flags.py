@@ -13,13 +13,11 @@ except the `ContextProp` descriptors of `torch.backends.cudnn`/`mkldnn`, which c
 when torch was imported: their `setter` attribute is patched too. After each hooked call the flags
 are read back and only actual changes are recorded, so save/restore patterns cost nothing.
 
-Thread counts are not pinned here: `torch.set_num_threads()` calls are recorded with their step
-and a replay that ends up with other counts names them as the likely cause of a divergence.
+Thread counts are not this module's: `thread_counts` owns them, `torch.set_num_threads()` calls included.
 
 Events:
 - `backends` — {flag: value} at torch import;
 - `backends.set` — [step, site, api, {flag: new value}] for each call that changed flags;
-- `threads.set` — [step, site, api, [intra_op, inter_op]] for each set_num_threads / set_num_interop_threads;
 - `env.torch` — torch's build facts at import (`detrun.env.torch_facts.torch_build_info`);
 - `env.cuda` — cuDNN/NCCL versions and devices as torch sees them, once CUDA is initialised.
 """
@@ -49,7 +47,6 @@ from detrun.env.torch_facts import (
 
 INITIAL_KIND = "backends"
 CHANGE_KIND = "backends.set"
-THREADS_KIND = "threads.set"
 TORCH_ENV_KIND = "env.torch"
 CUDA_ENV_KIND = "env.cuda"
 
@@ -74,8 +71,6 @@ class BackendsSource:
         self._queue: list[Any] = []
         self._next = 0
         self._early = False
-        self._threads: list[int] | None = None
-        self._threads_next = 0
 
     # ------------------------------------------------------------ install / uninstall
 
@@ -107,7 +102,6 @@ class BackendsSource:
         self._state = snapshot(self._flags)
         build = torch_build_info(torch)
         build["cpu_capability"] = _call(lambda: torch.backends.cpu.get_cpu_capability())
-        threads = [torch.get_num_threads(), torch.get_num_interop_threads()]
         if session.recording:
             session.emit(INITIAL_KIND, self._state)
             session.emit(TORCH_ENV_KIND, build)
@@ -119,11 +113,7 @@ class BackendsSource:
             recorded_build = session.take(TORCH_ENV_KIND)
             if isinstance(recorded_build, dict):
                 _note_differences(session, "torch", recorded_build, build)
-            # What the recording ran with after the threads source pinned it (read, not taken).
-            recorded_threads = session.recorded("threads")
-            self._threads = list(recorded_threads[0]) if recorded_threads else threads
         self._patch_setters(torch, originals)
-        self._patch_threads(torch)
         session.clock.subscribe("flags", self._on_tick, "the backend flags step hook")
         self._subscribed = True
 
@@ -155,33 +145,6 @@ class BackendsSource:
                     # _set_fp32_precision_setter(backend, op, value) serves every fp32_precision attribute.
                     source._on_change(FP32_NAMES.get(tuple(args[:2]), api) if fp32 else api)
                 except Exception as exc:  # noqa: BLE001 - never change what the program does
-                    session.hook_failed(f"the {api} hook", exc)
-            return result
-
-        hooked.__name__ = getattr(original, "__name__", api)
-        hooked.__doc__ = getattr(original, "__doc__", None)
-        return hooked
-
-    def _patch_threads(self, torch: Any) -> None:
-        for name, label in (("set_num_threads", "torch.set_num_threads"),
-                            ("set_num_interop_threads", "torch.set_num_interop_threads")):
-            original = getattr(torch, name, None)
-            if original is None:
-                continue
-            self._patcher.setattr(torch, name, self._wrap_threads(original, label))
-
-    def _wrap_threads(self, original: Callable[..., Any], api: str) -> Callable[..., Any]:
-        source = self
-
-        # Mirrors torch.set_num_threads / set_num_interop_threads (torch 2.x); the latter raises
-        # once inter-op work has started, and then nothing changed and nothing is recorded.
-        def hooked(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            session = source._session
-            if session is not None and not source._busy:
-                try:
-                    source._on_threads(api)
-                except Exception as exc:  # noqa: BLE001
                     session.hook_failed(f"the {api} hook", exc)
             return result
 
@@ -292,60 +255,6 @@ class BackendsSource:
             session.note_cause(f"backend flag {public_name(name)} could not be pinned {where}: recorded "
                                f"{target.get(name)!r}, now {self._state.get(name)!r}")
 
-    # ------------------------------------------------------------ threads
-
-    def _on_threads(self, api: str) -> None:
-        session = self._session
-        torch = self._torch
-        now = [torch.get_num_threads(), torch.get_num_interop_threads()]
-        step, site = session.steps, self._site()
-        if session.recording:
-            session.emit(THREADS_KIND, [step, site, api, now])
-            return
-        self._threads_overdue(step, "the replay did not")
-        recorded = self._next_threads()
-        how = f"set by {api} at {site} {when(step)}"
-        if recorded is None:
-            self._note_threads(now, f"{how}, a call the recording does not have")
-            return
-        self._take_threads(recorded)
-        if recorded[0] != step and recorded[3] == now:
-            self._session.note_cause(f"torch threads set {when(step)} ({site}), the recording set them "
-                                     f"{when(recorded[0])} ({recorded[1]})", likely=True)
-        self._note_threads(now, how)
-
-    def _next_threads(self) -> list[Any] | None:
-        queue = self._session.recorded(THREADS_KIND)
-        while self._threads_next < len(queue):
-            recorded = queue[self._threads_next]
-            if isinstance(recorded, list) and len(recorded) == 4 and isinstance(recorded[3], list):
-                return recorded
-            self._take_threads(None)
-        return None
-
-    def _take_threads(self, recorded: list[Any] | None) -> None:
-        self._threads_next += 1
-        self._session.take(THREADS_KIND)
-        if recorded is not None:
-            self._threads = list(recorded[3])
-
-    def _threads_overdue(self, steps_done: int, what: str) -> None:
-        """Account for recorded thread changes whose step is over; name any count that now differs."""
-        while (recorded := self._next_threads()) is not None and recorded[0] < steps_done:
-            self._take_threads(recorded)
-            torch = self._torch
-            self._note_threads([torch.get_num_threads(), torch.get_num_interop_threads()],
-                               f"the recording set them with {recorded[2]} at {recorded[1]} {when(recorded[0])}; "
-                               f"{what}")
-
-    def _note_threads(self, now: list[int], how: str) -> None:
-        if self._threads is None:
-            return
-        for label, recorded, current in zip(("intra-op", "inter-op"), self._threads, now):
-            if recorded != current:
-                self._session.note_cause(f"torch {label} threads: recorded {recorded}, now {current} ({how})",
-                                         likely=True)
-
     # ------------------------------------------------------------ step boundaries and the end
 
     def _on_tick(self, tick: Tick) -> None:
@@ -357,7 +266,6 @@ class BackendsSource:
             self._check_cuda()
         if not session.recording:
             self._catch_up(tick.step)
-            self._threads_overdue(tick.step, "the replay did not")
 
     def _check_cuda(self) -> None:
         """Record (or compare) what torch sees of CUDA, once CUDA is up; never initialise it."""
@@ -386,7 +294,6 @@ class BackendsSource:
             recorded_call = call_text(api, changes)
             self._diverge(f"the recording made {recorded_call} {when(step)} ({site}); the replay never did",
                           f"{recorded_call} (recorded {when(step)}) not made by the replay")
-        self._threads_overdue(sys.maxsize, "the replay never did")
 
     def _site(self) -> str:
         """Return `file:line` of the nearest frame outside detrun, torch and the standard library."""
