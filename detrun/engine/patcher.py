@@ -1,7 +1,10 @@
 """Reversible attribute patches, in the manner of pytest's monkeypatch."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 
 class _NotSet:
@@ -62,17 +65,17 @@ class ImportTimeSource:
         self.patcher = Patcher()
         self._installed = False
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._installed:
             return
         self._installed = True
         session.when_imported(self.module, lambda module: self._hook_once(session, module))
 
-    def _hook_once(self, session: Any, module: Any) -> None:
+    def _hook_once(self, session: Session, module: Any) -> None:
         if self._installed and not self.patcher.active:
             self.hook(session, module)
 
-    def hook(self, session: Any, module: Any) -> None:
+    def hook(self, session: Session, module: Any) -> None:
         """Install the patches on the freshly imported module."""
         raise NotImplementedError
 

@@ -6,13 +6,16 @@ meeting point.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 
 class Source(Protocol):
     """The interface every source implements."""
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         """Install the hooks for record or replay (a second call is a no-op)."""
 
     def uninstall(self) -> None:

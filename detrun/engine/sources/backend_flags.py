@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
 from detrun.engine.step_clock import Tick
@@ -45,6 +45,9 @@ from detrun.env.torch_facts import (
     when,
 )
 
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
+
 INITIAL_KIND = "backends"
 CHANGE_KIND = "backends.set"
 TORCH_ENV_KIND = "env.torch"
@@ -59,7 +62,7 @@ class BackendsSource:
     def __init__(self) -> None:
         self._patcher = Patcher()
         self._installed = False
-        self._session: Any = None
+        self._session: Session | None = None
         self._torch: Any = None
         self._torch_dir = ""
         self._flags: list[Flag] = []
@@ -74,7 +77,7 @@ class BackendsSource:
 
     # ------------------------------------------------------------ install / uninstall
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._installed:
             return
         self._installed = True
@@ -315,7 +318,7 @@ def _call(function: Callable[[], Any]) -> Any:
         return None
 
 
-def _note_differences(session: Any, what: str, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+def _note_differences(session: Session, what: str, recorded: dict[str, Any], current: dict[str, Any]) -> None:
     """Note each differing field of torch's own view of the environment as a possible cause."""
 
     for key, old, new in diff_fingerprints(recorded, current):

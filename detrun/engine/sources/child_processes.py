@@ -7,9 +7,12 @@ Every `multiprocessing` start method goes through `BaseProcess.start`, so one ho
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detrun.engine.patcher import Patcher
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 # Targets that are infrastructure, not the script's training: DataLoader workers (recorded on
 # their own, through torch's worker loop or detrun's wrapper of it), the inductor compiler's
@@ -23,9 +26,9 @@ class ChildProcessSource:
 
     def __init__(self) -> None:
         self._patcher = Patcher()
-        self._session: Any = None
+        self._session: Session | None = None
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._session is not None:
             return
         self._session = session

@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import threading
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from detrun.engine.step_clock import Tick
 from detrun.trace.kernel_codec import (
@@ -39,6 +39,9 @@ from detrun.trace.kernel_codec import (
     encode_step,
     skipped_step,
 )
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "kernels"
 DEFAULT_STEPS = 2
@@ -78,7 +81,7 @@ class KernelSequence:
     """Capture the CUDA kernels of the first K optimizer steps; record them or compare them."""
 
     def __init__(self) -> None:
-        self._session: Any = None
+        self._session: Session | None = None
         self._torch: Any = None
         self._wanted = 0
         self._profiler: Any = None
@@ -90,7 +93,7 @@ class KernelSequence:
         self._recorded: dict[int, StepKernels] = {}
         self._captured = 0
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._session is not None:
             return
         self._session = session

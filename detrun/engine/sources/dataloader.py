@@ -19,10 +19,13 @@ from __future__ import annotations
 import inspect
 import weakref
 import zlib
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from detrun.engine.patcher import ImportTimeSource
 from detrun.trace.format import pack_indices, unpack_indices
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 EPOCH_KIND = "dl.epoch"
 INDICES_KIND = "dl.indices"
@@ -116,7 +119,7 @@ class DataLoaderSource(ImportTimeSource):
 
     module = "torch"
 
-    def hook(self, session: Any, torch: Any) -> None:
+    def hook(self, session: Session, torch: Any) -> None:
         global _original_worker_loop
         import torch.utils.data.dataloader as dataloader_module
         from torch.utils.data._utils import worker as worker_module
@@ -288,7 +291,7 @@ class DataLoaderSource(ImportTimeSource):
         session.on_stop(shut_down_workers)
 
 
-def _index_recording(session: Any) -> dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]]:
+def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]]:
     """Group a recording's DataLoader events by (loader, epoch) for replay."""
     grouped: dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]] = {}
     for start in session.take_all(EPOCH_KIND):

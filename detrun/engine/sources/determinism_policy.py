@@ -6,7 +6,10 @@ where a patch could not be installed (another torch, say) notes it as a likely c
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "policy"
 POLICIES = ("strict", "minimal", "off")
@@ -19,13 +22,13 @@ class PolicySource:
         self._installed = False
         self._applied = False
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._installed:
             return
         self._installed = True
         session.when_imported("torch", lambda torch: self._hook(session))
 
-    def _hook(self, session: Any) -> None:
+    def _hook(self, session: Session) -> None:
         name = session.settings.get("policy", "strict")
         if not self._installed or name == "off":
             return

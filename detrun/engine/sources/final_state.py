@@ -26,10 +26,13 @@ import sys
 import threading
 import weakref
 import zlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.digests import fold, tensor_word_sum
 from detrun.engine.patcher import Patcher
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "final.state"
 _MAX_ITEMS = 100_000  # beyond this many objects only the count is compared (a pathological script)
@@ -40,7 +43,7 @@ class FinalStateSource:
 
     def __init__(self) -> None:
         self._patcher = Patcher()
-        self._session: Any = None
+        self._session: Session | None = None
         self._torch: Any = None
         self._active = False
         # Re-entrant: a collection can run _died in the middle of _register on the same thread.
@@ -52,7 +55,7 @@ class FinalStateSource:
 
     # ------------------------------------------------------------ install / uninstall
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._session is not None:
             return
         self._session = session

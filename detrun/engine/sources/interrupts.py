@@ -16,10 +16,13 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
 from detrun.engine.step_clock import Tick
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "signal"
 START, STEP, BACKWARD = 0, 1, 2
@@ -31,14 +34,14 @@ class InterruptSource:
 
     def __init__(self) -> None:
         self._patcher = Patcher()
-        self._session: Any = None
+        self._session: Session | None = None
         self._backward_calls = 0
         self._pending: list[Any] = []  # replay: recorded arrivals not yet delivered
         self._handlers_installed: list[tuple[int, Any]] = []
         self._backward_hooked = False
         self._last_event = START
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._session is not None or threading.current_thread() is not threading.main_thread():
             return
         self._session = session

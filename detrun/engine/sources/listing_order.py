@@ -23,10 +23,13 @@ from __future__ import annotations
 import os
 import sys
 import sysconfig
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from detrun.engine.patcher import Patcher
 from detrun.engine.session import call_site
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "fs.listing"
 WRITTEN_KIND = "fs.written"
@@ -130,7 +133,7 @@ class FsOrderSource:
 
     def __init__(self) -> None:
         self._patcher = Patcher()
-        self._session: Any = None
+        self._session: Session | None = None
         self._written: set[str] = set()
         self._held_back: list[tuple[str, str, int]] = []  # (directory, message, step) until the end
 
@@ -139,7 +142,7 @@ class FsOrderSource:
         if len(self._written) < _MAX_WRITTEN:
             self._written.add(os.path.realpath(directory))
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         global _active_watch, _audit_hook_added
         if self._patcher.active:
             return

@@ -6,9 +6,12 @@ seed a user passes (possibly from the clock) and `default_rng()`, the common ent
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detrun.engine.patcher import ImportTimeSource
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 SEED_KIND = "np.seed"
 RNG_KIND = "np.default_rng"
@@ -34,7 +37,7 @@ class NumpySource(ImportTimeSource):
 
     module = "numpy"
 
-    def hook(self, session: Any, np: Any) -> None:
+    def hook(self, session: Session, np: Any) -> None:
         mtrand = np.random.mtrand
         original_seed = mtrand.seed
         original_default_rng = np.random.default_rng

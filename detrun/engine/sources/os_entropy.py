@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "os.entropy"
 
@@ -16,7 +19,7 @@ class EntropySource:
     def __init__(self) -> None:
         self._patcher = Patcher()
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._patcher.active:
             return
 

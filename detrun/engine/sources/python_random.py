@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detrun.engine.patcher import Patcher
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "py.seed"
 _SEED_TYPES = (int, float, str, bytes)
@@ -16,7 +19,7 @@ class PyRandomSource:
     def __init__(self) -> None:
         self._patcher = Patcher()
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._patcher.active:
             return
         original_seed = random.Random.seed

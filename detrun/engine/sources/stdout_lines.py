@@ -24,7 +24,10 @@ import re
 import sys
 import threading
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "stdout"
 MAX_LINES = 20_000
@@ -123,14 +126,14 @@ class StdoutSource:
     """Tee file descriptor 1 through a pipe, render its lines, and record or compare them."""
 
     def __init__(self) -> None:
-        self._session: Any = None
+        self._session: Session | None = None
         self._saved_fd: int | None = None
         self._read_fd: int | None = None
         self._thread: threading.Thread | None = None
         self._lines = TerminalLines()
         self._done = threading.Event()
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._session is not None:
             return
         try:

@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 SEED_KIND = "tf.seed"
 GLOBAL_SEED_KIND = "tf.global_seed"
@@ -98,7 +101,7 @@ class TensorFlowSource:
         # exchange once, at the outermost call.
         self._local = threading.local()
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._installed:
             return
         self._installed = True
@@ -118,7 +121,7 @@ class TensorFlowSource:
     def _outermost(self) -> bool:
         return not getattr(self._local, "depth", 0)
 
-    def _guarded(self, session: Any, where: str, body: Callable[[], Any], fallback: Any) -> Any:
+    def _guarded(self, session: Session, where: str, body: Callable[[], Any], fallback: Any) -> Any:
         """Run body() with nested seeding calls passing straight through; on failure, report and fall back."""
         self._local.depth = getattr(self._local, "depth", 0) + 1
         try:
@@ -141,7 +144,7 @@ class TensorFlowSource:
 
     # ------------------------------------------------------------------ TensorFlow
 
-    def _hook_tensorflow(self, session: Any, tf: Any) -> None:
+    def _hook_tensorflow(self, session: Session, tf: Any) -> None:
         if not self._installed or self._tf_hooked:
             return
         self._tf_hooked = True
@@ -156,7 +159,7 @@ class TensorFlowSource:
         self._hook_generators(session)
         self._hook_timestamp(session, tf)
 
-    def _pin_threads(self, session: Any, context: Any, config: Any) -> None:
+    def _pin_threads(self, session: Session, context: Any, config: Any) -> None:
         """Record the thread pool sizes; on replay set the recorded ones while TF still accepts them."""
         ctx = context.context()
         # The private fields, not the public properties: those build the ConfigProto, which
@@ -182,7 +185,7 @@ class TensorFlowSource:
             session.note_cause(f"TensorFlow threads recorded {recorded}, got {observed} and could not be pinned",
                                likely=True)
 
-    def _hook_seeds(self, session: Any, context: Any, random_seed: Any) -> None:
+    def _hook_seeds(self, session: Session, context: Any, random_seed: Any) -> None:
         original_set_seed = random_seed.set_seed
         original_set_random_seed = random_seed.set_random_seed
         source = self
@@ -226,7 +229,7 @@ class TensorFlowSource:
             seed = session.exchange(GLOBAL_SEED_KIND, session.fresh_seed(31), "import tensorflow")
             call(original_set_seed, seed)
 
-    def _hook_generators(self, session: Any) -> None:
+    def _hook_generators(self, session: Session) -> None:
         from tensorflow.python.framework import ops  # type: ignore[import-not-found]
         from tensorflow.python.ops import random_ops_util, stateful_random_ops  # type: ignore[import-not-found]
 
@@ -277,7 +280,7 @@ class TensorFlowSource:
         self._patcher.setattr(generator, "from_seed", classmethod(from_seed))
         self._patch_aliases("tensorflow", original_global, get_global_generator, (_GLOBAL_GENERATOR_NAME,))
 
-    def _hook_timestamp(self, session: Any, tf: Any) -> None:
+    def _hook_timestamp(self, session: Session, tf: Any) -> None:
         from tensorflow.python.ops import control_flow_util, gen_logging_ops  # type: ignore[import-not-found]
 
         original = gen_logging_ops.timestamp
@@ -311,7 +314,7 @@ class TensorFlowSource:
 
     # ------------------------------------------------------------------ Keras
 
-    def _hook_keras(self, session: Any, keras: Any) -> None:
+    def _hook_keras(self, session: Session, keras: Any) -> None:
         if not self._installed or self._keras_hooked:
             return
         self._keras_hooked = True

@@ -22,11 +22,14 @@ from __future__ import annotations
 import functools
 import threading
 import zlib
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
 from detrun.engine.sources.torch_steps import record_or_check_step
 from detrun.engine.step_clock import Tick
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "tf.step"
 _WRAPPED = "__detrun_step_digest__"
@@ -99,7 +102,7 @@ class TFStepVerifier:
     """Record or check a digest at every training step of a TensorFlow/Keras run."""
 
     def __init__(self) -> None:
-        self._session: Any = None
+        self._session: Session | None = None
         self._patcher = Patcher()
         self._local = threading.local()
         self._indices: dict[int, int] = {}
@@ -112,7 +115,7 @@ class TFStepVerifier:
 
     # ------------------------------------------------------------ install / uninstall
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._session is not None:
             return
         self._session = session

@@ -1,9 +1,12 @@
 """PyTorch: the default generators at start, `manual_seed(x)`, `torch.seed()`, CUDA seeds and `Generator().seed()`."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import ImportTimeSource
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 INITIAL_KIND = "torch.initial_seed"
 SEED_KIND = "torch.seed"
@@ -17,7 +20,7 @@ class TorchSource(ImportTimeSource):
 
     module = "torch"
 
-    def hook(self, session: Any, torch: Any) -> None:
+    def hook(self, session: Session, torch: Any) -> None:
         patch = self.patcher.setattr
         original_manual_seed = torch.random.manual_seed
         cuda_manual_seed = torch.cuda.manual_seed
@@ -77,7 +80,7 @@ class TorchSource(ImportTimeSource):
         patch(torch, "Generator", _generator_class(torch, session))
 
 
-def _generator_class(torch: Any, session: Any) -> type:
+def _generator_class(torch: Any, session: Session) -> type:
     """Build a torch.Generator subclass whose seed() is recorded; isinstance checks keep working."""
     base = torch._C.Generator
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import gc
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, word_view
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
 
 KIND = "step"
 BACKWARD_KIND = "backward.loss"  # [loss] of each backward() before the first optimizer step
@@ -36,7 +39,7 @@ class StepVerifier:
     """Record or check a digest at every optimizer step."""
 
     def __init__(self) -> None:
-        self._session: Any = None
+        self._session: Session | None = None
         self._handle: Any = None
         self._patched_backward: tuple[Any, Any] | None = None
         self._last_loss: Any = None
@@ -52,7 +55,7 @@ class StepVerifier:
 
     # ------------------------------------------------------------ install / uninstall
 
-    def install(self, session: Any) -> None:
+    def install(self, session: Session) -> None:
         if self._session is not None:
             return
         self._session = session
@@ -198,7 +201,7 @@ class StepVerifier:
 
 
 
-def record_or_check_step(session: Any, kind: str, step: int, index: int, loss: float | None,
+def record_or_check_step(session: Session, kind: str, step: int, index: int, loss: float | None,
                          per_param: list[int] | None, names: list[str], noun: str = "parameter") -> None:
     """Write one step event, or compare it with the recorded one and report what differs.
 
