@@ -58,7 +58,8 @@ status before the step limit, that status is passed through.
               help="Stop cleanly after K optimizer steps (counted over all optimizers); "
                    "0 runs the script to its end.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Also write the findings as JSON (schema: detrun/profiler/SCHEMA.md).")
+              help="Also write the findings as JSON (schema: detrun/profiler/SCHEMA.md; the same for "
+                   "TensorFlow scripts).")
 @click.option("--fail-on", type=click.Choice(["nondeterministic"]), default=None,
               help="Exit with code 4 if an op that is nondeterministic on CUDA (or measured "
                    "nondeterministic here) has no detrun patch.")
@@ -86,11 +87,11 @@ def profile_command(steps: int, json_path: str | None, fail_on: str | None, no_e
     from detrun.runner import resolve
 
     target = Target(script, tuple(args), is_module)
-    if framework == "tensorflow" or (framework == "auto" and uses_tensorflow(resolve(target).path)):
-        raise SystemExit(run_tensorflow_profile(target, steps, json_path, fail_on, quiet, show_all))
     options = ProfileOptions(target=target, steps=steps, json_path=json_path,
                              fail_on=fail_on, empirical=not no_empirical, device=device, quiet=quiet,
                              show_all=show_all)
+    if framework == "tensorflow" or (framework == "auto" and uses_tensorflow(resolve(target).path)):
+        raise SystemExit(run_tensorflow_profile(options))
     result = run_profile(options)
     code = result.exit_code
     if code is None:

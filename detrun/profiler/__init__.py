@@ -1,9 +1,12 @@
 """detrun profile: find the ops of a training script that can make two runs differ bit for bit.
 
-Pieces: capture (a TorchDispatchMode over every aten op, forward and backward, with user call
-sites), empirical (re-run each op signature twice on exact input copies and compare bits), kb (the
-knowledge base, a JSON data file per framework), kernels (CUDA kernel names via torch.profiler),
-report (severity, rich table, JSON) and session (runs the script and ties them together).
+One path for both frameworks: capture → knowledge base → report. Captures: `capture` (torch: a
+TorchDispatchMode over every aten op, forward and backward, with user call sites, plus `empirical`,
+which re-runs each op signature twice on exact input copies, and `kernel_names`, CUDA kernel names
+via torch.profiler) and `tf_capture` (TensorFlow: op callbacks, in a child process that `tf_profile`
+runs). Both stop after K steps with `step_limit` and hand over `findings.ObservedOp` records; `kb`
+loads the knowledge base (a JSON data file per framework) and matches ops against it; `report`
+gives severity, the rich table and the JSON of SCHEMA.md. `profile_run` ties them together for torch.
 Importing this package does not import torch.
 """
 from __future__ import annotations

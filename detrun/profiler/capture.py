@@ -20,8 +20,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from detrun.profiler import empirical
+from detrun.profiler.findings import UNKNOWN_SITE, CallSite
 from detrun.profiler.kb import KnowledgeBase, Rule
-from detrun.profiler.sites import UNKNOWN_SITE, CallSite, NodeSites, SiteFinder
+from detrun.profiler.sites import NodeSites, SiteFinder
 
 MAX_SITES_PER_OP = 16
 MAX_SHAPES_PER_OP = 8
@@ -98,6 +99,10 @@ class OpRecord:
         if any(v.status == "same" for v in self.verdicts):
             return False
         return None
+
+    def extra_json(self) -> dict[str, Any]:
+        """Return no fields beyond SCHEMA.md's op object: torch's are all documented there."""
+        return {}
 
 
 def _device_type(tensor: torch.Tensor) -> str:

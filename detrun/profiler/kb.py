@@ -1,8 +1,10 @@
 """Load the knowledge base (kb/<framework>.json) and match captured ops against it.
 
 The knowledge base is data, not code: which ops are nondeterministic on which device, for which
-torch versions, what `torch.use_deterministic_algorithms(True)` does to them, and where each
-claim comes from.  The only code here is the loader and a small, closed vocabulary of argument
+framework versions, what the framework's deterministic mode (`torch.use_deterministic_algorithms(True)`,
+TensorFlow's `enable_op_determinism()`) does to them, and where each claim comes from. One loader
+reads both files into the same `Rule`s: torch.json holds rules per device; tensorflow.json holds one
+entry per op family with its GPU and CPU claims, which become a rule for each device.  The only code here is the loader and a small, closed vocabulary of argument
 predicates (`when`), because some ops are nondeterministic only for some arguments
 (`index_put_` with `accumulate=True`, `bincount` with `weights`, `scatter_reduce` with
 `reduce="sum"`).  Patch names are deliberately absent: they come from
@@ -18,7 +20,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 KB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kb")
 KB_SCHEMA_VERSION = 1
-SOURCES = ("docs", "measured-h100")
+SOURCES = ("docs", "measured-h100")  # torch.json's; a file's own `sources` map names its sources
+FRAMEWORKS = ("torch", "tensorflow")
 
 
 class KnowledgeBaseError(Exception):
@@ -121,15 +124,16 @@ class Rule:
     id: str
     ops: tuple[str, ...]
     device: str
-    torch: str
+    versions: str  # the framework version range the claim holds for
     when: tuple[str, ...]
     nondeterministic: bool
-    raises_in_det_mode: bool
-    det_mode_fixes: bool
+    raises_in_det_mode: bool | None  # None: not established (some TensorFlow entries)
+    det_mode_fixes: bool | None
     source: tuple[str, ...]
     api: str
     note: str
     measured_h100: Mapping[str, Any] | None
+    framework: str = "torch"
 
     def applies(self, args: BoundArgs) -> bool:
         """Say whether the rule's argument predicates all hold for this call."""
@@ -137,15 +141,15 @@ class Rule:
 
     def to_json(self) -> dict[str, Any]:
         """Return what a report entry says about the rule that matched."""
-        out: dict[str, Any] = {"id": self.id, "device": self.device, "torch": self.torch,
+        out: dict[str, Any] = {"id": self.id, "device": self.device, self.framework: self.versions,
                                "api": self.api, "note": self.note}
         if self.measured_h100 is not None:
             out["measured_h100"] = dict(self.measured_h100)
         return out
 
 
-def _rule_from_json(entry: Mapping[str, Any], device: str) -> Rule:
-    """Validate one JSON rule and build it for one device."""
+def _rule_from_json(entry: Mapping[str, Any], device: str, known_sources: Iterable[str] = SOURCES) -> Rule:
+    """Validate one torch.json rule and build it for one device."""
     for field in ("id", "ops", "torch", "nondeterministic", "raises_in_det_mode", "det_mode_fixes", "source"):
         if field not in entry:
             raise KnowledgeBaseError(f"knowledge base entry {entry.get('id', '?')!r} lacks {field!r}")
@@ -154,10 +158,10 @@ def _rule_from_json(entry: Mapping[str, Any], device: str) -> Rule:
     if unknown:
         raise KnowledgeBaseError(f"entry {entry['id']!r} uses unknown predicate(s) {unknown}")
     source = tuple(entry["source"]) if isinstance(entry["source"], list) else (entry["source"],)
-    bad = [s for s in source if s not in SOURCES]
+    bad = [s for s in source if s not in known_sources]
     if bad:
         raise KnowledgeBaseError(f"entry {entry['id']!r} cites unknown source(s) {bad}")
-    return Rule(id=entry["id"], ops=tuple(entry["ops"]), device=device, torch=entry["torch"], when=when,
+    return Rule(id=entry["id"], ops=tuple(entry["ops"]), device=device, versions=entry["torch"], when=when,
                 nondeterministic=bool(entry["nondeterministic"]),
                 raises_in_det_mode=bool(entry["raises_in_det_mode"]),
                 det_mode_fixes=bool(entry["det_mode_fixes"]), source=source,
@@ -165,11 +169,42 @@ def _rule_from_json(entry: Mapping[str, Any], device: str) -> Rule:
                 measured_h100=entry.get("measured_h100"))
 
 
+def _tf_rules_from_json(entry: Mapping[str, Any], known_sources: Iterable[str]) -> list[Rule]:
+    """Validate one tensorflow.json entry and build its GPU ('cuda') and CPU rules."""
+    for field in ("ops", "nondeterministic_gpu", "raises_with_op_determinism", "op_determinism_fixes", "source"):
+        if field not in entry:
+            raise KnowledgeBaseError(f"knowledge base entry {entry.get('ops', '?')!r} lacks {field!r}")
+    source = tuple(entry["source"]) if isinstance(entry["source"], list) else (entry["source"],)
+    bad = [s for s in source if s not in known_sources]
+    if bad:
+        raise KnowledgeBaseError(f"entry {entry['ops']!r} cites unknown source(s) {bad}")
+    claims = {"cuda": bool(entry["nondeterministic_gpu"]), "cpu": bool(entry.get("nondeterministic_cpu", False))}
+    return [Rule(id=entry["ops"][0], ops=tuple(entry["ops"]), device=device, versions=entry.get("tf") or "",
+                 when=(), nondeterministic=nondeterministic, raises_in_det_mode=entry["raises_with_op_determinism"],
+                 det_mode_fixes=entry["op_determinism_fixes"], source=source, api=entry.get("api", ""),
+                 note=entry.get("note", ""), measured_h100=None, framework="tensorflow")
+            for device, nondeterministic in claims.items()]
+
+
+def installed_version(*distributions: str) -> str | None:
+    """Return the version of the first installed distribution, without importing it; None if none is."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in distributions:
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
 class KnowledgeBase:
     """The rules of one framework that apply to the installed version, indexed by op name."""
 
-    def __init__(self, rules: Iterable[Rule], framework_version: str, path: str) -> None:
+    def __init__(self, rules: Iterable[Rule], framework_version: str | None, path: str,
+                 framework: str = "torch") -> None:
         self.path = path
+        self.framework = framework
         self.framework_version = framework_version
         self.rules = list(rules)
         self._by_op: dict[tuple[str, str], list[Rule]] = {}
@@ -178,9 +213,15 @@ class KnowledgeBase:
                 self._by_op.setdefault((rule.device, op), []).append(rule)
 
     @classmethod
-    def load(cls, framework_version: str, path: str | None = None) -> "KnowledgeBase":
-        """Read the JSON file and keep the rules whose version range covers framework_version."""
-        path = path or os.path.join(KB_DIR, "torch.json")
+    def load(cls, framework_version: str | None, path: str | None = None,
+             framework: str = "torch") -> "KnowledgeBase":
+        """Read kb/<framework>.json and keep the rules whose version range covers framework_version.
+
+        An unknown version (None) keeps every rule.
+        """
+        if framework not in FRAMEWORKS:
+            raise KnowledgeBaseError(f"no knowledge base for {framework!r}")
+        path = path or os.path.join(KB_DIR, f"{framework}.json")
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -188,15 +229,20 @@ class KnowledgeBase:
             raise KnowledgeBaseError(f"cannot read knowledge base {path}: {exc}") from None
         if data.get("schema_version") != KB_SCHEMA_VERSION:
             raise KnowledgeBaseError(f"{path}: unsupported schema_version {data.get('schema_version')!r}")
-        version = parse_version(framework_version)
-        rules = []
-        for entry in data.get("rules", []):
-            devices = entry.get("device", "cuda")
-            for device in devices if isinstance(devices, list) else [devices]:
-                rule = _rule_from_json(entry, device)
-                if version_matches(rule.torch, version):
-                    rules.append(rule)
-        return cls(rules, framework_version, path)
+        known_sources = tuple(data.get("sources") or SOURCES)
+        candidates: list[Rule] = []
+        if framework == "tensorflow":
+            for entry in data.get("ops", []):
+                candidates += _tf_rules_from_json(entry, known_sources)
+        else:
+            for entry in data.get("rules", []):
+                devices = entry.get("device", "cuda")
+                for device in devices if isinstance(devices, list) else [devices]:
+                    candidates.append(_rule_from_json(entry, device, known_sources))
+        version = parse_version(framework_version) if framework_version else None
+        rules = [rule for rule in candidates
+                 if version is None or not rule.versions or version_matches(rule.versions, version)]
+        return cls(rules, framework_version, path, framework)
 
     def has_op(self, name: str, overload: str) -> bool:
         """Say whether any rule names this op (by base name or name.overload) on any device."""

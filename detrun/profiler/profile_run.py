@@ -5,11 +5,15 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
-from detrun.engine.step_clock import StepClock, Tick
+from detrun.engine.step_clock import StepClock
 from detrun.errors import DetrunError
+from detrun.profiler.step_limit import StepLimit, StepLimitReached
 from detrun.runner import Outcome, Runner, Target
+
+if TYPE_CHECKING:
+    from detrun.profiler.report import Report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,27 +30,13 @@ class ProfileOptions:
     show_all: bool = False
 
 
-class StepLimitReached(SystemExit):
-    """Raised from the optimizer-step hook after K steps to end the script cleanly.
-
-    A SystemExit subclass, so the user's `except Exception:` blocks do not swallow it, their
-    `finally:` blocks still run, and the runner treats it as an exit rather than a crash.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(0)
-
-
 class StepCounter:
-    """Count optimizer steps (all optimizers) on detrun's step clock; stop the script at the limit."""
+    """Count optimizer steps (all optimizers) on a step clock of its own; stop the script at the limit."""
 
-    def __init__(self, limit: int, on_step: Any) -> None:
-        self.limit = limit
-        self.stopped = False
-        self._on_step = on_step
+    def __init__(self, limit: int, on_step: Callable[[], None]) -> None:
         # Bookkeeping errors are ignored: the profile must not disturb the script it watches.
         self._clock = StepClock(lambda where, exc: None)
-        self._clock.subscribe("profiler", self._after_step, "the profiler's step counter")
+        self._limit = StepLimit(self._clock, limit, on_step)
 
     @property
     def steps(self) -> int:
@@ -62,16 +52,6 @@ class StepCounter:
     def __exit__(self, *exc: object) -> None:
         self._clock.detach_torch()
 
-    def _after_step(self, tick: Tick) -> None:
-        """Drop per-step bookkeeping, and stop at the limit."""
-        try:
-            self._on_step()
-        except Exception:  # noqa: BLE001 - bookkeeping only
-            pass
-        if self.limit and tick.step >= self.limit:
-            self.stopped = True
-            raise StepLimitReached()
-
 
 @dataclasses.dataclass
 class ProfileResult:
@@ -79,7 +59,7 @@ class ProfileResult:
 
     outcome: Outcome
     stopped_by_step_limit: bool
-    report: Any  # detrun.profiler.report.Report
+    report: Report
 
     @property
     def exit_code(self) -> int | None:
@@ -93,6 +73,17 @@ class ProfileResult:
         if self.report.fail_on_triggered:
             return int(ExitCode.NONDETERMINISTIC)
         return 0 if self.stopped_by_step_limit else None
+
+
+def json_destination(options: ProfileOptions) -> str | None:
+    """Return the absolute --json path; fail now on a missing directory rather than after a long run.
+
+    Resolved before the script runs, because the script may chdir.
+    """
+    json_path = os.path.abspath(options.json_path) if options.json_path else None
+    if json_path and not os.path.isdir(os.path.dirname(json_path)):
+        raise DetrunError(f"cannot write {options.json_path}: no such directory {os.path.dirname(json_path)}")
+    return json_path
 
 
 def _import_torch() -> Any:
@@ -110,11 +101,8 @@ def run_profile(options: ProfileOptions, stream: TextIO | None = None) -> Profil
 
     stream = stream or sys.stderr
     runner = Runner(options.target)  # a missing script fails here, before torch is imported
-    # Resolved now: the script may chdir, and a bad --json directory should fail before a long run.
     start_dir = os.getcwd()
-    json_path = os.path.abspath(options.json_path) if options.json_path else None
-    if json_path and not os.path.isdir(os.path.dirname(json_path)):
-        raise DetrunError(f"cannot write {options.json_path}: no such directory {os.path.dirname(json_path)}")
+    json_path = json_destination(options)
     torch = _import_torch()
     from detrun.profiler import kernel_names, report
     from detrun.profiler.capture import OpCapture, hide_capture_frames
@@ -183,26 +171,20 @@ def run_profile(options: ProfileOptions, stream: TextIO | None = None) -> Profil
         exit_status=0 if stopped else outcome.exit_status,
         empirical={"enabled": options.empirical, "signatures_checked": capture.checks_run,
                    "seconds": round(capture.check_seconds, 4)},
-        kb={"file": kb.path, "torch_version": kb.framework_version, "rules_in_range": len(kb.rules)},
+        kb={"file": kb.path, "torch_version": kb.framework_version, "framework_version": kb.framework_version,
+            "rules_in_range": len(kb.rules)},
         hook_errors=list(capture.hook_errors),
         torch_version=torch.__version__,
         gpu=gpu,
     )
     result_report.fail_on_triggered = (options.fail_on == "nondeterministic"
                                        and result_report.fail_on_nondeterministic)
-    if not options.quiet:
-        report.render_table(result_report, stream, options.show_all, start_dir)
-        if options.empirical:
-            say(stream, f"empirical check: {capture.checks_run} op signatures re-run twice in "
-                        f"{capture.check_seconds:.2f} s")
-        if kernel_count:
-            say(stream, f"CUDA kernels listed for {kernel_count} flagged ops")
-    say(stream, result_report.summary_line())
-    if json_path:
-        report.write_json(result_report, json_path)
-        if not options.quiet:
-            say(stream, f"wrote {options.json_path}")
-    if result_report.fail_on_triggered:
-        say(stream, f"--fail-on nondeterministic: {result_report.summary()['unpatched']} ops can change bits "
-                    f"and have no detrun patch; exiting with status 4")
+    notes = []
+    if options.empirical:
+        notes.append(f"empirical check: {capture.checks_run} op signatures re-run twice in "
+                     f"{capture.check_seconds:.2f} s")
+    if kernel_count:
+        notes.append(f"CUDA kernels listed for {kernel_count} flagged ops")
+    report.publish(result_report, stream, quiet=options.quiet, show_all=options.show_all, cwd=start_dir,
+                   notes=notes, json_path=json_path, json_shown=options.json_path)
     return ProfileResult(outcome, stopped, result_report)

@@ -1,4 +1,4 @@
-"""Turn captured ops into findings: severity, patch, the rich table on stderr and the JSON file."""
+"""The report both frameworks feed: the summary, the rich table on stderr and the JSON file (SCHEMA.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,178 +7,39 @@ import os
 import platform
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any, Iterable, TextIO
+from typing import Any, Sequence, TextIO
 
 from detrun import __version__
 from detrun.errors import DetrunError
-from detrun.profiler.kb import Rule
-
-if TYPE_CHECKING:
-    from detrun.profiler.capture import OpRecord
+from detrun.profiler.findings import (
+    KNOWN_DETERMINISTIC,
+    MEASURED,
+    NONDETERMINISTIC,
+    RAISES,
+    SEVERITY_NAMES,
+    UNKNOWN,
+    Finding,
+    build_findings,
+    lookup_patch,
+)
 
 JSON_SCHEMA_VERSION = 1
 
-# Severity tiers, highest first; the table is sorted by them.
-RAISES = 4  # raises under deterministic mode and detrun has no patch: the run cannot be made exact
-NONDETERMINISTIC = 3  # the knowledge base says it can change bits on the reported device
-MEASURED = 2  # the empirical check saw different bits here, whatever the knowledge base says
-KNOWN_DETERMINISTIC = 1  # the knowledge base says it is deterministic
-UNKNOWN = 0  # nothing known and nothing measured
-SEVERITY_NAMES = {RAISES: "raises", NONDETERMINISTIC: "nondeterministic", MEASURED: "measured",
-                  KNOWN_DETERMINISTIC: "deterministic", UNKNOWN: "ok"}
+
+@dataclasses.dataclass(frozen=True)
+class Framework:
+    """How the report speaks of one framework."""
+
+    name: str  # "torch" or "tensorflow": the JSON's `framework`
+    label: str  # in sentences
+    det_mode: str  # what the framework's deterministic mode is called
+    gpu: str  # what its GPU is called
+    patches: bool  # detrun has patches for its ops
+    empirical: bool  # the profile re-runs its ops to compare bits
 
 
-def lookup_patch(op: str) -> str | None:
-    """Ask detrun.patches for the patch of an op; None when there is none or patches are absent."""
-    try:
-        from detrun.patches import patch_for_op
-    except (ImportError, AttributeError):
-        return None
-    try:
-        return patch_for_op(op)
-    except Exception:  # noqa: BLE001 - a bug in the registry must not hide the report
-        return None
-
-
-@dataclasses.dataclass
-class Finding:
-    """One row of the report: an op, where the user called it, what is known and measured about it."""
-
-    record: OpRecord
-    reported_device: str
-    patch: str | None
-
-    @property
-    def rule(self) -> Rule | None:
-        """Return the knowledge-base rule for the reported device, if any."""
-        return self.record.rule
-
-    @property
-    def op(self) -> str:
-        """Return the op's display name."""
-        return self.record.info.display
-
-    @property
-    def nondeterministic(self) -> bool | None:
-        """Return the knowledge base's claim for the reported device (None: no entry)."""
-        return None if self.rule is None else self.rule.nondeterministic
-
-    @property
-    def severity(self) -> int:
-        """Return the severity tier used for sorting and --fail-on."""
-        rule = self.rule
-        if rule is not None and rule.nondeterministic and rule.raises_in_det_mode and self.patch is None:
-            return RAISES
-        if rule is not None and rule.nondeterministic:
-            return NONDETERMINISTIC
-        if self.record.measured_nondeterministic:
-            return MEASURED
-        if rule is not None:
-            return KNOWN_DETERMINISTIC
-        return UNKNOWN
-
-    @property
-    def unpatched_nondeterministic(self) -> bool:
-        """What --fail-on nondeterministic fails on: still changes bits under detrun's strict policy.
-
-        That is: no detrun patch, and either measured nondeterministic here or, per the knowledge
-        base, nondeterministic on CUDA in a way deterministic mode does not fix (it raises, or it
-        stays nondeterministic). Ops deterministic mode fixes (conv backward via cuDNN's
-        deterministic algorithms, say) are what `detrun record` already turns on.
-        """
-        if self.patch is not None:
-            return False
-        if self.record.measured_nondeterministic:
-            return True
-        rule = self.rule
-        return bool(rule is not None and rule.nondeterministic and (rule.raises_in_det_mode or not rule.det_mode_fixes))
-
-    @property
-    def sources(self) -> list[str]:
-        """Return the evidence behind the finding: docs, measured-h100, empirical."""
-        out = list(self.rule.source) if self.rule is not None else []
-        if self.record.measured_nondeterministic:
-            out.append("empirical")
-        return out
-
-    def measured_text(self) -> str:
-        """Summarise the empirical checks for the table."""
-        verdicts = self.record.verdicts
-        if not verdicts:
-            return "not run"
-        if any(v.differs for v in verdicts):
-            return f"differs ({self.record.device})"
-        if any(v.status == "same" for v in verdicts):
-            return "same"
-        first = verdicts[0]
-        return f"{first.status}: {first.reason}" if first.reason else first.status
-
-    def status_text(self) -> str:
-        """Describe the knowledge base's claim, with its evidence, for the table."""
-        rule = self.rule
-        if rule is None:
-            return "not in knowledge base"
-        word = "nondeterministic" if rule.nondeterministic else "deterministic"
-        evidence = []
-        if "docs" in rule.source:
-            evidence.append("docs")
-        if rule.measured_h100:
-            m = rule.measured_h100
-            evidence.append(f"H100 {m.get('default')}/{m.get('runs')} distinct")
-        return f"{word} ({', '.join(evidence)})" if evidence else word
-
-    def det_mode_text(self) -> str:
-        """Describe what deterministic mode does to the op, for the table."""
-        rule = self.rule
-        if rule is None or not rule.nondeterministic:
-            return "-"
-        if rule.raises_in_det_mode:
-            return "raises"
-        if rule.det_mode_fixes:
-            return "fixed"
-        return "unchanged"
-
-    def to_json(self) -> dict[str, Any]:
-        record = self.record
-        cuda_rule = record.cuda_rule
-        rule = self.rule
-        return {
-            "op": self.op,
-            "name": record.info.name,
-            "overload": record.info.overload,
-            "count": record.count,
-            "device": record.device,
-            "phases": sorted(record.phases),
-            "dtypes": sorted(record.dtypes),
-            "shapes": record.shapes,
-            "call_site": record.call_site.to_json(),
-            "call_sites": [dict(site.to_json(), count=count) for site, count in record.call_sites.items()],
-            "reported_device": self.reported_device,
-            "nondeterministic": self.nondeterministic,
-            "nondeterministic_cuda": None if cuda_rule is None else cuda_rule.nondeterministic,
-            "raises_in_det_mode": None if rule is None else rule.raises_in_det_mode,
-            "det_mode_fixes": None if rule is None else rule.det_mode_fixes,
-            "measured_nondeterministic": record.measured_nondeterministic,
-            "measured": [{"status": v.status, "reason": v.reason} for v in record.verdicts],
-            "patch": self.patch,
-            "source": self.sources,
-            "kb": None if rule is None else rule.to_json(),
-            "kernels": list(record.kernels),
-            "severity": SEVERITY_NAMES[self.severity],
-        }
-
-
-def build_findings(records: Iterable[OpRecord], reported: str | None) -> list[Finding]:
-    """Attach patches and sort by severity (worst first), then unpatched first, then by count."""
-    findings = []
-    patches: dict[str, str | None] = {}
-    for record in records:
-        op = record.info.display
-        if op not in patches:
-            patches[op] = lookup_patch(op)
-        findings.append(Finding(record, reported or record.device, patches[op]))
-    findings.sort(key=lambda f: (-f.severity, f.patch is not None, -f.record.count, f.op))
-    return findings
+TORCH = Framework("torch", "torch", "deterministic mode", "CUDA", patches=True, empirical=True)
+TENSORFLOW = Framework("tensorflow", "TensorFlow", "op determinism", "GPU", patches=False, empirical=False)
 
 
 @dataclasses.dataclass
@@ -194,9 +55,11 @@ class Report:
     empirical: dict[str, Any]
     kb: dict[str, Any]
     hook_errors: list[str]
-    torch_version: str
+    torch_version: str | None
     gpu: str | None
     fail_on_triggered: bool = False  # set when --fail-on nondeterministic found something
+    framework: Framework = TORCH
+    framework_version: str | None = None  # defaults to torch_version
 
     @property
     def flagged(self) -> list[Finding]:
@@ -224,11 +87,17 @@ class Report:
     def summary_line(self) -> str:
         """Return the one-line verdict (without the 'detrun:' prefix)."""
         s = self.summary()
+        gpu = self.framework.gpu
         if self.reported_device == "cuda":
-            where = "on CUDA" if "cuda" in self.ran_on else "on CUDA (predicted)"
+            where = f"on {gpu}" if "cuda" in self.ran_on else f"on {gpu} (predicted)"
         else:
             where = "on the device it ran on"
         can_change = s["raises"] + s["nondeterministic"]
+        if self.framework is not TORCH:
+            text = f"{s['distinct_ops']} distinct {self.framework.label} ops; can change bits {where}: {can_change}"
+            if s["raises"]:
+                text += f" ({s['raises']} raise under {self.framework.det_mode})"
+            return text + f"; still change bits or raise under {self.framework.det_mode}: {s['unpatched']}"
         text = f"{s['distinct_ops']} distinct ops; can change bits {where}: {can_change}"
         if s["raises"]:
             text += f" ({s['raises']} raise under deterministic mode without a patch)"
@@ -238,12 +107,15 @@ class Report:
         return text
 
     def to_json(self) -> dict[str, Any]:
+        """Return the document of SCHEMA.md."""
         return {
             "schema_version": JSON_SCHEMA_VERSION,
             "tool": "detrun profile",
             "detrun_version": __version__,
             "python_version": platform.python_version(),
             "torch_version": self.torch_version,
+            "framework": self.framework.name,
+            "framework_version": self.framework_version or self.torch_version,
             "gpu": self.gpu,
             "target": self.target,
             "reported_device": self.reported_device,
@@ -286,6 +158,7 @@ def render_table(report: Report, stream: TextIO, show_all: bool, cwd: str | None
     from rich.console import Console
     from rich.table import Table
 
+    framework = report.framework
     rows = [f for f in report.findings if show_all or f.severity >= KNOWN_DETERMINISTIC]
     width = None if stream.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)
     console = Console(file=stream, width=width, highlight=False, soft_wrap=False)
@@ -294,12 +167,15 @@ def render_table(report: Report, stream: TextIO, show_all: bool, cwd: str | None
     table.add_column("op", no_wrap=True)
     table.add_column("count", justify="right")
     table.add_column("user call site", overflow="fold")
-    cuda_header = "on CUDA (predicted)" if predicted else ("on CUDA" if report.reported_device == "cuda"
-                                                             else "on its device")
+    gpu = framework.gpu
+    cuda_header = f"on {gpu} (predicted)" if predicted else (f"on {gpu}" if report.reported_device == "cuda"
+                                                              else "on its device")
     table.add_column(cuda_header, overflow="fold")
-    table.add_column("det mode")
-    table.add_column("measured here", overflow="fold")
-    table.add_column("patch", overflow="fold")
+    table.add_column("det mode" if framework is TORCH else framework.det_mode)
+    if framework.empirical:
+        table.add_column("measured here", overflow="fold")
+    if framework.patches:
+        table.add_column("patch", overflow="fold")
     cwd = cwd or os.getcwd()
     for finding in rows:
         record = finding.record
@@ -308,15 +184,39 @@ def render_table(report: Report, stream: TextIO, show_all: bool, cwd: str | None
         if more > 0:
             site += f" (+{more} more)"
         style = _STYLES[finding.severity]
-        table.add_row(finding.op, str(record.count), site, f"[{style}]{finding.status_text()}[/]",
-                      finding.det_mode_text(), finding.measured_text(), finding.patch or "none")
+        cells = [finding.op, str(record.count), site, f"[{style}]{finding.status_text()}[/]", finding.det_mode_text()]
+        if framework.empirical:
+            cells.append(finding.measured_text())
+        if framework.patches:
+            cells.append(finding.patch or "none")
+        table.add_row(*cells)
     hidden = len(report.findings) - len(rows)
     if rows:
         console.print(table)
         console.print("detrun: a backward op's call site is the forward line that created it", markup=False)
     if hidden:
-        console.print(f"detrun: {hidden} other ops have no known issue and measured the same "
-                      f"(--all lists them)", markup=False)
+        unknown = ("have no known issue and measured the same" if framework.empirical
+                   else "are not in the knowledge base")
+        console.print(f"detrun: {hidden} other ops {unknown} (--all lists them)", markup=False)
+
+
+def publish(report: Report, stream: TextIO, *, quiet: bool, show_all: bool, cwd: str, notes: Sequence[str] = (),
+            json_path: str | None = None, json_shown: str | None = None) -> None:
+    """Print the table, the notes and the summary line; write the JSON; say why --fail-on fails."""
+    if not quiet:
+        render_table(report, stream, show_all, cwd)
+        for note in notes:
+            say(stream, note)
+    say(stream, report.summary_line())
+    if json_path:
+        write_json(report, json_path)
+        if not quiet:
+            say(stream, f"wrote {json_shown or json_path}")
+    if report.fail_on_triggered:
+        count = report.summary()["unpatched"]
+        why = ("can change bits and have no detrun patch" if report.framework.patches
+               else f"still change bits or raise under {report.framework.det_mode}")
+        say(stream, f"--fail-on nondeterministic: {count} ops {why}; exiting with status 4")
 
 
 def say(stream: TextIO, message: str) -> None:
@@ -325,5 +225,5 @@ def say(stream: TextIO, message: str) -> None:
     stream.flush()
 
 
-__all__ = ["Finding", "Report", "build_findings", "render_table", "write_json", "lookup_patch", "say",
-           "JSON_SCHEMA_VERSION"]
+__all__ = ["Finding", "Framework", "Report", "TENSORFLOW", "TORCH", "build_findings", "publish", "render_table",
+           "write_json", "lookup_patch", "say", "JSON_SCHEMA_VERSION"]

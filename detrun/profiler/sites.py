@@ -11,13 +11,14 @@ at every optimizer step, instead of anomaly mode's full traceback per node.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import sysconfig
 import types
 
 import torch
+
+from detrun.profiler.findings import CallSite
 
 _DETRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -34,30 +35,6 @@ def _internal_prefixes() -> tuple[str, ...]:
 
 
 _INTERNAL = _internal_prefixes()
-
-
-@dataclasses.dataclass(frozen=True)
-class CallSite:
-    """A line of user code: absolute file path, line number and function name."""
-
-    file: str
-    line: int
-    function: str
-
-    def display(self, cwd: str | None = None) -> str:
-        """Return `file:line in function`, the file relative to cwd when it lies below it."""
-        cwd = cwd or os.getcwd()
-        path = self.file
-        if path.startswith(cwd + os.sep):
-            path = os.path.relpath(path, cwd)
-        return f"{path}:{self.line} in {self.function}"
-
-    def to_json(self) -> dict[str, object]:
-        """Return the JSON object for this site."""
-        return {"file": self.file, "line": self.line, "function": self.function}
-
-
-UNKNOWN_SITE = CallSite("<unknown>", 0, "<unknown>")
 
 
 class SiteFinder:

@@ -98,10 +98,13 @@ def test_detrun_does_not_import_tensorflow_for_other_scripts(workdir: Path) -> N
 
 
 def _profile(script: str, *args: str, cwd: Path) -> list[dict]:
-    """Run `python -m detrun.profiler.tf_profile --steps 2 SCRIPT ARGS` and return its JSON list."""
-    result = python("-m", "detrun.profiler.tf_profile", "--steps", "2", script, *args, cwd=cwd, env=QUIET_TF)
+    """Run `detrun profile --steps 2 --json FILE SCRIPT ARGS` and return the JSON's op objects."""
+    result = detrun("profile", "--steps", "2", "--json", str(cwd / "profile.json"), script, *args, cwd=cwd,
+                    env=QUIET_TF)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    document = json.loads((cwd / "profile.json").read_text())
+    assert document["framework"] == "tensorflow" and document["steps"]["completed"] == 2, document["steps"]
+    return document["ops"]
 
 
 @pytest.mark.parametrize("mode", ["tf.function", "eager"])
@@ -119,18 +122,26 @@ def test_profile_lists_flagged_ops_with_their_lines(mode: str, workdir: Path) ->
     assert (Path(resize["call_site"]["file"]).name, resize["call_site"]["line"]) == ("tf_flagged_ops.py", 18)
     assert resize["phases"] == ["backward"]
     for finding in (segment, resize):
-        assert finding["nondeterministic_gpu"] is True and finding["raises_with_op_determinism"] is False
+        assert finding["nondeterministic_cuda"] is True and finding["raises_in_det_mode"] is False
+        assert finding["det_mode_fixes"] is True and finding["severity"] == "nondeterministic"
         assert finding["source"] and finding["count"] >= 1
 
 
 def test_profile_does_not_stop_at_an_op_that_refuses_determinism(workdir: Path) -> None:
-    findings = _profile(str(SCRIPTS / "tf_raises_under_determinism.py"), cwd=workdir)
+    findings = _profile_to_the_end(str(SCRIPTS / "tf_raises_under_determinism.py"), cwd=workdir)
     by_op = {f["op"]: f for f in findings}
     timestamp = by_op["Timestamp"]
-    assert timestamp["raises_with_op_determinism"] is True and "determinism" in timestamp["raised_here"]
+    assert timestamp["raises_in_det_mode"] is True and "determinism" in timestamp["raised_here"]
     assert timestamp["call_site"]["line"] == 8
     # The op after it was still found, by a second run without determinism.
     assert by_op["UnsortedSegmentSum"]["call_site"]["line"] == 9
+
+
+def _profile_to_the_end(script: str, cwd: Path) -> list[dict]:
+    """Profile a script that makes no training step; return the JSON's op objects."""
+    result = detrun("profile", "--json", str(cwd / "profile.json"), script, cwd=cwd, env=QUIET_TF)
+    assert result.returncode == 0, result.stderr
+    return json.loads((cwd / "profile.json").read_text())["ops"]
 
 
 def test_tensorflow_knowledge_base_is_well_formed() -> None:
