@@ -155,7 +155,8 @@ def test_replay_reports_the_environment_and_names_the_likely_cause(tmp_path: Pat
     assert "detrun:   can change bits: env NVIDIA_TF32_OVERRIDE: recorded unset, now '0'" in changed.stderr
     assert "detrun:   pinned to the recorded value: env OMP_NUM_THREADS" in changed.stderr
     line = verdict(changed.stderr)
-    assert line.startswith("detrun: DIVERGED: os.urandom(8) at knob.py:2"), line
-    assert line.endswith("likely cause: env NVIDIA_TF32_OVERRIDE: recorded unset, now '0'"), line
+    # No training state to check: the departure is named beside the verdict, not as the verdict.
+    assert line.startswith("detrun: UNVERIFIED"), line
+    assert "the replay departed from the recorded events: os.urandom(8) at knob.py:2" in line, line
     shown = detrun("env", "--diff", "trace.zst", cwd=tmp_path, env={"NVIDIA_TF32_OVERRIDE": "0"})
     assert "can change bits: env NVIDIA_TF32_OVERRIDE" in shown.stdout, shown.stdout

@@ -38,7 +38,7 @@ def test_probe_sees_the_same_as_under_python(how: list[str], probe_dir: Path) ->
 
 def test_script_given_by_relative_path_from_elsewhere(tmp_path: Path) -> None:
     relative = str(Path("tests") / "e2e" / "scripts" / "probe.py")
-    repo = SCRIPTS.parent.parent
+    repo = SCRIPTS.parents[2]
     plain = python(relative, cwd=repo)
     recorded = detrun("record", "-q", "-o", str(tmp_path / "t.zst"), relative, cwd=repo)
     assert json.loads(recorded.stdout) == json.loads(plain.stdout)
@@ -62,7 +62,9 @@ def test_sys_exit_passes_through(code: str, status: int, tmp_path: Path) -> None
     assert plain.returncode == recorded.returncode == status
     assert _detrun_lines_removed(recorded.stderr) == plain.stderr
     replayed = detrun("replay", "-q", str(tmp_path / "t.zst"), cwd=SCRIPTS, env=env)
-    assert replayed.returncode == status
+    # A non-zero status is the script's own; after a clean exit the verdict decides, and the probe
+    # trains nothing, so it is UNVERIFIED (5).
+    assert replayed.returncode == (status or 5)
     assert "DIVERGED" not in replayed.stderr
 
 

@@ -82,8 +82,10 @@ def test_every_tf_randomness_source_is_recorded_and_replayed(workdir: Path) -> N
     # Each line is one source; unhooked, every one of them differs from run to run.
     same = [a for a, b in zip(plain.stdout.splitlines(), recorded.stdout.splitlines()) if a == b]
     assert not same, f"these did not vary between plain runs, so the test proves nothing for them: {same}"
-    replayed = _ok(detrun("replay", "trace.zst", cwd=workdir, env=QUIET_TF))
+    replayed = detrun("replay", "trace.zst", cwd=workdir, env=QUIET_TF)
     assert replayed.stdout == recorded.stdout
+    # Every value fed back, but no model trained: UNVERIFIED (5), never DIVERGED.
+    assert replayed.returncode == 5 and verdict(replayed.stderr).startswith("detrun: UNVERIFIED"), replayed.stderr
     assert "DIVERGED" not in replayed.stderr and "warning" not in replayed.stderr, replayed.stderr
     shown = json.loads(_ok(detrun("show", "--json", "trace.zst", cwd=workdir)).stdout)
     kinds = json.dumps(shown)
