@@ -46,12 +46,15 @@ from detrun.env.torch_facts import (
     torch_cuda_info,
     when,
 )
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    BACKENDS as INITIAL_KIND,
+    BACKENDS_SET as CHANGE_KIND,
+    ENV_CUDA as CUDA_ENV_KIND,
+    ENV_TORCH as TORCH_ENV_KIND,
+    THREADS_SET as THREADS_KIND,
+    TORCH_THREADS,
+)
 
-INITIAL_KIND = "backends"
-CHANGE_KIND = "backends.set"
-THREADS_KIND = "threads.set"
-TORCH_ENV_KIND = "env.torch"
-CUDA_ENV_KIND = "env.cuda"
 
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the detrun package
 _STDLIB_DIR = sysconfig.get_paths()["stdlib"]
@@ -120,7 +123,7 @@ class BackendsSource:
             if isinstance(recorded_build, dict):
                 _note_differences(session, "torch", recorded_build, build)
             # What the recording ran with after the threads source pinned it (read, not taken).
-            recorded_threads = session.recorded("threads")
+            recorded_threads = session.recorded(TORCH_THREADS)
             self._threads = list(recorded_threads[0]) if recorded_threads else threads
         self._patch_setters(torch, originals)
         self._patch_threads(torch)

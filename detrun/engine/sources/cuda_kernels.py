@@ -32,8 +32,8 @@ import threading
 from typing import Any, Callable, Iterable, Sequence
 
 from detrun.engine.step_clock import Tick
+from detrun.trace.registry import KERNELS as KIND  # the kind, its payload schema and version
 
-KIND = "kernels"
 DEFAULT_STEPS = 2
 MAX_LAUNCHES = 200_000  # per step; beyond this the list is cut (and says so)
 _NOT_KERNELS = ("Memcpy", "Memset")

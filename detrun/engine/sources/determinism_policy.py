@@ -7,8 +7,8 @@ where a patch could not be installed (another torch, say) notes it as a likely c
 from __future__ import annotations
 
 from typing import Any
+from detrun.trace.registry import POLICY as KIND  # the kind, its payload schema and version
 
-KIND = "policy"
 POLICIES = ("strict", "minimal", "off")
 
 

@@ -15,8 +15,8 @@ import sysconfig
 from typing import Any, Iterator
 
 from detrun.engine.patcher import Patcher
+from detrun.trace.registry import FS_LISTING as KIND  # the kind, its payload schema and version
 
-KIND = "fs.listing"
 
 # Listings of the interpreter's own trees and of kernel pseudo-file systems are library plumbing,
 # not data order; they vary by machine and are left alone.

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from detrun.engine.patcher import ImportTimeSource
+from detrun.trace.registry import NP_DEFAULT_RNG as RNG_KIND  # the kinds, their payload schemas and versions
+from detrun.trace.registry import NP_SEED as SEED_KIND
 
-SEED_KIND = "np.seed"
-RNG_KIND = "np.default_rng"
 
 
 def _plain_seed(seed: Any) -> Any:

@@ -6,8 +6,8 @@ import random
 from typing import Any, Callable
 
 from detrun.engine.patcher import Patcher
+from detrun.trace.registry import OS_ENTROPY as KIND  # the kind, its payload schema and version
 
-KIND = "os.entropy"
 
 
 class EntropySource:

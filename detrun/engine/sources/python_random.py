@@ -5,8 +5,8 @@ import random
 from typing import Any
 
 from detrun.engine.patcher import Patcher
+from detrun.trace.registry import PY_SEED as KIND  # the kind, its payload schema and version
 
-KIND = "py.seed"
 _SEED_TYPES = (int, float, str, bytes)
 
 

@@ -6,8 +6,8 @@ launcher before the interpreter starts; this source pins what torch chose from t
 from __future__ import annotations
 
 from typing import Any
+from detrun.trace.registry import TORCH_THREADS as KIND  # the kind, its payload schema and version
 
-KIND = "threads"
 
 
 class ThreadsSource:

@@ -25,8 +25,8 @@ from typing import Any
 
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
+from detrun.trace.registry import STEP as KIND  # the kind, its payload schema and version
 
-KIND = "step"
 LANES = 16
 SYNC_EVERY = 64
 
