@@ -30,12 +30,16 @@ EXT_BIGINT = 1
 # million steps decompresses to about 30 MB and holds about a million events.
 MAX_WINDOW_BYTES = 1 << 24  # zstd window (the decoder's memory); the writer's level 6 uses 2 MiB
 MAX_DECOMPRESSED_BYTES = 1 << 30  # the whole trace, decompressed
+# A genuine trace compresses 2-10 fold (losses and digests are noise); beyond RATIO_FROM_BYTES of
+# output, a file whose bytes expand more than MAX_RATIO fold is a compression bomb.
+RATIO_FROM_BYTES = 1 << 23
+MAX_RATIO = 2000
 MAX_EVENTS = 20_000_000  # all roles and kinds together
-MAX_HELD_EVENTS = 2_000_000  # events of the kinds replay keeps in memory (all but the per-step ones)
-MAX_BLOB_BYTES = 1 << 26  # one str or bytes value
+MAX_HELD_EVENTS = 4_000_000  # events of the kinds replay keeps in memory (all but the per-step ones)
+MAX_BLOB_BYTES = 1 << 24  # one str or bytes value
 MAX_CONTAINER_LEN = 1 << 21  # one list or map
 MAX_BIGINT_BYTES = 1025  # 8,200 bits: every int still converts to str (Python's 4,300-digit limit)
-MAX_RECORD_BYTES = (1 << 27)  # one undecoded record waiting for its end in the unpacker
+MAX_RECORD_BYTES = 1 << 25  # one undecoded record waiting for its end in the unpacker
 
 
 def _default(obj: object) -> object:

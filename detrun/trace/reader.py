@@ -26,7 +26,9 @@ from detrun.trace.format import (
     MAX_DECOMPRESSED_BYTES,
     MAX_EVENTS,
     MAX_HELD_EVENTS,
+    MAX_RATIO,
     MAX_WINDOW_BYTES,
+    RATIO_FROM_BYTES,
     ZSTD_MAGIC,
     make_unpacker,
 )
@@ -51,33 +53,41 @@ def _decompressed_chunks(path: str, limit: int = MAX_DECOMPRESSED_BYTES) -> Iter
             raise TraceError(f"{path} is not a detrun trace (not zstd-compressed)")
         f.seek(0)
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)
-        decompressor = dctx.decompressobj()
-        fed_current_frame = False
-        total = 0
-        while block := f.read(READ_BYTES):
-            view = memoryview(block)
-            position = 0
-            while position < len(view):
-                piece = view[position:position + FEED_BYTES]
-                position += len(piece)
-                fed_current_frame = True
-                try:
-                    out = decompressor.decompress(piece)
-                except zstandard.ZstdError as exc:
-                    raise TraceError(f"{path} is corrupt ({exc})") from None
-                if out:
-                    total += len(out)
-                    if total > limit:
-                        raise TraceError(f"{path} is refused: it decompresses to more than {limit >> 20} MiB "
-                                         "(a damaged or hostile file)")
-                    yield out
-                if decompressor.eof:
-                    # One frame ended; what is left of this piece belongs to the next frame.
-                    rest = decompressor.unused_data
-                    position -= len(rest)
-                    decompressor = dctx.decompressobj()
-                    fed_current_frame = False
-        if fed_current_frame and not decompressor.eof:
+        decompressor: Any = None  # None between frames
+        block, offset = b"", 0
+        consumed = produced = 0
+        while True:
+            if len(block) - offset < FEED_BYTES:
+                block, offset = block[offset:] + f.read(READ_BYTES), 0
+            if offset >= len(block):
+                break
+            if decompressor is None:
+                # detrun writes only zstd frames back to back: skippable frames or other bytes
+                # between them would be a place to hide a payload, so they make the file corrupt.
+                if block[offset:offset + 4] != ZSTD_MAGIC:
+                    raise TraceError(f"{path} is corrupt (bytes at offset {consumed} are not a zstd frame "
+                                     "that detrun writes)")
+                decompressor = dctx.decompressobj()
+            piece = block[offset:offset + FEED_BYTES]
+            offset += len(piece)
+            consumed += len(piece)
+            try:
+                out = decompressor.decompress(piece)
+            except zstandard.ZstdError as exc:
+                raise TraceError(f"{path} is corrupt ({_one_line(exc)})") from None
+            if out:
+                produced += len(out)
+                if produced > limit or (produced > RATIO_FROM_BYTES and produced > MAX_RATIO * consumed):
+                    raise TraceError(f"{path} is refused: {consumed:,} bytes of it decompress to more than "
+                                     f"{produced:,} (a damaged or hostile file)")
+                yield out
+            if decompressor.eof:
+                # The frame ended; what is left of this piece belongs to the next frame.
+                rest = len(decompressor.unused_data)
+                offset -= rest
+                consumed -= rest
+                decompressor = None
+        if decompressor is not None:
             raise _Truncated()
 
 
@@ -85,6 +95,7 @@ def iter_objects(path: str) -> Iterator[Any]:
     """Yield every msgpack object of a trace in order; raise _Truncated or TraceError on damage."""
     unpacker = make_unpacker()
     fed = 0
+    count = 0
     try:
         for chunk in _decompressed_chunks(path):
             # Fed in slices so the unpacker's buffer holds at most one record plus a slice.
@@ -92,13 +103,17 @@ def iter_objects(path: str) -> Iterator[Any]:
                 piece = chunk[start:start + (1 << 20)]
                 unpacker.feed(piece)
                 fed += len(piece)
-                yield from unpacker
+                for obj in unpacker:
+                    count += 1
+                    yield obj
     except TraceError:
         raise
     except msgpack.BufferFull:
-        raise TraceError(f"{path} is corrupt (a record larger than the reader accepts)") from None
+        raise TraceError(f"{path} is corrupt (record {count} is larger than the reader accepts)") from None
+    except msgpack.StackError:
+        raise TraceError(f"{path} is corrupt (record {count} is nested too deeply)") from None
     except _DECODE_ERRORS as exc:
-        raise TraceError(f"{path} is corrupt (bad record: {_one_line(exc)})") from None
+        raise TraceError(f"{path} is corrupt (record {count} does not decode: {_one_line(exc)})") from None
     if unpacker.tell() != fed:
         raise _Truncated()
 

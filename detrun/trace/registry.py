@@ -56,7 +56,7 @@ def _packed_ok(value: list[object]) -> bool:
 
 
 # [width, bytes] as written by pack_indices, or a plain list of ids
-PACKED_IDS = OneOf(Check(Tuple(Int(1, 8), Bytes(1 << 26)), _packed_ok, "packed ids need width 1, 2, 4 or 8 "
+PACKED_IDS = OneOf(Check(Tuple(Int(1, 8), Bytes(1 << 24)), _packed_ok, "packed ids need width 1, 2, 4 or 8 "
                          "and a whole number of words"),
                    ListOf(U64, 1 << 21))
 
@@ -190,7 +190,7 @@ def _indices_ok(value: list[object]) -> bool:
 
 DL_INDICES = _declare(
     "dl.indices", 1,
-    Check(Tuple(SMALL, SMALL, Int(0, 8), OneOf(Bytes(1 << 26), ListOf(SMALL_DATA, 1 << 21)), Bool), _indices_ok,
+    Check(Tuple(SMALL, SMALL, Int(0, 8), OneOf(Bytes(1 << 24), ListOf(SMALL_DATA, 1 << 21)), Bool), _indices_ok,
           "packed indices need width 1, 2, 4 or 8 and a whole number of words (width 0: a plain list)"),
     "[loader, epoch, width, packed, scalar]: one index or batch of indices the sampler yielded; forced on replay",
     "dataloader", fed_back=True)

@@ -46,6 +46,14 @@ class Schema:
         """Return what the schema accepts, in a few words (for error messages and docs)."""
         raise NotImplementedError
 
+    def matches(self, value: Any) -> bool:
+        """Return whether the value passes, without building an error (OneOf's fast path)."""
+        try:
+            self.check(value)
+        except SchemaError:
+            return False
+        return True
+
     def fail(self, value: Any) -> SchemaError:
         return SchemaError(f"expected {self.describe()}, got {_type_name(value)} {_short(value)}")
 
@@ -54,6 +62,9 @@ class _Null(Schema):
     def check(self, value: Any) -> None:
         if value is not None:
             raise self.fail(value)
+
+    def matches(self, value: Any) -> bool:
+        return value is None
 
     def describe(self) -> str:
         return "nil"
@@ -66,6 +77,9 @@ class _Bool(Schema):
     def check(self, value: Any) -> None:
         if type(value) is not bool:
             raise self.fail(value)
+
+    def matches(self, value: Any) -> bool:
+        return type(value) is bool
 
     def describe(self) -> str:
         return "bool"
@@ -85,6 +99,9 @@ class Int(Schema):
         if type(value) is not int or not self.low <= value <= self.high:
             raise self.fail(value)
 
+    def matches(self, value: Any) -> bool:
+        return type(value) is int and self.low <= value <= self.high
+
     def describe(self) -> str:
         def bound(n: int) -> str:
             return str(n) if abs(n) < 1 << 64 else f"{'-' if n < 0 else ''}2**{abs(n).bit_length() - 1}"
@@ -98,6 +115,9 @@ class Float(Schema):
     def check(self, value: Any) -> None:
         if type(value) is not float:
             raise self.fail(value)
+
+    def matches(self, value: Any) -> bool:
+        return type(value) is float
 
     def describe(self) -> str:
         return "float"
@@ -130,6 +150,9 @@ class Bytes(Schema):
         if type(value) is not bytes or len(value) > self.max_len:
             raise self.fail(value)
 
+    def matches(self, value: Any) -> bool:
+        return type(value) is bytes and len(value) <= self.max_len
+
     def describe(self) -> str:
         return f"bytes of at most {self.max_len}"
 
@@ -141,6 +164,9 @@ class OneOf(Schema):
         self.options = options
 
     def check(self, value: Any) -> None:
+        for option in self.options:
+            if option.matches(value):
+                return
         errors = []
         for option in self.options:
             try:
@@ -189,6 +215,11 @@ class Tuple(Schema):
     def check(self, value: Any) -> None:
         if type(value) is not list or len(value) != len(self.items):
             raise self.fail(value)
+        for schema, element in zip(self.items, value):
+            if not schema.matches(element):
+                break
+        else:
+            return
         for index, (schema, element) in enumerate(zip(self.items, value)):
             try:
                 schema.check(element)
