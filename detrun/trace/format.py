@@ -32,7 +32,7 @@ MAX_WINDOW_BYTES = 1 << 24  # zstd window (the decoder's memory); the writer's l
 MAX_DECOMPRESSED_BYTES = 1 << 30  # the whole trace, decompressed
 # A genuine trace compresses 2-10 fold (losses and digests are noise); beyond RATIO_FROM_BYTES of
 # output, a file whose bytes expand more than MAX_RATIO fold is a compression bomb.
-RATIO_FROM_BYTES = 1 << 23
+RATIO_FROM_BYTES = 1 << 22
 MAX_RATIO = 2000
 MAX_EVENTS = 20_000_000  # all roles and kinds together
 MAX_HELD_EVENTS = 4_000_000  # events of the kinds replay keeps in memory (all but the per-step ones)

@@ -38,6 +38,7 @@ READ_BYTES = 1 << 16
 # zstd input is fed in small pieces: one piece can expand at most ~32,000-fold (a run-length
 # block), so no single call returns more than about 16 MiB however the file was made.
 FEED_BYTES = 512
+SLICE_BYTES = 1 << 18  # decompressed bytes handed to the unpacker at a time
 # Exceptions that undecodable input raises from msgpack, zstandard or the codecs.
 _DECODE_ERRORS = (msgpack.UnpackException, ValueError, TypeError, OverflowError, RecursionError, zstandard.ZstdError)
 
@@ -75,12 +76,15 @@ def _decompressed_chunks(path: str, limit: int = MAX_DECOMPRESSED_BYTES) -> Iter
                 out = decompressor.decompress(piece)
             except zstandard.ZstdError as exc:
                 raise TraceError(f"{path} is corrupt ({_one_line(exc)})") from None
-            if out:
-                produced += len(out)
+            # Handed on in slices, each checked first, so a refusal comes before the consumer has
+            # decoded more than a slice past the limit.
+            for start in range(0, len(out), SLICE_BYTES):
+                part = out[start:start + SLICE_BYTES]
+                produced += len(part)
                 if produced > limit or (produced > RATIO_FROM_BYTES and produced > MAX_RATIO * consumed):
                     raise TraceError(f"{path} is refused: {consumed:,} bytes of it decompress to more than "
                                      f"{produced:,} (a damaged or hostile file)")
-                yield out
+                yield part
             if decompressor.eof:
                 # The frame ended; what is left of this piece belongs to the next frame.
                 rest = len(decompressor.unused_data)
@@ -98,14 +102,11 @@ def iter_objects(path: str) -> Iterator[Any]:
     count = 0
     try:
         for chunk in _decompressed_chunks(path):
-            # Fed in slices so the unpacker's buffer holds at most one record plus a slice.
-            for start in range(0, len(chunk), 1 << 20):
-                piece = chunk[start:start + (1 << 20)]
-                unpacker.feed(piece)
-                fed += len(piece)
-                for obj in unpacker:
-                    count += 1
-                    yield obj
+            unpacker.feed(chunk)
+            fed += len(chunk)
+            for obj in unpacker:
+                count += 1
+                yield obj
     except TraceError:
         raise
     except msgpack.BufferFull:
