@@ -254,12 +254,8 @@ class BackendsSource:
         return all(self._state.get(k) == v for k, v in changes.items())
 
     def _peek(self) -> Any:
-        while self._next < len(self._queue):
-            recorded = self._queue[self._next]
-            if isinstance(recorded, list) and len(recorded) == 4 and isinstance(recorded[3], dict):
-                return recorded
-            self._take()  # a malformed event: skip it rather than stall
-        return None
+        # The reader checked every payload against the registry's schema: [step, site, api, {flag: value}].
+        return self._queue[self._next] if self._next < len(self._queue) else None
 
     def _take(self) -> None:
         self._next += 1
@@ -318,13 +314,8 @@ class BackendsSource:
         self._note_threads(now, how)
 
     def _next_threads(self) -> list[Any] | None:
-        queue = self._session.recorded(THREADS_KIND)
-        while self._threads_next < len(queue):
-            recorded = queue[self._threads_next]
-            if isinstance(recorded, list) and len(recorded) == 4 and isinstance(recorded[3], list):
-                return recorded
-            self._take_threads(None)
-        return None
+        queue = self._session.recorded(THREADS_KIND)  # checked: [step, site, api, [intra_op, inter_op]]
+        return queue[self._threads_next] if self._threads_next < len(queue) else None
 
     def _take_threads(self, recorded: list[Any] | None) -> None:
         self._threads_next += 1
