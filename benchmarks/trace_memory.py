@@ -9,7 +9,7 @@ that only imports the same modules, so the difference is what the trace costs.
 
     python benchmarks/trace_memory.py                       # 20,000 and 1,000,000 steps
     python benchmarks/trace_memory.py --steps 1000000 --torch   # with torch imported, as in a replay child
-    python benchmarks/trace_memory.py --real 20000          # a real `detrun record` + `detrun replay`
+    python benchmarks/trace_memory.py --real 20000 --src . --src ../old   # real record, replay with two trees
 
 Set DETRUN_SRC to measure another checkout's reader (its own `detrun` package directory's parent).
 """
@@ -85,19 +85,17 @@ _SCRIPT = """
 import torch
 torch.manual_seed(0)
 w = torch.nn.Parameter(torch.zeros(4))
-opt = torch.optim.SGD([w], lr=1e-3)
-x = torch.ones(4)
-for _ in range({steps}):
-    opt.zero_grad()
-    loss = ((w * x).sum() - 1.0) ** 2
-    loss.backward()
+opt = torch.optim.SGD([w], lr=1e-3, momentum=0.9)
+grads = torch.randn(64, 4)
+for step in range({steps}):
+    w.grad = grads[step % 64]  # a real optimizer step on a real parameter, without autograd's cost
     opt.step()
 print(float(w.sum()))
 """
 
 
-def real(steps: int) -> None:
-    """Record and replay a tiny torch script of `steps` steps; print the replay's peak RSS."""
+def real(steps: int, sources: list[str]) -> None:
+    """Record a tiny torch script of `steps` steps once; replay it with each detrun source tree, printing peak RSS."""
     detrun = os.path.join(os.path.dirname(sys.executable), "detrun")
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "steps.py")
@@ -106,16 +104,20 @@ def real(steps: int) -> None:
         trace = os.path.join(tmp, "trace.zst")
         started = time.perf_counter()
         subprocess.run([detrun, "record", "-q", "-o", trace, script], cwd=tmp, check=True, capture_output=True)
-        recorded = time.perf_counter() - started
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        started = time.perf_counter()
-        done = subprocess.run([detrun, "replay", trace, script], cwd=tmp, capture_output=True, text=True)
-        replayed = time.perf_counter() - started
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        verdict = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"
-        print(f"real run of {steps:,} steps: trace {os.path.getsize(trace) / 1e6:.1f} MB, record {recorded:.0f} s, "
-              f"replay {replayed:.0f} s, replay peak RSS {max(peak, before) / 1024:.0f} MB")
-        print(f"  {verdict}")
+        print(f"recorded {steps:,} steps in {time.perf_counter() - started:.0f} s: trace "
+              f"{os.path.getsize(trace) / 1e6:.1f} MB", flush=True)
+        for source in sources:
+            # A wrapper process whose only child is the replay, so RUSAGE_CHILDREN is that replay's peak.
+            wrapper = ("import resource, subprocess, sys, time\n"
+                       "t = time.perf_counter()\n"
+                       "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+                       "lines = done.stderr.strip().splitlines()\n"
+                       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, "
+                       "round(time.perf_counter() - t), lines[-1] if lines else '?')\n")
+            env = {**os.environ, "PYTHONPATH": source}
+            out = subprocess.run([sys.executable, "-c", wrapper, detrun, "replay", trace, script], cwd=tmp,
+                                 env=env, capture_output=True, text=True, check=True).stdout.split(maxsplit=2)
+            print(f"  replay with {source}: peak RSS {out[0]} MB, {out[1]} s; {out[2].strip()}", flush=True)
 
 
 def main() -> None:
@@ -123,9 +125,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="*", default=[20_000, 1_000_000])
     parser.add_argument("--torch", action="store_true", help="import torch first, as a replay child has")
     parser.add_argument("--real", type=int, metavar="N", help="record and replay a real N-step torch script instead")
+    parser.add_argument("--src", action="append", default=[], metavar="DIR",
+                        help="with --real: replay with the detrun package under DIR (repeatable; default this tree)")
     args = parser.parse_args()
     if args.real:
-        real(args.real)
+        real(args.real, args.src or [ROOT])
         return
     with tempfile.TemporaryDirectory() as tmp:
         baseline, _, _ = measure(os.path.join(tmp, "none"), torch=args.torch, read=False)

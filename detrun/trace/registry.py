@@ -236,6 +236,30 @@ TF_TIMESTAMP = _declare(
     "tf.timestamp", 1, _seeded(Float()), "values of tf.timestamp(), which op determinism refuses to run",
     "tf_runtime", fed_back=True)
 
+# --- kinds that main's verdict work added after this registry was written (final state, output,
+# interrupts, written directories, losses before the first step); declared here so that their traces
+# read once the branches meet.
+
+BACKWARD_LOSS = _declare(
+    "backward.loss", 1, OneOf(Null, Float()),
+    "the loss of each backward() before the first optimizer step (checked; grows with a run that never steps)",
+    "torch_steps", streamed=True)
+FINAL_STATE = _declare(
+    "final.state", 1, Record(required={"items": ListOf(Tuple(Str(4096), U64, Str(4096)), 100_001)},
+                             optional={"count": STEP_COUNT}),
+    "[key, digest, label] of every model, optimizer, __main__ weight and RNG state at the end (checked)",
+    "final_state")
+STDOUT = _declare(
+    "stdout", 1, Record(optional={"lines": ListOf(Str(1 << 16), 1 << 20), "count": STEP_COUNT, "rest": U32}),
+    "the script's stdout lines, masked, and a checksum of those past the kept ones (checked)", "stdout_lines")
+SIGNAL = _declare(
+    "signal", 1, Tuple(STEP_COUNT, STEP_COUNT, Int(1, 64), Int(0, 2)),
+    "[steps, backward_calls, signum, last_event] of a SIGINT/SIGTERM the script caught; delivered there on replay",
+    "interrupts", fed_back=True)
+FS_WRITTEN = _declare(
+    "fs.written", 1, ListOf(Str(4096), 1 << 16), "the directories the run created or wrote into (at the end)",
+    "listing_order")
+
 # ------------------------------------------------------------------ header, end record, segments
 
 # Child processes write their events in segments named after their role (`dl0.i1.w2`).
@@ -284,4 +308,5 @@ END_RECORD = Record(optional={
     "steps": STEP_COUNT,
     "final_digest": OneOf(Null, U32),
     "counts": MapOf(Str(128), STEP_COUNT, 4096),
+    "hook_failures": ListOf(Str(1 << 16), 1024),
 })

@@ -62,6 +62,11 @@ SAMPLES: dict[str, list[Any]] = {
     "tf.threads": [[2, 0]],
     "keras.seed": [["a.py:17", 5]],
     "tf.timestamp": [["a.py:18", 1.7e9]],
+    "backward.loss": [0.75, None],
+    "final.state": [{"items": [["module:0", 2**40, "Linear"], ["rng:random", 7, "random"]]}],
+    "stdout": [{"lines": ["loss 0.5"], "count": 1, "rest": 0}],
+    "signal": [[3, 4, 15, 1]],
+    "fs.written": [["/tmp/out"]],
 }
 WORKER_KINDS = ("os.entropy", "py.seed", "np.seed", "torch.initial_seed", "torch.manual_seed", "fs.listing")
 
@@ -140,7 +145,7 @@ def assert_shown_or_refused(path: Path, as_json: bool = False) -> int:
 
 
 def test_every_registered_kind_has_a_sample_that_its_schema_accepts() -> None:
-    assert set(SAMPLES) == set(registry.KINDS) and len(registry.KINDS) >= 29
+    assert set(SAMPLES) == set(registry.KINDS) and len(registry.KINDS) >= 34
     for name, payloads in SAMPLES.items():
         for payload in payloads:
             registry.KINDS[name].schema.check(payload)
@@ -153,7 +158,8 @@ def test_every_registered_kind_has_a_sample_that_its_schema_accepts() -> None:
     ("np.seed", ["a:1", []]), ("py.seed", ["a:1", [1]]), ("py.seed", ["a:1", 10**5000]), ("threads", [0, 1]),
     ("threads", [True, 1]), ("dl.indices", [0, 0, 3, b"\x00\x01\x02\x03", False]),
     ("dl.indices", [0, 0, 2, b"\x00", False]), ("kernels", {"step": 1}), ("policy", {"patches": [["x"]]}),
-    ("backends", {"a": {"deep": 1}}), ("fs.listing", ["a:1", [b"bytes"]]),
+    ("backends", {"a": {"deep": 1}}), ("fs.listing", ["a:1", [b"bytes"]]), ("signal", [0, 0, 99, 0]),
+    ("backward.loss", 1), ("final.state", {"items": [["k", -1, "x"]]}), ("stdout", {"lines": "x"}),
 ])
 def test_schemas_refuse_ill_typed_payloads(name: str, payload: Any) -> None:
     with pytest.raises(SchemaError):
