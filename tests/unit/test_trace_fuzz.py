@@ -238,7 +238,10 @@ try:
     message = "read"
 except TraceError as exc:
     message = str(exc)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, time.perf_counter() - started)
+# VmHWM is this program's own high-water mark; ru_maxrss would include a large parent's at fork.
+hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak = int(hwm[0]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(peak // 1024, time.perf_counter() - started)
 print(message)
 """
 
