@@ -7,12 +7,13 @@ import click
 
 from detrun.engine.session import format_bytes
 from detrun.trace import Trace
+from detrun.trace.registry import BACKENDS_SET, STEP
 
 
 def summarize(trace: Trace) -> dict[str, Any]:
     """Return a plain-data summary of a trace (what `detrun show --json` prints)."""
     end = trace.end or {}
-    steps = trace.of("step")
+    steps = trace.of(STEP)  # streamed from the file: only the first few are decoded
     return {
         "path": trace.path,
         "size_bytes": trace.size,
@@ -27,15 +28,14 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "cwd": trace.header.get("cwd"),
         "settings": trace.header.get("settings", {}),
         "env": trace.header.get("env", {}),
-        "events": {role: {kind: len(payloads) for kind, payloads in sorted(kinds.items())}
-                   for role, kinds in trace.events.items() if kinds},
+        "events": {role: dict(sorted(kinds.items())) for role, kinds in trace.counts.items() if kinds},
         "steps": len(steps),
         "bytes_per_step": round(trace.size / len(steps), 1) if steps else None,
         "final_digest": f"{end['final_digest']:08x}" if end.get("final_digest") is not None else None,
         "first_losses": [s[1] for s in steps[:5]],
-        # Backend flag changes the script made: where, at which optimizer step, and what changed.
-        "backend_changes": [{"step": c[0], "site": c[1], "call": c[2], "flags": c[3]}
-                            for c in trace.of("backends.set") if isinstance(c, list) and len(c) == 4],
+        # Backend flag changes the script made: where, at which optimizer step, and what changed
+        # (the reader checked every payload against its schema, so each is [step, site, api, flags]).
+        "backend_changes": [{"step": c[0], "site": c[1], "call": c[2], "flags": c[3]} for c in trace.of(BACKENDS_SET)],
     }
 
 

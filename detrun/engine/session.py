@@ -15,13 +15,14 @@ import sysconfig
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from detrun.engine.import_watch import ImportWatcher, initialising
 from detrun.engine.step_clock import StepClock
 from detrun.engine.verdict import Divergence, ReplayFacts, Verdict, decide, report
 from detrun.runner import Outcome
 from detrun.trace import Trace, TraceWriter
+from detrun.trace.registry import STEP
 
 # Captured before any source patches os.urandom: detrun's own seeds must never appear as the
 # program's entropy events.
@@ -207,12 +208,16 @@ class Session:
         with self._lock:
             self.writer.event(kind, payload)
 
-    def recorded(self, kind: str) -> list[Any]:
-        """Return all recorded payloads of a kind for this process's role (replay mode)."""
+    def recorded(self, kind: str) -> Sequence[Any]:
+        """Return all recorded payloads of a kind for this process's role (replay mode).
+
+        The payloads were checked against the kind's schema when the trace was read; the per-step
+        kinds come as a lazy sequence that decodes them from the file as the cursor reaches them.
+        """
         assert self.trace is not None
         return self.trace.of(kind, self.role)
 
-    def take_all(self, kind: str) -> list[Any]:
+    def take_all(self, kind: str) -> Sequence[Any]:
         """Return every recorded payload of a kind at once, for sources that look events up by key."""
         events = self.recorded(kind)
         with self._lock:
@@ -227,9 +232,11 @@ class Session:
             index = self._cursors.get(kind, 0)
             if index >= len(events):
                 return MISSING
+            # Read under the lock: a lazily decoded kind must not be walked by two threads at once.
+            payload = events[index]
             self._cursors[kind] = index + 1
             self._replayed += 1
-        return events[index]
+        return payload
 
     def exchange(self, kind: str, observed: Any, what: str, accept: Callable[[Any], bool] | None = None,
                  explain: Callable[[Any], str] | None = None) -> Any:
@@ -518,14 +525,14 @@ class Session:
         """Return (kind, message) for every kind whose recorded events the replay did not all use."""
         assert self.trace is not None
         unused = []
-        for kind, events in self.trace.events.get(self.role, {}).items():
+        for kind, count in self.trace.counts.get(self.role, {}).items():
             used = self._cursors.get(kind, 0)
-            if used >= len(events):
+            if used >= count:
                 continue
-            if kind == "step":
-                unused.append((kind, f"the replay made {used} optimizer steps, the recording {len(events)}"))
+            if kind == STEP:
+                unused.append((kind, f"the replay made {used} optimizer steps, the recording {count}"))
             else:
-                unused.append((kind, f"the recording has {len(events) - used} more {kind} event(s) "
+                unused.append((kind, f"the recording has {count - used} more {kind} event(s) "
                                      "that the replay never asked for"))
         return unused
 

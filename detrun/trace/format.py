@@ -4,8 +4,9 @@ A trace is one zstd stream (possibly several frames) of msgpack objects:
 
 1. the header, a map with `format: "detrun-trace"` and an integer `version`;
 2. events, each a two-element array `[kind_id, payload]`; kind ids are declared in the stream by
-   `[DECLARE_KIND, [kind_id, name, role]]` before their first use, so a reader needs no table and a
-   step costs a one-byte kind;
+   `[DECLARE_KIND, [kind_id, name]]` before their first use (the names and payload schemas are in
+   detrun.trace.registry), so a step costs a one-byte kind; a segment marker `{"segment": role}`
+   starts the events of a child process (a DataLoader worker), whose kind ids are its own;
 3. last, `[END, {...}]`: exit status, event counts, steps, `complete`.
 
 Payloads are plain msgpack data. Integers outside msgpack's 64-bit range travel as ExtType
@@ -25,6 +26,20 @@ FIRST_USER_KIND = 2
 
 EXT_BIGINT = 1
 
+# Limits that keep a hostile or damaged file from exhausting memory or time; a genuine trace of a
+# million steps decompresses to about 30 MB and holds about a million events.
+MAX_WINDOW_BYTES = 1 << 24  # zstd window (the decoder's memory); the writer's level 6 uses 2 MiB
+MAX_DECOMPRESSED_BYTES = 1 << 30  # the whole trace, decompressed
+# All roles and kinds together: 10 million steps' worth, and what bounds the time a flood of tiny
+# events can take (a few microseconds each). There is no cap on the compression ratio: a genuine
+# run of identical steps (frozen weights, constant data) compresses as well as a hostile flood.
+MAX_EVENTS = 10_000_000
+MAX_HELD_EVENTS = 4_000_000  # events of the kinds replay keeps in memory (all but the per-step ones)
+MAX_BLOB_BYTES = 1 << 24  # one str or bytes value
+MAX_CONTAINER_LEN = 1 << 21  # one list or map
+MAX_BIGINT_BYTES = 1025  # 8,200 bits: every int still converts to str (Python's 4,300-digit limit)
+MAX_RECORD_BYTES = 1 << 25  # one undecoded record waiting for its end in the unpacker
+
 
 def _default(obj: object) -> object:
     """Encode the few non-msgpack values a trace may hold."""
@@ -39,6 +54,8 @@ def _default(obj: object) -> object:
 def _ext_hook(code: int, data: bytes) -> object:
     """Decode ExtTypes; unknown ones stay opaque rather than being executed or trusted."""
     if code == EXT_BIGINT:
+        if len(data) > MAX_BIGINT_BYTES:
+            raise ValueError(f"an integer of {len(data)} bytes (at most {MAX_BIGINT_BYTES})")
         return int.from_bytes(data, "big", signed=True)
     return msgpack.ExtType(code, data)
 
@@ -53,9 +70,14 @@ def make_unpacker() -> msgpack.Unpacker:
     return msgpack.Unpacker(
         raw=False,
         use_list=True,
-        strict_map_key=False,
+        strict_map_key=True,  # str or bytes keys only: a list key can never reach a dict lookup
         ext_hook=_ext_hook,
-        max_buffer_size=256 * 1024 * 1024,
+        max_buffer_size=MAX_RECORD_BYTES,
+        max_str_len=MAX_BLOB_BYTES,
+        max_bin_len=MAX_BLOB_BYTES,
+        max_array_len=MAX_CONTAINER_LEN,
+        max_map_len=MAX_CONTAINER_LEN,
+        max_ext_len=MAX_BIGINT_BYTES,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from detrun.trace.format import DECLARE_KIND, END
+from detrun.trace.registry import STEP
 from detrun.trace.reader import salvage_objects
 from detrun.trace.writer import write_objects
 
@@ -27,7 +28,7 @@ def salvage(partial_path: str, output: str, reason: str, exit_status: int) -> in
             kinds[obj[1][0]] = obj[1][1]
         elif obj[0] in kinds:
             counts[kinds[obj[0]]] = counts.get(kinds[obj[0]], 0) + 1
-    steps = counts.get("step", 0)
+    steps = counts.get(STEP, 0)
     objects.append([END, {"complete": False, "reason": reason, "exit_status": exit_status, "steps": steps,
                           "final_digest": None, "counts": counts}])
     write_objects(output, objects)

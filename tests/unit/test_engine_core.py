@@ -118,7 +118,7 @@ def test_trace_round_trip_keeps_every_value_and_order(tmp_path: Path) -> None:
     trace = read_trace(str(path))
     assert trace.complete and trace.header["script"] == {"name": "t.py"}
     assert trace.of("py.seed") == [["a.py:1", 2**70], ["a.py:2", -(2**80)]]
-    assert trace.of("step") == [[0, 1.5, 123, b"\x01"], [0, None, None, b""]]
+    assert list(trace.of("step")) == [[0, 1.5, 123, b"\x01"], [0, None, None, b""]]  # read lazily
     assert trace.end is not None and trace.end["counts"] == {"py.seed": 2, "step": 2}
 
 
@@ -144,9 +144,11 @@ def _replay_session(tmp_path: Path, events: list[tuple[str, object]]) -> Session
 
 
 def test_session_cursors_feed_back_in_order_per_kind(tmp_path: Path) -> None:
-    session = _replay_session(tmp_path, [("a", 1), ("b", "x"), ("a", 2)])
-    assert session.take("a") == 1 and session.take("b") == "x" and session.take("a") == 2
-    assert session.take("a") is MISSING and session.take("c") is MISSING
+    session = _replay_session(tmp_path, [("py.seed", ["a:1", 1]), ("fs.listing", ["b:1", ["x"]]),
+                                         ("py.seed", ["a:2", 2])])
+    assert session.take("py.seed") == ["a:1", 1] and session.take("fs.listing") == ["b:1", ["x"]]
+    assert session.take("py.seed") == ["a:2", 2]
+    assert session.take("py.seed") is MISSING and session.take("np.seed") is MISSING
     assert session.divergences == [] and session.mismatches == []
 
 

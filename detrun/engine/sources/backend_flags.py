@@ -44,14 +44,16 @@ from detrun.env.torch_facts import (
     torch_cuda_info,
     when,
 )
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    BACKENDS as INITIAL_KIND,
+    BACKENDS_SET as CHANGE_KIND,
+    ENV_CUDA as CUDA_ENV_KIND,
+    ENV_TORCH as TORCH_ENV_KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-INITIAL_KIND = "backends"
-CHANGE_KIND = "backends.set"
-TORCH_ENV_KIND = "env.torch"
-CUDA_ENV_KIND = "env.cuda"
 
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the detrun package
 _STDLIB_DIR = sysconfig.get_paths()["stdlib"]

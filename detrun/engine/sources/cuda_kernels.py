@@ -39,11 +39,11 @@ from detrun.trace.kernel_codec import (
     encode_step,
     skipped_step,
 )
+from detrun.trace.registry import KERNELS as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "kernels"
 DEFAULT_STEPS = 2
 _NOT_KERNELS = ("Memcpy", "Memset")
 

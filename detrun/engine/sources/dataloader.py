@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from detrun.engine.patcher import ImportTimeSource
 from detrun.trace.format import pack_indices, unpack_indices
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    DL_BATCH as BATCH_KIND,
+    DL_EPOCH as EPOCH_KIND,
+    DL_INDICES as INDICES_KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-EPOCH_KIND = "dl.epoch"
-INDICES_KIND = "dl.indices"
-BATCH_KIND = "dl.batch"
 
 # Set in the main process at install; a forked worker inherits it, a spawned one imports this
 # module afresh and finds torch's own function still in place.

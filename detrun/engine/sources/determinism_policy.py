@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from detrun.trace.registry import POLICY as KIND  # the kind, its payload schema and version
+
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "policy"
 POLICIES = ("strict", "minimal", "off")
 
 

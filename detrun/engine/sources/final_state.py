@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.digests import fold, tensor_word_sum
 from detrun.engine.patcher import Patcher
+from detrun.trace.registry import FINAL_STATE as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "final.state"
 _MAX_ITEMS = 100_000  # beyond this many objects only the count is compared (a pathological script)
 
 

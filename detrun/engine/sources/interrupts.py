@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
 from detrun.engine.step_clock import Tick
+from detrun.trace.registry import SIGNAL as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "signal"
 START, STEP, BACKWARD = 0, 1, 2
 WATCHED = (signal.SIGINT, signal.SIGTERM)
 

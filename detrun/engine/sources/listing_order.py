@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from detrun.engine.patcher import Patcher
 from detrun.engine.session import call_site
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    FS_LISTING as KIND,
+    FS_WRITTEN as WRITTEN_KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "fs.listing"
-WRITTEN_KIND = "fs.written"
 _MAX_WRITTEN = 10_000
 _WRITE_EVENTS = {"os.mkdir": 0, "os.rename": 1, "os.replace": 1, "os.remove": 0, "os.rmdir": 0, "os.link": 1,
                  "os.symlink": 1, "shutil.copyfile": 1, "shutil.move": 1}  # event -> index of the path written

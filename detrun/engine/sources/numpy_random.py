@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.patcher import ImportTimeSource
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    NP_DEFAULT_RNG as RNG_KIND,
+    NP_SEED as SEED_KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-SEED_KIND = "np.seed"
-RNG_KIND = "np.default_rng"
 
 
 def _plain_seed(seed: Any) -> Any:

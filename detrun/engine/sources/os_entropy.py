@@ -6,11 +6,11 @@ import random
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
+from detrun.trace.registry import OS_ENTROPY as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "os.entropy"
 
 
 class EntropySource:

@@ -5,11 +5,11 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.patcher import Patcher
+from detrun.trace.registry import PY_SEED as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "py.seed"
 _SEED_TYPES = (int, float, str, bytes)
 
 

@@ -26,10 +26,11 @@ import threading
 import zlib
 from typing import TYPE_CHECKING, Any
 
+from detrun.trace.registry import STDOUT as KIND  # the kind, its payload schema and version
+
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "stdout"
 MAX_LINES = 20_000
 MAX_LINE_CHARS = 400
 MASK = "…"

@@ -24,16 +24,18 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    KERAS_SEED as KERAS_SEED_KIND,
+    TF_GENERATOR as GENERATOR_KIND,
+    TF_GLOBAL_SEED as GLOBAL_SEED_KIND,
+    TF_SEED as SEED_KIND,
+    TF_THREADS as THREADS_KIND,
+    TF_TIMESTAMP as TIMESTAMP_KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-SEED_KIND = "tf.seed"
-GLOBAL_SEED_KIND = "tf.global_seed"
-GENERATOR_KIND = "tf.generator"
-THREADS_KIND = "tf.threads"
-KERAS_SEED_KIND = "keras.seed"
-TIMESTAMP_KIND = "tf.timestamp"
 
 _SEED_API_NAMES = ("set_seed", "set_random_seed")
 _GLOBAL_GENERATOR_NAME = "get_global_generator"

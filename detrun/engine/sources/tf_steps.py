@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from detrun.engine.patcher import Patcher
 from detrun.engine.sources.torch_steps import record_or_check_step
 from detrun.engine.step_clock import Tick
+from detrun.trace.registry import TF_STEP as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "tf.step"
 _WRAPPED = "__detrun_step_digest__"
 
 

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Callable
 from detrun.engine.patcher import Patcher
 from detrun.engine.step_clock import Tick
 from detrun.env.torch_facts import when
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    THREADS_SET as SET_KIND,
+    TORCH_THREADS as KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "threads"
-SET_KIND = "threads.set"
 
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the detrun package
 _STDLIB_DIR = sysconfig.get_paths()["stdlib"]

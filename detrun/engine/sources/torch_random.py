@@ -4,15 +4,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import ImportTimeSource
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    TORCH_CUDA_SEED as CUDA_SEED_KIND,
+    TORCH_GENERATOR_SEED as GENERATOR_SEED_KIND,
+    TORCH_INITIAL_SEED as INITIAL_KIND,
+    TORCH_MANUAL_SEED as MANUAL_KIND,
+    TORCH_SEED as SEED_KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-INITIAL_KIND = "torch.initial_seed"
-SEED_KIND = "torch.seed"
-MANUAL_KIND = "torch.manual_seed"
-CUDA_SEED_KIND = "torch.cuda.seed"
-GENERATOR_SEED_KIND = "torch.Generator.seed"
 
 
 class TorchSource(ImportTimeSource):

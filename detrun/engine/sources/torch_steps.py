@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, word_view
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
+from detrun.trace.registry import (  # the kinds, their payload schemas and versions
+    BACKWARD_LOSS as BACKWARD_KIND,
+    STEP as KIND,
+)
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-KIND = "step"
-BACKWARD_KIND = "backward.loss"  # [loss] of each backward() before the first optimizer step
 LANES = 16
 SYNC_EVERY = 64
 

@@ -1,0 +1,312 @@
+"""Every event kind of a trace, declared once: its name, payload schema, version and purpose.
+
+The sources import their kind names from here, the writer writes them, and the reader checks
+every payload against its kind's schema as it reads it, so a source only ever sees values of the
+types it wrote (a trace from a stranger can hand `np.random.seed` nothing numpy would refuse).
+The header, the end record and the segment markers have schemas here too.
+
+Payload shapes follow the sources that write them (detrun/engine/sources/*.py). `site` is the
+`file:line` of the call (session.call_site). Ranges are those the consuming API accepts, so a
+value that passes is a value the program could have been given when recording.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from detrun.trace.schema import (
+    Bool,
+    Bytes,
+    Check,
+    Data,
+    Float,
+    Int,
+    ListOf,
+    MapOf,
+    Null,
+    OneOf,
+    Record,
+    Schema,
+    Str,
+    Tuple,
+)
+
+# ------------------------------------------------------------------ shared pieces
+
+U32 = Int(0, (1 << 32) - 1)
+U63 = Int(0, (1 << 63) - 1)
+U64 = Int(0, (1 << 64) - 1)
+I64 = Int(-(1 << 63), (1 << 63) - 1)
+TORCH_SEED_VALUE = Int(-(1 << 63), (1 << 64) - 1)  # what torch.manual_seed accepts
+STEP_COUNT = Int(0, (1 << 63) - 1)  # an optimizer step count
+SMALL = Int(0, (1 << 31) - 1)  # loader ids, epochs, batch numbers, optimizer indices
+# Python's int() -> str limit is 4,300 digits; 8,192 bits is 2,467 digits, so every int a trace
+# holds can still be printed.
+BIG_INT = Int(-(1 << 8192), 1 << 8192)
+SITE = Str(4096)
+NAME = Str(256)
+THREAD_COUNT = Int(1, 1 << 16)
+DATA = Data()
+SMALL_DATA = Data(max_depth=3, max_len=4096)
+PACKED_WIDTHS = (1, 2, 4, 8)  # detrun.trace.format.pack_indices
+
+
+def _packed_ok(value: list[object]) -> bool:
+    width, data = value
+    return width in PACKED_WIDTHS and len(data) % width == 0  # type: ignore[arg-type, operator]
+
+
+# [width, bytes] as written by pack_indices, or a plain list of ids
+PACKED_IDS = OneOf(Check(Tuple(Int(1, 8), Bytes(1 << 24)), _packed_ok, "packed ids need width 1, 2, 4 or 8 "
+                         "and a whole number of words"),
+                   ListOf(U64, 1 << 21))
+
+
+def _seeded(value: Schema) -> Schema:
+    """Return the schema of an `exchange` payload: [site, value]."""
+    return Tuple(SITE, value)
+
+
+# ------------------------------------------------------------------ the registry
+
+
+@dataclasses.dataclass(frozen=True)
+class EventKind:
+    """One kind of event: its stable name, payload schema and version, and what it is for.
+
+    `fed_back`: replay hands the value back to the program (changing it changes the run).
+    `streamed`: one event per training step, read lazily as the replay consumes it, never held.
+    """
+
+    name: str
+    version: int
+    schema: Schema
+    purpose: str
+    source: str
+    fed_back: bool = False
+    streamed: bool = False
+
+
+KINDS: dict[str, EventKind] = {}
+
+
+def _declare(name: str, version: int, schema: Schema, purpose: str, source: str, *, fed_back: bool = False,
+             streamed: bool = False) -> str:
+    assert name not in KINDS, f"event kind {name} declared twice"
+    KINDS[name] = EventKind(name, version, schema, purpose, source, fed_back, streamed)
+    return name
+
+
+def kind(name: str) -> EventKind | None:
+    """Return the declaration of an event kind, or None for a name detrun does not know."""
+    return KINDS.get(name)
+
+
+# --- Python, OS entropy, NumPy (also recorded inside DataLoader workers)
+
+OS_ENTROPY = _declare(
+    "os.entropy", 1, _seeded(Bytes(1 << 24)),
+    "bytes returned by os.urandom/os.getrandom (SystemRandom, secrets, uuid4 read them)", "os_entropy", fed_back=True)
+PY_SEED = _declare(
+    "py.seed", 1, _seeded(OneOf(BIG_INT, Bool, Float(), Str(1 << 20), Bytes(1 << 20))),
+    "every seed that reaches random.Random.seed (None is recorded as the seed drawn for it)",
+    "python_random", fed_back=True)
+NP_SEED = _declare(
+    "np.seed", 1, _seeded(OneOf(U32, ListOf(U32, 1 << 16, min_len=1))),
+    "numpy.random.seed() values (the legacy global RandomState); numpy's own accepted range",
+    "numpy_random", fed_back=True)
+NP_DEFAULT_RNG = _declare(
+    "np.default_rng", 1, _seeded(Int(0, (1 << 128) - 1)),
+    "the 128-bit seed handed to numpy.random.default_rng() called without one", "numpy_random", fed_back=True)
+
+# --- torch seeds
+
+TORCH_INITIAL_SEED = _declare(
+    "torch.initial_seed", 1, _seeded(U64), "torch.initial_seed() when torch was imported", "torch_random",
+    fed_back=True)
+TORCH_SEED = _declare(
+    "torch.seed", 1, _seeded(TORCH_SEED_VALUE), "the seed torch.seed() drew", "torch_random", fed_back=True)
+TORCH_MANUAL_SEED = _declare(
+    "torch.manual_seed", 1, _seeded(TORCH_SEED_VALUE), "torch.manual_seed(x) values (x may come from the clock)",
+    "torch_random", fed_back=True)
+TORCH_CUDA_SEED = _declare(
+    "torch.cuda.seed", 1, _seeded(TORCH_SEED_VALUE), "the seed torch.cuda.seed()/seed_all() drew", "torch_random",
+    fed_back=True)
+TORCH_GENERATOR_SEED = _declare(
+    "torch.Generator.seed", 1, _seeded(TORCH_SEED_VALUE), "the seed torch.Generator().seed() drew", "torch_random",
+    fed_back=True)
+
+# --- threads, backend flags, policy, torch's view of the environment
+
+TORCH_THREADS = _declare(
+    "threads", 1, Tuple(THREAD_COUNT, THREAD_COUNT), "[intra_op, inter_op] torch thread counts at import; pinned on replay",
+    "thread_counts", fed_back=True)
+FLAG_VALUE = OneOf(Null, Bool, BIG_INT, Float(), Str(256), ListOf(OneOf(Null, Bool, BIG_INT, Float(), Str(256)), 64))
+FLAGS = MapOf(NAME, FLAG_VALUE, 4096)
+BACKENDS = _declare(
+    "backends", 1, FLAGS, "{flag: value} of every cuDNN/cuBLAS/TF32/SDPA/oneDNN flag at torch import; pinned",
+    "backend_flags", fed_back=True)
+BACKENDS_SET = _declare(
+    "backends.set", 1, Tuple(STEP_COUNT, SITE, NAME, FLAGS),
+    "[step, site, api, {flag: new value}] for each call that changed backend flags", "backend_flags", fed_back=True)
+THREADS_SET = _declare(
+    "threads.set", 1, Tuple(STEP_COUNT, SITE, NAME, Tuple(THREAD_COUNT, THREAD_COUNT)),
+    "[step, site, api, [intra_op, inter_op]] for each torch.set_num_threads/set_num_interop_threads",
+    "backend_flags")
+ENV_TORCH = _declare(
+    "env.torch", 1, MapOf(NAME, SMALL_DATA, 1024), "torch's build facts at import (compared, never fed back)",
+    "backend_flags")
+ENV_CUDA = _declare(
+    "env.cuda", 1, MapOf(NAME, SMALL_DATA, 1024), "cuDNN/NCCL versions and devices once CUDA is initialised",
+    "backend_flags")
+POLICY = _declare(
+    "policy", 1, Record(optional={"policy": OneOf(Null, NAME), "patches": ListOf(NAME, 4096),
+                                  "flags": MapOf(NAME, SMALL_DATA, 4096)}),
+    "the determinism policy applied at torch import: its name, patches and flags", "determinism_policy")
+
+# --- CUDA kernels of the first K steps
+
+KERNELS = _declare(
+    "kernels", 1, OneOf(
+        Record(required={"step": STEP_COUNT, "skipped": Str(4096)}),
+        Record(required={"step": STEP_COUNT, "strings": ListOf(Str(1 << 16), 1 << 20), "kernels": PACKED_IDS,
+                         "ops": PACKED_IDS}, optional={"truncated": STEP_COUNT})),
+    "the CUDA kernel names launched in one of the first K optimizer steps (a growing string table)",
+    "cuda_kernels")
+
+# --- the DataLoader
+
+DL_EPOCH = _declare(
+    "dl.epoch", 1, Tuple(SMALL, SMALL, OneOf(Null, U63), OneOf(Null, U63), NAME),
+    "[loader, epoch, dataset_len, base_seed, sampler] when a DataLoader epoch starts; the base seed is fed back",
+    "dataloader", fed_back=True)
+
+
+def _indices_ok(value: list[object]) -> bool:
+    width, packed = value[2], value[3]
+    if width == 0:
+        return type(packed) is list
+    return width in PACKED_WIDTHS and type(packed) is bytes and len(packed) % width == 0  # type: ignore[operator]
+
+
+DL_INDICES = _declare(
+    "dl.indices", 1,
+    Check(Tuple(SMALL, SMALL, Int(0, 8), OneOf(Bytes(1 << 24), ListOf(SMALL_DATA, 1 << 21)), Bool), _indices_ok,
+          "packed indices need width 1, 2, 4 or 8 and a whole number of words (width 0: a plain list)"),
+    "[loader, epoch, width, packed, scalar]: one index or batch of indices the sampler yielded; forced on replay",
+    "dataloader", fed_back=True)
+DL_BATCH = _declare(
+    "dl.batch", 1, Tuple(SMALL, SMALL, SMALL, ListOf(U32, 1 << 16)),
+    "[loader, epoch, batch, [crc32 per field]] of every collated batch; checked on replay", "dataloader")
+
+# --- file-listing order
+
+FS_LISTING = _declare(
+    "fs.listing", 1, _seeded(ListOf(Str(4096), 1 << 21)),
+    "the names os.listdir/os.scandir returned, in order; that order is replayed for the same names",
+    "listing_order", fed_back=True)
+
+# --- per-step digests (streamed: the only kinds that grow with the length of training)
+
+STEP_PAYLOAD = Tuple(SMALL, OneOf(Null, Float()), OneOf(Null, U32), Bytes(16))
+STEP = _declare(
+    "step", 1, STEP_PAYLOAD,
+    "[optimizer_index, loss, digest, lanes] after every torch optimizer step: the state check", "torch_steps",
+    streamed=True)
+TF_STEP = _declare(
+    "tf.step", 1, STEP_PAYLOAD, "[optimizer_index, loss, digest, lanes] after every TensorFlow/Keras training step",
+    "tf_steps", streamed=True)
+
+# --- TensorFlow and Keras
+
+TF_SEED = _declare(
+    "tf.seed", 1, _seeded(OneOf(TORCH_SEED_VALUE, ListOf(TORCH_SEED_VALUE, 16, min_len=1))),
+    "tf.random.set_seed / set_random_seed / Generator.from_seed values", "tf_runtime", fed_back=True)
+TF_GLOBAL_SEED = _declare(
+    "tf.global_seed", 1, _seeded(Int(0, (1 << 31) - 1)), "the global seed injected when TensorFlow had none",
+    "tf_runtime", fed_back=True)
+TF_GENERATOR = _declare(
+    "tf.generator", 1, _seeded(ListOf(I64, 16, min_len=1)),
+    "the state of tf.random.Generator.from_non_deterministic_state()", "tf_runtime", fed_back=True)
+TF_THREADS = _declare(
+    "tf.threads", 1, Tuple(Int(0, 1 << 16), Int(0, 1 << 16)), "[intra_op, inter_op] TensorFlow thread pool sizes",
+    "tf_runtime", fed_back=True)
+KERAS_SEED = _declare(
+    "keras.seed", 1, _seeded(TORCH_SEED_VALUE), "keras.utils.set_random_seed() values", "tf_runtime", fed_back=True)
+TF_TIMESTAMP = _declare(
+    "tf.timestamp", 1, _seeded(Float()), "values of tf.timestamp(), which op determinism refuses to run",
+    "tf_runtime", fed_back=True)
+
+# --- kinds that main's verdict work added after this registry was written (final state, output,
+# interrupts, written directories, losses before the first step); declared here so that their traces
+# read once the branches meet.
+
+BACKWARD_LOSS = _declare(
+    "backward.loss", 1, OneOf(Null, Float()),
+    "the loss of each backward() before the first optimizer step (checked; grows with a run that never steps)",
+    "torch_steps", streamed=True)
+FINAL_STATE = _declare(
+    "final.state", 1, Record(required={"items": ListOf(Tuple(Str(4096), U64, Str(4096)), 100_001)},
+                             optional={"count": STEP_COUNT}),
+    "[key, digest, label] of every model, optimizer, __main__ weight and RNG state at the end (checked)",
+    "final_state")
+STDOUT = _declare(
+    "stdout", 1, Record(optional={"lines": ListOf(Str(1 << 16), 1 << 20), "count": STEP_COUNT, "rest": U32}),
+    "the script's stdout lines, masked, and a checksum of those past the kept ones (checked)", "stdout_lines")
+SIGNAL = _declare(
+    "signal", 1, Tuple(STEP_COUNT, STEP_COUNT, Int(1, 64), Int(0, 2)),
+    "[steps, backward_calls, signum, last_event] of a SIGINT/SIGTERM the script caught; delivered there on replay",
+    "interrupts", fed_back=True)
+FS_WRITTEN = _declare(
+    "fs.written", 1, ListOf(Str(4096), 1 << 16), "the directories the run created or wrote into (at the end)",
+    "listing_order")
+
+# ------------------------------------------------------------------ header, end record, segments
+
+# Child processes write their events in segments named after their role (`dl0.i1.w2`).
+ROLE = Str(128, r"[A-Za-z0-9_.\-]+")
+SEGMENT_MARKER = Record(required={"segment": ROLE})
+
+# A declaration `[kind_id, name]` (or `[kind_id, name, payload_version]` for versions after 1).
+KIND_ID = Int(2, (1 << 31) - 1)
+DECLARATION = OneOf(Tuple(KIND_ID, Str(128)), Tuple(KIND_ID, Str(128), Int(1, 1 << 16)))
+
+
+def _hashseed_ok(value: str) -> bool:
+    return int(value) <= (1 << 32) - 1  # PYTHONHASHSEED's own range
+
+
+SETTINGS = Record(optional={
+    # Python refuses to start on any other value, before detrun could say why.
+    "hashseed": Check(Str(10, r"[0-9]{1,10}"), _hashseed_ok, "hashseed must be in [0, 4294967295]"),
+    "hashseed_from_user": Bool,
+    # Only thread-count variables with numeric values; the launcher restores these into the child.
+    "thread_env": MapOf(Str(64, r"[A-Z][A-Z0-9_]*_THREADS"), OneOf(Null, Str(32, r"[0-9, ]*")), 64),
+    "digest_every": Int(1, (1 << 31) - 1),
+    "policy": Str(16, r"strict|minimal|off"),
+    "policy_ops": ListOf(NAME, 4096),
+    "tf_op_determinism": Bool,
+    "kernel_steps": Int(0, 1 << 20),
+})
+ENV_FINGERPRINT = Record(optional={name: MapOf(NAME, DATA, 4096) for name in ("python", "os", "cpu", "libraries")},
+                         extra=DATA)
+HEADER = Record(
+    required={"format": Str(64), "version": Int(0, (1 << 31) - 1)},
+    optional={
+        "detrun_version": Str(64),
+        "created": Str(64),
+        "env": ENV_FINGERPRINT,
+        "script": Record(optional={"name": Str(4096), "module": Bool, "path": OneOf(Null, Str(4096)),
+                                   "sha256": OneOf(Null, Str(64, r"[0-9a-f]{64}"))}),
+        "argv": ListOf(Str(1 << 16), 1 << 16),
+        "cwd": Str(4096),
+        "settings": SETTINGS,
+    })
+END_RECORD = Record(optional={
+    "complete": Bool,
+    "reason": Str(4096),
+    "exit_status": OneOf(Null, Int(-(1 << 31), (1 << 31) - 1)),
+    "steps": STEP_COUNT,
+    "final_digest": OneOf(Null, U32),
+    "counts": MapOf(Str(128), STEP_COUNT, 4096),
+    "hook_failures": ListOf(Str(1 << 16), 1024),
+})
