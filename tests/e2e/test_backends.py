@@ -69,7 +69,7 @@ def test_flag_changes_are_recorded_with_their_step(recorded: tuple[Path, str]) -
 
 def test_replay_reapplies_the_flags_at_the_same_steps(recorded: tuple[Path, str]) -> None:
     directory, stdout = recorded
-    replayed = detrun("replay", "trace.zst", cwd=directory, env={"NTHREADS": "2"})
+    replayed = detrun("replay", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "2"})
     assert replayed.returncode == 0, replayed.stderr
     assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (6 steps"), replayed.stderr
     assert _steps(replayed.stdout) == _steps(stdout)
@@ -78,7 +78,7 @@ def test_replay_reapplies_the_flags_at_the_same_steps(recorded: tuple[Path, str]
 
 def test_flag_set_at_another_step_is_a_divergence(recorded: tuple[Path, str]) -> None:
     directory, _ = recorded
-    early = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "1"})
+    early = detrun("replay", "-q", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "1"})
     line = verdict(early.stderr)
     assert line.startswith("detrun: DIVERGED: torch.backends.cudnn.benchmark = True at backend_flags.py:54 after "
                            "step 1, but the recording made that change after step 2"), line
@@ -88,7 +88,7 @@ def test_flag_set_at_another_step_is_a_divergence(recorded: tuple[Path, str]) ->
     # change applies once step 2 is over (before the script's print).
     assert "step 1: benchmark=False" in early.stdout and "step 2: benchmark=True" in early.stdout
 
-    late = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "3"})
+    late = detrun("replay", "-q", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "3"})
     line = verdict(late.stderr)
     assert line.startswith("detrun: DIVERGED: the recording made torch.backends.cudnn.benchmark = True after step 2 "
                            "(backend_flags.py:54); the replay had not by the end of step 3"), line
@@ -96,7 +96,7 @@ def test_flag_set_at_another_step_is_a_divergence(recorded: tuple[Path, str]) ->
 
 def test_another_thread_count_is_named_as_the_likely_cause(recorded: tuple[Path, str]) -> None:
     directory, _ = recorded
-    replayed = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "1"})
+    replayed = detrun("replay", "-q", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "1"})
     line = verdict(replayed.stderr)
     assert line.startswith("detrun: DIVERGED at step 1: "), line
     assert "likely cause: torch intra-op threads: recorded 2, now 1 (set by torch.set_num_threads at " \
