@@ -22,8 +22,10 @@ def replay_command(module: bool, strict: bool, allow_changed_script: bool, allow
     """Re-run a recorded script, feeding back every recorded value, and check it step by step.
 
     \b
-    SCRIPT defaults to the recorded one and ARGS to the recorded arguments;
-    giving different arguments is refused unless --allow-changed-args.
+    ARGS default to the recorded arguments; giving different ones is refused
+    unless --allow-changed-args. SCRIPT defaults to the recorded script only
+    if it is a file under the current directory with the recorded sha256; a
+    module runs only when you name it (-m). The command run is printed first.
     At the end one verdict line goes to stderr:
       detrun: REPRODUCED (200 steps, 1234 events, final digest 9f3c01aa)
       detrun: DIVERGED at step 137: parameter 'fc.weight' differs ...
