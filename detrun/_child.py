@@ -36,7 +36,12 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - not the user's code: a bug in detrun
         sys.exit(internal_error(exc))
 
-    outcome = runner.run()  # the user's code; its exceptions become the outcome
+    try:
+        # The user's code: its exceptions (a SyntaxError too) become the outcome or pass as python's
+        # would; only detrun's own refusals (a module runpy cannot find) are caught here.
+        outcome = runner.run()
+    except DetrunError as exc:
+        _fail(exc)
     try:
         session.finish(outcome)
     except DetrunError as exc:

@@ -142,6 +142,8 @@ def publish(temporary: str, final: str, *, force: bool = False) -> str:
         kept = _keep_beside(staged, final)
         raise OutputExists(f"{final} was created by another run while this one was recording; this recording "
                            f"is kept as {kept} (pass --force to overwrite instead)")
+    except OSError as exc:  # the output directory vanished, the disk is full, ...
+        raise OutputExists(f"cannot write {final}: {exc.strerror or exc}") from None
     finally:
         for leftover in {staged, temporary}:
             try:

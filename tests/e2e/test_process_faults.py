@@ -30,9 +30,14 @@ LOOP = (
 
 
 def _start(tmp_path: Path, seconds: float = 30) -> subprocess.Popen[str]:
+    """Start `detrun record loop.py` in a session of its own, once the script is running."""
     (tmp_path / "loop.py").write_text(LOOP)
+    # A killed detrun cannot remove its private scratch directory: keep that in pytest's tree.
+    scratch = tmp_path.parent / f"{tmp_path.name}-scratch"
+    scratch.mkdir()
     process = subprocess.Popen([*detrun_command(), "record", "loop.py", str(seconds)], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               env={**os.environ, "TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert process.stdout is not None
     assert process.stdout.readline() == "ready\n"
     return process
