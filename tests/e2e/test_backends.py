@@ -107,8 +107,8 @@ def test_unpinned_thread_count_is_named_as_the_likely_cause(recorded: tuple[Path
     # pin_threads=False is the library side of `detrun replay --no-pin-threads`; OMP_NUM_THREADS=1
     # gives torch one intra-op thread and the script, without NTHREADS, keeps it.
     directory, _ = recorded
-    code = ("from detrun.launch import exit_like, replay\n"
-            "exit_like(replay('trace.zst', None, quiet=True, pin_threads=False))\n")
+    code = ("from detrun.launch import exit_like, replay\nfrom detrun.runner import Target\n"
+            f"exit_like(replay('trace.zst', Target({BACKEND_FLAGS!r}), quiet=True, pin_threads=False))\n")
     replayed = run([sys.executable, "-c", code], cwd=directory, env={"OMP_NUM_THREADS": "1"})
     line = verdict(replayed.stderr)
     assert line.startswith("detrun: DIVERGED at step 1: "), line
