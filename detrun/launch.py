@@ -57,7 +57,31 @@ def _scratch_directory() -> str:
     beside the output: a script that lists its own directory must not see them (it would record
     them, and every replay would diverge), and no trace may choose where detrun writes.
     """
-    return tempfile.mkdtemp(prefix="detrun-")
+    _sweep_stale_scratch()
+    return tempfile.mkdtemp(prefix=f"detrun-{os.getpid()}-")
+
+
+def _sweep_stale_scratch() -> None:
+    """Remove scratch directories a killed detrun left behind: ours, named for a process now gone.
+
+    A `kill -9` of detrun takes its child down with it, but nobody is left to remove the directory.
+    """
+    directory = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(directory) if re.fullmatch(r"detrun-[0-9]+-[A-Za-z0-9_]+", n)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+            if not (os.path.isdir(path) and not os.path.islink(path) and info.st_uid == os.getuid()):
+                continue
+            os.kill(int(name.split("-")[1]), 0)  # raises ProcessLookupError when the owner is gone
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError, OverflowError):
+            continue
 
 
 def _check_output(output: str, force: bool) -> None:

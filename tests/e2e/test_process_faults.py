@@ -87,6 +87,11 @@ def test_signals_leave_a_readable_trace_or_nothing_and_the_shell_status(tmp_path
             time.sleep(0.05)
         assert not _alive(child), "the child outlived its killed parent"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.py"]
+        # Its scratch directory is left behind, and the next run removes it.
+        scratch = tmp_path.parent / f"{tmp_path.name}-scratch"
+        assert [p.name.split("-")[1] for p in scratch.iterdir()] == [str(process.pid)]
+        detrun("record", "-q", "-o", "again.zst", "loop.py", "0", cwd=tmp_path, env={"TMPDIR": str(scratch)})
+        assert list(scratch.iterdir()) == []
         return
     assert f"killed by {signum.name}; the incomplete trace" in stderr, stderr
     shown = detrun("show", "trace.zst", cwd=tmp_path)
