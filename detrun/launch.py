@@ -13,8 +13,10 @@ here for each run.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
+import fcntl
 import json
 import os
 import re
@@ -25,7 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from detrun import __version__
 from detrun.env import diff as env_diff
@@ -50,21 +52,32 @@ _HASHSEED = re.compile(r"[0-9]{1,10}")
 _PR_SET_PDEATHSIG = 1
 
 
-def _scratch_directory() -> str:
+@contextlib.contextmanager
+def _scratch_directory() -> Iterator[str]:
     """Create this run's private scratch directory (mode 0700, a fresh random name in the temp dir).
 
     The recording's temporary trace and the DataLoader workers' segments and reports live here, not
     beside the output: a script that lists its own directory must not see them (it would record
-    them, and every replay would diverge), and no trace may choose where detrun writes.
+    them, and every replay would diverge), and no trace may choose where detrun writes. This process
+    holds a lock on it while it runs; the directory is removed at the end.
     """
     _sweep_stale_scratch()
-    return tempfile.mkdtemp(prefix=f"detrun-{os.getpid()}-")
+    path = tempfile.mkdtemp(prefix=f"detrun-{os.getpid()}-")
+    lock = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(lock)
 
 
 def _sweep_stale_scratch() -> None:
-    """Remove scratch directories a killed detrun left behind: ours, named for a process now gone.
+    """Remove scratch directories a killed detrun left behind (`kill -9` leaves nobody to do it).
 
-    A `kill -9` of detrun takes its child down with it, but nobody is left to remove the directory.
+    Only ours, only real directories, and only when both say the owner is gone: its pid does not
+    exist and its lock is free. The lock covers a pid from another pid namespace sharing /tmp; the
+    pid covers the instant between an owner's mkdtemp and its flock.
     """
     directory = tempfile.gettempdir()
     try:
@@ -74,14 +87,25 @@ def _sweep_stale_scratch() -> None:
     for name in names:
         path = os.path.join(directory, name)
         try:
-            info = os.lstat(path)
-            if not (os.path.isdir(path) and not os.path.islink(path) and info.st_uid == os.getuid()):
-                continue
-            os.kill(int(name.split("-")[1]), 0)  # raises ProcessLookupError when the owner is gone
+            os.kill(int(name.split("-")[1]), 0)
+            continue  # the owner lives
         except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
+            pass
         except (OSError, ValueError, OverflowError):
             continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # locked: a live run in another pid namespace
+        finally:
+            os.close(fd)
 
 
 def _check_output(output: str, force: bool) -> None:
@@ -140,8 +164,7 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
         },
     }
     assert tuple(header["settings"]) == RECORDED_SETTINGS, "replay passes on only RECORDED_SETTINGS"
-    scratch = _scratch_directory()
-    try:
+    with _scratch_directory() as scratch:
         temporary = os.path.join(scratch, "trace.partial")
         config = {"mode": "record", "target": _target_data(target), "header": header, "trace_tmp": temporary,
                   "trace_path": output, "force": force, "quiet": quiet, "settings": header["settings"],
@@ -149,8 +172,6 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
         status = _run_child(config, {"PYTHONHASHSEED": hashseed})
         if os.path.exists(temporary):  # the child died before publishing its trace
             _salvage(temporary, output, status, quiet, force)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return status
 
 
@@ -199,16 +220,13 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         _print_env_diff(differences)
         print(f"detrun: replaying: {_shell_words(_python_command(target))}",
               file=sys.stderr)
-    scratch = _scratch_directory()
-    try:
+    with _scratch_directory() as scratch:
         # The differences that can change bits go to the session, which names the first as the likely
         # cause if the replay diverges.
         config = {"mode": "replay", "target": _target_data(target), "trace_path": os.path.abspath(trace_path),
                   "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences),
                   "scratch_dir": scratch}
         return _run_child(config, child_env)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _python_command(target: Target) -> list[str]:

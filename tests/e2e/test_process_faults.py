@@ -225,3 +225,26 @@ def test_exception_in_the_childs_setup_or_finish_is_exit_70(tmp_path: Path) -> N
     finally:
         report.unlink()
     assert detrun("show", "trace.zst", cwd=tmp_path).returncode == 0
+
+
+def test_sweep_removes_only_scratch_directories_of_dead_unlocked_runs(tmp_path: Path) -> None:
+    import fcntl
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    never_a_pid = 2**22 + 1  # above the largest pid_max Linux allows
+    live = scratch / f"detrun-{os.getpid()}-live"
+    locked = scratch / f"detrun-{never_a_pid}-locked"  # as a live run in another pid namespace holds it
+    stale = scratch / f"detrun-{never_a_pid}-stale"
+    other = scratch / "detrun-notes"
+    for directory in (live, locked, stale, other):
+        directory.mkdir()
+    lock = os.open(locked, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        (tmp_path / "s.py").write_text("print('ok')\n")
+        result = detrun("record", "-q", "s.py", cwd=tmp_path, env={"TMPDIR": str(scratch)})
+        assert result.returncode == 0, result.stderr
+    finally:
+        os.close(lock)
+    assert sorted(p.name for p in scratch.iterdir()) == sorted([live.name, locked.name, other.name])
