@@ -10,8 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -151,9 +153,24 @@ BARRIER = (
 )
 
 
-def test_two_recordings_racing_for_one_output_lose_nothing(tmp_path: Path) -> None:
+@pytest.fixture(params=["same", "other"])
+def scratch_filesystem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Return the environment that puts detrun's scratch directory on the output's file system or another."""
+    if request.param == "same":
+        yield {}
+        return
+    if not os.access("/dev/shm", os.W_OK) or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system to put the scratch directory on")
+    scratch = tempfile.mkdtemp(dir="/dev/shm")
+    yield {"TMPDIR": scratch}
+    assert os.listdir(scratch) == []
+    os.rmdir(scratch)
+
+
+def test_two_recordings_racing_for_one_output_lose_nothing(tmp_path: Path, scratch_filesystem: dict[str, str]) -> None:
     (tmp_path / "race.py").write_text(BARRIER)
-    runs = {name: subprocess.Popen([*detrun_command(), "record", "race.py", name], cwd=tmp_path,
+    env = {**os.environ, **scratch_filesystem}
+    runs = {name: subprocess.Popen([*detrun_command(), "record", "race.py", name], cwd=tmp_path, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in "ab"}
     results = {name: run.communicate(timeout=120) + (run.returncode,) for name, run in runs.items()}
     assert sorted(code for _, _, code in results.values()) == [0, 2], results
@@ -168,8 +185,9 @@ def test_two_recordings_racing_for_one_output_lose_nothing(tmp_path: Path) -> No
         assert shown.returncode == 0 and json.loads(shown.stdout)["argv"] == [name], shown.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.ready", "b.ready", "race.py", "trace.zst", kept])
 
-    forced = detrun("record", "-q", "--force", "race.py", "a", cwd=tmp_path)
+    forced = detrun("record", "-q", "--force", "race.py", "a", cwd=tmp_path, env=scratch_filesystem)
     assert forced.returncode == 0, forced.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.ready", "b.ready", "race.py", "trace.zst", kept])
 
 
 def _crash_line(stderr: str, fragment: str) -> Path:
