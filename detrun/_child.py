@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
+    from detrun.errors import DetrunError
     from detrun.runner import Runner
 
 
@@ -111,11 +112,8 @@ def watch_parent(fd: int) -> None:
     _thread.start_new_thread(watch, ())
 
 
-def _fail(exc: Exception) -> NoReturn:
+def _fail(exc: DetrunError) -> NoReturn:
     """Report a DetrunError as one line and exit with its code."""
-    from detrun.errors import DetrunError
-
-    assert isinstance(exc, DetrunError)
     sys.stdout.flush()
     print(f"detrun: error: {exc}", file=sys.stderr)
     sys.exit(int(exc.exit_code))
