@@ -45,7 +45,7 @@ def cnn_record_replay(gpu: str) -> str:
     example = str(REPO / "examples" / "cnn_adaptive_pool.py")
     plain = [run("plain run", [sys.executable, example, "--device", "cuda"], work)[1] for _ in range(2)]
     rec_status, recorded = run("record", [*DETRUN, "record", "-f", example, "--device", "cuda"], work)
-    rep_status, replayed = run("replay", [*DETRUN, "replay", "trace.zst"], work)
+    rep_status, replayed = run("replay", [*DETRUN, "replay", "trace.zst", example], work)
     det_status, det_mode = run("torch det mode alone", [sys.executable, "-c",
                                "import runpy, sys, torch; torch.use_deterministic_algorithms(True); "
                                f"sys.argv = [{example!r}, '--device', 'cuda']; runpy.run_path(sys.argv[0], run_name='__main__')"],

@@ -150,7 +150,7 @@ def check_kernels(report: Report, work: Path, steps: int, on_gpu: bool) -> None:
 
     # A: benchmark off, plain replay.
     rec = run([*detrun, "record", "-f", "-o", "a.zst", *example], work, {"GCA_BENCHMARK": "0"})
-    rep = run([*detrun, "replay", "a.zst"], work, {"GCA_BENCHMARK": "0"})
+    rep = run([*detrun, "replay", "a.zst", str(EXAMPLE)], work, {"GCA_BENCHMARK": "0"})
     summary = kernel_summary(work / "a.zst") if (work / "a.zst").exists() else {"steps": []}
     captured = [s for s in summary["steps"] if s["launches"]]
     same_output = rec.stdout == rep.stdout
@@ -166,9 +166,9 @@ def check_kernels(report: Report, work: Path, steps: int, on_gpu: bool) -> None:
 
     # B: benchmark on; plain replay, then NVIDIA_TF32_OVERRIDE=0.
     run([*detrun, "record", "-f", "-o", "b.zst", *example], work)
-    plain = run([*detrun, "replay", "b.zst"], work)
+    plain = run([*detrun, "replay", "b.zst", str(EXAMPLE)], work)
     report.check("B replay with cudnn.benchmark on (autotuning may pick other algorithms)", None, verdict(plain.stderr))
-    forced = run([*detrun, "replay", "b.zst"], work, {"NVIDIA_TF32_OVERRIDE": "0"})
+    forced = run([*detrun, "replay", "b.zst", str(EXAMPLE)], work, {"NVIDIA_TF32_OVERRIDE": "0"})
     line = verdict(forced.stderr)
     named = re.search(r"CUDA kernel #\d+ of step \d+ is '([^']+)' \(launched by ([^)]+)\)", line)
     report.check("B NVIDIA_TF32_OVERRIDE=0 replay is a kernel divergence naming the kernel",
@@ -182,7 +182,7 @@ def check_kernels(report: Report, work: Path, steps: int, on_gpu: bool) -> None:
                            + "".join(f"- `{l}`\n" for l in env_lines(forced.stderr)))
 
     # C: the script's own flag flipped by its environment: detrun pins it back and says so.
-    flipped = run([*detrun, "replay", "b.zst"], work, {"GCA_BENCHMARK": "0"})
+    flipped = run([*detrun, "replay", "b.zst", str(EXAMPLE)], work, {"GCA_BENCHMARK": "0"})
     report.check("C replay with the script's cudnn.benchmark switch flipped", None, verdict(flipped.stderr))
     report.sections.append(f"### C. script flips cudnn.benchmark on replay\n\n- `{verdict(flipped.stderr)}`\n")
 

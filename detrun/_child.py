@@ -1,13 +1,22 @@
 """The child interpreter's entry point: open the session, install the hooks, run the script.
 
 Started by detrun.launch as `python -m detrun._child` with the session config in an environment
-variable, which is removed before the user's code can see it.
+variable, which is removed before the user's code can see it. The user's own code runs inside
+`runner.run()`, which catches whatever it raises; anything escaping detrun's setup or finish is a
+bug in detrun: one `internal error` line, a report file, exit 70.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from detrun.engine.session import Session
+    from detrun.errors import DetrunError
+    from detrun.runner import Runner
 
 
 def main() -> None:
@@ -17,44 +26,101 @@ def main() -> None:
     raw = os.environ.pop(CHILD_CONFIG_VAR, None)
     if raw is None:
         sys.exit("detrun: error: detrun._child is started by `detrun record` / `detrun replay`, not by hand")
-    config = json.loads(raw)
+    from detrun.errors import DetrunError, internal_error
 
-    from detrun.errors import DetrunError
+    try:
+        config = json.loads(raw)
+        _follow_parent(config)
+        runner, session = _setup(config)
+    except DetrunError as exc:
+        _fail(exc)
+    except Exception as exc:  # noqa: BLE001 - not the user's code: a bug in detrun
+        sys.exit(internal_error(exc))
+
+    try:
+        # The user's code: its exceptions (a SyntaxError too) become the outcome or pass as python's
+        # would; only detrun's own refusals (a module runpy cannot find) are caught here.
+        outcome = runner.run()
+    except DetrunError as exc:
+        _fail(exc)
+    try:
+        verdict = session.finish(outcome)
+    except DetrunError as exc:
+        _fail(exc)
+    except Exception as exc:  # noqa: BLE001
+        sys.exit(internal_error(exc))
+    if verdict is not None and outcome.exit_status == 0 and not outcome.keyboard_interrupt:
+        # The script's own non-zero status passes through; otherwise the verdict decides.
+        sys.stdout.flush()
+        sys.exit(verdict.exit_code)
+    outcome.finish()
+
+
+def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
+    """Open the record or replay session the config describes and install every source's hooks."""
     from detrun.engine.session import Session
     from detrun.engine.sources import all_sources
     from detrun.runner import Runner, Target
     from detrun.trace import TraceWriter, read_trace
 
     target = Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"])
-    try:
-        runner = Runner(target)
-        if config["mode"] == "record":
-            writer = TraceWriter(config["trace_tmp"], config["header"])
-            session = Session("record", writer=writer, quiet=config["quiet"],
-                              settings={**config["settings"], "trace_path": config["trace_path"]})
-        else:
-            trace = read_trace(config["trace_path"])
-            if not trace.complete and not config["quiet"]:
-                print(f"detrun: warning: the trace is incomplete ({trace.end.get('reason') if trace.end else '?'}); "
-                      "only its recorded part can be checked", file=sys.stderr)
-            session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
-                              settings=config["settings"], verbose=config.get("verbose", False),
-                              report_json=config.get("report_json"),
-                              ignore_output=tuple(config.get("ignore_output", ())))
-            for cause in config.get("causes", []):  # environment differences, most likely first
-                session.note_cause(cause)
-    except DetrunError as exc:
-        print(f"detrun: error: {exc}", file=sys.stderr)
-        sys.exit(int(exc.exit_code))
-
+    runner = Runner(target)
+    if config["mode"] == "record":
+        writer = TraceWriter(config["trace_tmp"], config["header"])
+        session = Session("record", writer=writer, quiet=config["quiet"],
+                          settings={**config["settings"], "trace_path": config["trace_path"],
+                                    "force": config.get("force", False)})
+    else:
+        trace = read_trace(config["trace_path"])
+        if not trace.complete and not config["quiet"]:
+            print(f"detrun: warning: the trace is incomplete ({trace.end.get('reason') if trace.end else '?'}); "
+                  "only its recorded part can be checked", file=sys.stderr)
+        session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
+                          settings=config["settings"], verbose=config.get("verbose", False),
+                          report_json=config.get("report_json"),
+                          ignore_output=tuple(config.get("ignore_output", ())))
+        for cause in config.get("causes", []):  # environment differences, most likely first
+            session.note_cause(cause)
+    # Worker segments and reports go to the launcher's private directory, never to a trace's choice.
+    session.scratch_dir = config.get("scratch_dir")
     session.install(all_sources())
-    outcome = runner.run()
-    verdict = session.finish(outcome)
-    if verdict is not None and outcome.exit_status == 0 and not outcome.keyboard_interrupt:
-        # The script's own non-zero status passes through; otherwise the verdict decides.
-        sys.stdout.flush()
-        sys.exit(verdict.exit_code)
-    outcome.finish()
+    return runner, session
+
+
+def _follow_parent(config: dict[str, Any]) -> None:
+    """Make sure this process does not outlive the detrun process that started it.
+
+    On Linux the launcher set PR_SET_PDEATHSIG before exec; elsewhere it passes a pipe whose only
+    writer it holds, and a thread here waits for end-of-file on it.
+    """
+    parent = config.get("parent_pid")
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)  # the parent died before we could be tied to it
+    fd = config.get("parent_pipe")
+    if fd is not None:
+        watch_parent(int(fd))
+
+
+def watch_parent(fd: int) -> None:
+    """Kill this process with SIGKILL when the pipe `fd` reaches end-of-file (its writer died)."""
+    import _thread  # not `threading`: the watcher must not appear in the program's threading.enumerate()
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _thread.start_new_thread(watch, ())
+
+
+def _fail(exc: DetrunError) -> NoReturn:
+    """Report a DetrunError as one line and exit with its code."""
+    sys.stdout.flush()
+    print(f"detrun: error: {exc}", file=sys.stderr)
+    sys.exit(int(exc.exit_code))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from detrun.errors import DetrunError, ExitCode
+from detrun.errors import DetrunError, ExitCode, internal_error
 
 if TYPE_CHECKING:
     from detrun.runner import Target
@@ -22,13 +22,19 @@ def fail(message: str, code: int = ExitCode.BAD_INPUT) -> None:
 
 
 class DetrunGroup(click.Group):
-    """A click group that turns DetrunError into one line and its exit code."""
+    """A click group that turns DetrunError into one line and its exit code, and any other escaping
+    exception into one `internal error` line, a report file and exit 70."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except DetrunError as exc:
             fail(str(exc), exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors, --help, Ctrl-C: click reports these itself
+        except Exception as exc:  # noqa: BLE001 - the one place a bug in detrun becomes exit 70
+            sys.exit(internal_error(exc))
+        return None
 
 
 def make_target(script: str | None, args: tuple[str, ...], module: bool) -> Target | None:

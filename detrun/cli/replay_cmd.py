@@ -29,8 +29,10 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
     """Re-run a recorded script, feeding back every recorded value, and check its state and output.
 
     \b
-    SCRIPT defaults to the recorded one and ARGS to the recorded arguments;
-    giving different arguments is refused unless --allow-changed-args.
+    ARGS default to the recorded arguments; giving different ones is refused
+    unless --allow-changed-args. SCRIPT defaults to the recorded script only
+    if it is a file under the current directory with the recorded sha256; a
+    module runs only when you name it (-m). The command run is printed first.
     The verdict comes from checks of the training state (the parameters and
     loss at every optimizer step, the final state of every model, optimizer and
     RNG at exit) and of the output (stdout line by line, the exit status):

@@ -23,6 +23,7 @@ from detrun.engine.verdict import Divergence, ReplayFacts, Verdict, decide, repo
 from detrun.runner import Outcome
 from detrun.trace import Trace, TraceWriter
 from detrun.trace.registry import STEP
+from detrun.trace.writer import publish
 
 # Captured before any source patches os.urandom: detrun's own seeds must never appear as the
 # program's entropy events.
@@ -378,15 +379,21 @@ class Session:
 
     # ----------------------------------------------------------------- child processes
 
+    # The private directory (mode 0700) detrun's launcher made for this run's scratch files; set from
+    # detrun's own config, never from a trace. None outside the launcher: made on first use then.
+    scratch_dir: str | None = None
+
     def scratch_path(self, name: str) -> str:
-        """Return a path beside the trace for a child process's segment or report."""
-        base = self.writer.path if self.writer is not None else self.settings.get("report_base", "")
-        if not base:
+        """Return a path in the private scratch directory for a child process's segment or report.
+
+        Never beside the trace: the program's own listings of its directory would see the file.
+        """
+        if self.scratch_dir is None:
             # Named from the unhooked entropy: tempfile's own names would draw on the program's
             # `random` and shift its recorded seeds (gettempdir() was cached before the hooks).
-            base = os.path.join(tempfile.gettempdir(), f"detrun-{os.getpid()}-{_os_urandom(6).hex()}")
-            self.settings["report_base"] = base
-        return f"{base}.{name}"
+            self.scratch_dir = os.path.join(tempfile.gettempdir(), f"detrun-{os.getpid()}-{_os_urandom(6).hex()}")
+            os.mkdir(self.scratch_dir, 0o700)
+        return os.path.join(self.scratch_dir, name)
 
     def finish_child(self) -> None:
         """Close a child process's session: its segment in record mode, its report in replay mode."""
@@ -469,8 +476,7 @@ class Session:
         }
         events = sum(self.writer.counts.values())
         size = self.writer.close(end)
-        final_path = self.settings["trace_path"]
-        os.replace(self.writer.path, final_path)
+        final_path = publish(self.writer.path, self.settings["trace_path"], force=bool(self.settings.get("force")))
         if not self.quiet:
             status = "" if outcome.exit_status == 0 else f" · script exit status {outcome.exit_status}"
             per_step = f" · {size / self.steps:.0f} B/step" if self.steps else ""

@@ -6,14 +6,15 @@ import os
 from detrun.trace.format import DECLARE_KIND, END
 from detrun.trace.registry import STEP
 from detrun.trace.reader import salvage_objects
-from detrun.trace.writer import write_objects
+from detrun.trace.writer import publish, write_objects
 
 
-def salvage(partial_path: str, output: str, reason: str, exit_status: int) -> int | None:
+def salvage(partial_path: str, output: str, reason: str, exit_status: int, *, force: bool = False) -> int | None:
     """Rewrite a partial trace as `output` with an end record saying why it stopped.
 
     Return the number of recorded steps, or None when nothing usable was flushed (no header);
-    the partial file is removed either way.
+    the partial file is removed either way. The salvaged trace is written beside the partial one
+    and published like a finished trace: never over an existing file unless `force`.
     """
     objects = salvage_objects(partial_path)
     os.unlink(partial_path)
@@ -31,5 +32,7 @@ def salvage(partial_path: str, output: str, reason: str, exit_status: int) -> in
     steps = counts.get(STEP, 0)
     objects.append([END, {"complete": False, "reason": reason, "exit_status": exit_status, "steps": steps,
                           "final_digest": None, "counts": counts}])
-    write_objects(output, objects)
+    salvaged = partial_path + ".salvaged"
+    write_objects(salvaged, objects)
+    publish(salvaged, output, force=force)
     return steps

@@ -1,12 +1,15 @@
 """Write a trace: a header, events in flushed chunks, then an end record."""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import time
 from typing import Any, BinaryIO
 
 import zstandard
 
+from detrun.errors import OutputExists
 from detrun.trace.format import (
     DECLARE_KIND,
     END,
@@ -115,3 +118,91 @@ def write_objects(path: str, objects: list[Any]) -> None:
     with open(path, "wb") as f, zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).stream_writer(f) as z:
         for obj in objects:
             z.write(packer.pack(obj))
+
+
+def publish(temporary: str, final: str, *, force: bool = False) -> str:
+    """Give a finished trace its final name without overwriting anything unless `force`; return the name.
+
+    The trace is written in detrun's private scratch directory, often on another file system than
+    the output, so it is first copied to a hidden name beside the output (the script has ended by
+    now; nothing records that listing), then hard-linked to the final name: link() fails if the name
+    exists, so of two recordings racing for one output the second loses atomically and its trace
+    is kept under a name of its own, reported in the OutputExists it raises. `temporary` is consumed.
+    """
+    staged = temporary
+    try:
+        if _device(temporary) != _device(os.path.dirname(os.path.abspath(final))):
+            staged = _copy_beside(temporary, final)
+            os.unlink(temporary)
+        if force:
+            os.replace(staged, final)
+            return final
+        if _link_exclusive(staged, final):
+            return final
+        kept = _keep_beside(staged, final)
+        raise OutputExists(f"{final} was created by another run while this one was recording; this recording "
+                           f"is kept as {kept} (pass --force to overwrite instead)")
+    except OSError as exc:  # the output directory vanished, the disk is full, ...
+        raise OutputExists(f"cannot write {final}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in {staged, temporary}:
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+
+
+def _device(path: str) -> int:
+    return os.stat(path).st_dev
+
+
+def _copy_beside(source: str, final: str) -> str:
+    """Copy a file to a new hidden name in the final name's directory and return that name."""
+    directory, name = os.path.split(os.path.abspath(final))
+    for attempt in range(1000):
+        staged = os.path.join(directory, f".{name}.{os.getpid()}.{attempt}.partial")
+        try:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except BaseException:
+            os.unlink(staged)
+            raise
+        return staged
+    raise OutputExists(f"cannot write {final}: too many leftover temporary files beside it")
+
+
+def _link_exclusive(source: str, final: str) -> bool:
+    """Create `final` as `source`'s content if no such name exists; return False if it exists."""
+    try:
+        os.link(source, final)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV, errno.ENOSYS):
+            raise
+    # A file system without hard links: O_EXCL still refuses to clobber, but a reader may see the
+    # file before the copy completes.
+    try:
+        fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return True
+
+
+def _keep_beside(source: str, final: str) -> str:
+    """Link `source` to a fresh name like trace.<pid>.zst beside `final`, and return that name."""
+    directory, name = os.path.split(final)
+    stem, dot, extension = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    for attempt in range(1000):
+        tag = f"{os.getpid()}" if attempt == 0 else f"{os.getpid()}-{attempt}"
+        candidate = os.path.join(directory, f"{stem}.{tag}{dot}{extension}")
+        if _link_exclusive(source, candidate):
+            return candidate
+    raise OutputExists(f"{final} exists and no free name beside it was found; pass --force to overwrite it")

@@ -69,7 +69,7 @@ def test_flag_changes_are_recorded_with_their_step(recorded: tuple[Path, str]) -
 
 def test_replay_reapplies_the_flags_at_the_same_steps(recorded: tuple[Path, str]) -> None:
     directory, stdout = recorded
-    replayed = detrun("replay", "trace.zst", cwd=directory, env={"NTHREADS": "2"})
+    replayed = detrun("replay", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "2"})
     assert replayed.returncode == 0, replayed.stderr
     assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (6 steps"), replayed.stderr
     assert _steps(replayed.stdout) == _steps(stdout)
@@ -78,7 +78,7 @@ def test_replay_reapplies_the_flags_at_the_same_steps(recorded: tuple[Path, str]
 
 def test_flag_set_at_another_step_is_a_divergence(recorded: tuple[Path, str]) -> None:
     directory, _ = recorded
-    early = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "1"})
+    early = detrun("replay", "-q", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "1"})
     line = verdict(early.stderr)
     # The flag change is an event mismatch: the likely cause beside the verdict, which the
     # stdout check decides (the script prints the flag it sees).
@@ -90,7 +90,7 @@ def test_flag_set_at_another_step_is_a_divergence(recorded: tuple[Path, str]) ->
     assert "step 1: benchmark=False" in early.stdout and "step 2: benchmark=True" in early.stdout
 
     # Made late: pinned at the recorded step, so every check matches; the mismatch is listed as a cause.
-    late = detrun("replay", "-v", "trace.zst", cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "3"})
+    late = detrun("replay", "-v", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "2", "BENCHMARK_STEP": "3"})
     assert verdict(late.stderr).startswith("detrun: REPRODUCED"), late.stderr
     assert ("cause: the recording made torch.backends.cudnn.benchmark = True after step 2 (backend_flags.py:54); "
             "the replay had not by the end of step 3") in late.stderr, late.stderr
@@ -98,7 +98,7 @@ def test_flag_set_at_another_step_is_a_divergence(recorded: tuple[Path, str]) ->
 
 def test_another_thread_count_is_named_as_the_likely_cause(recorded: tuple[Path, str]) -> None:
     directory, _ = recorded
-    replayed = detrun("replay", "-q", "trace.zst", cwd=directory, env={"NTHREADS": "1"})
+    replayed = detrun("replay", "-q", "trace.zst", BACKEND_FLAGS, cwd=directory, env={"NTHREADS": "1"})
     line = verdict(replayed.stderr)
     assert line.startswith("detrun: DIVERGED"), line  # the loss of the first backward() already differs
     assert "likely cause: torch intra-op threads: recorded 2, now 1 (set by torch.set_num_threads at " \
@@ -109,8 +109,8 @@ def test_unpinned_thread_count_is_named_as_the_likely_cause(recorded: tuple[Path
     # pin_threads=False is the library side of `detrun replay --no-pin-threads`; OMP_NUM_THREADS=1
     # gives torch one intra-op thread and the script, without NTHREADS, keeps it.
     directory, _ = recorded
-    code = ("from detrun.launch import exit_like, replay\n"
-            "exit_like(replay('trace.zst', None, quiet=True, pin_threads=False))\n")
+    code = ("from detrun.launch import exit_like, replay\nfrom detrun.runner import Target\n"
+            f"exit_like(replay('trace.zst', Target({BACKEND_FLAGS!r}), quiet=True, pin_threads=False))\n")
     replayed = run([sys.executable, "-c", code], cwd=directory, env={"OMP_NUM_THREADS": "1"})
     line = verdict(replayed.stderr)
     assert line.startswith("detrun: DIVERGED"), line

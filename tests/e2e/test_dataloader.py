@@ -41,7 +41,7 @@ def test_dataloader_runs_differ_plainly_and_replay_exactly(context: str, extra: 
 
     recorded = detrun("record", "-q", *args, cwd=first)
     assert recorded.returncode == 0, recorded.stderr
-    replayed = detrun("replay", "trace.zst", cwd=first)
+    replayed = detrun("replay", "trace.zst", EXAMPLE, cwd=first)
     assert verdict(replayed.stderr).startswith("detrun: REPRODUCED"), replayed.stderr
     assert weights_sha(replayed.stdout) == weights_sha(recorded.stdout)
 
@@ -50,7 +50,7 @@ def test_dataloader_runs_differ_plainly_and_replay_exactly(context: str, extra: 
     if reorderable_tmp.parent == Path("/dev/shm"):
         assert os.listdir(first / "data") != os.listdir(second / "data"), "the copy lists in the same order"
     shutil.copy(first / "trace.zst", second / "trace.zst")
-    moved = detrun("replay", "trace.zst", cwd=second)
+    moved = detrun("replay", "trace.zst", EXAMPLE, cwd=second)
     assert verdict(moved.stderr).startswith("detrun: REPRODUCED"), moved.stderr
     assert weights_sha(moved.stdout) == weights_sha(recorded.stdout)
 
@@ -66,7 +66,7 @@ def test_changed_dataset_is_diverged_naming_epoch_and_batch(tmp_path: Path) -> N
 
     files = sorted(os.listdir(root / "data"))
     (root / "data" / files[0]).unlink()  # a different length
-    shorter = detrun("replay", "trace.zst", cwd=root)
+    shorter = detrun("replay", "trace.zst", EXAMPLE, cwd=root)
     line = verdict(shorter.stderr)
     assert line.startswith("detrun: DIVERGED: the loss of backward() call #1 differs"), line
     assert "first divergent batch: DataLoader #0 epoch 0, batch 0" in line, line
@@ -77,7 +77,7 @@ def test_changed_dataset_is_diverged_naming_epoch_and_batch(tmp_path: Path) -> N
     assert f"missing ['{files[0]}']" in verbose.stderr, verbose.stderr
 
     (root / "data" / "0_99999.txt").write_text((root / "data" / files[1]).read_text())  # different files
-    different = detrun("replay", "trace.zst", cwd=root)
+    different = detrun("replay", "trace.zst", EXAMPLE, cwd=root)
     line = verdict(different.stderr)
     assert line.startswith("detrun: DIVERGED") and "DataLoader #0 epoch 0, batch" in line, line
     assert "added ['0_99999.txt']" in detrun("replay", "-v", "trace.zst", cwd=root).stderr
@@ -87,7 +87,7 @@ def test_changed_augmentation_names_the_first_divergent_batch(tmp_path: Path) ->
     root = _make_data(tmp_path, "forward")
     args = [EXAMPLE, "--data", "data", "--epochs", "2"]
     assert detrun("record", "-q", *args, cwd=root).returncode == 0
-    changed = detrun("replay", "trace.zst", cwd=root, env={"AUGMENT_SCALE": "0.2"})
+    changed = detrun("replay", "trace.zst", EXAMPLE, cwd=root, env={"AUGMENT_SCALE": "0.2"})
     line = verdict(changed.stderr)
     assert line.startswith("detrun: DIVERGED: the loss of backward() call #1 differs"), line
     assert "first divergent batch: DataLoader #0 epoch 0, batch 0" in line, line

@@ -82,7 +82,7 @@ def test_changed_script_is_refused_unless_allowed(recorded: Path) -> None:
     script = recorded / "s.py"
     script.write_text(script.read_text() + "# edited\n")
     _one_error_line(detrun("replay", "trace.zst", cwd=recorded), "changed since it was recorded")
-    allowed = detrun("replay", "--allow-changed-script", "trace.zst", cwd=recorded)
+    allowed = detrun("replay", "--allow-changed-script", "trace.zst", "s.py", cwd=recorded)
     assert allowed.returncode == 5, allowed.stderr  # it ran: UNVERIFIED, the script trains nothing
 
 

@@ -15,7 +15,7 @@ CNN = str(EXAMPLES / "cnn_adaptive_pool.py")
 def test_strict_policy_is_recorded_and_replayed(tmp_path: Path) -> None:
     recorded = detrun("record", "-q", CNN, cwd=tmp_path)
     assert recorded.returncode == 0, recorded.stderr
-    replayed = detrun("replay", "trace.zst", cwd=tmp_path)
+    replayed = detrun("replay", "trace.zst", CNN, cwd=tmp_path)
     assert verdict(replayed.stderr).startswith("detrun: REPRODUCED"), replayed.stderr
     assert weights_sha(replayed.stdout) == weights_sha(recorded.stdout)
     from detrun.trace import read_trace
@@ -47,5 +47,5 @@ def test_minimal_policy_needs_a_profile(tmp_path: Path) -> None:
 def test_cnn_trains_on_gpu_under_strict_policy(tmp_path: Path) -> None:
     recorded = detrun("record", "-q", CNN, "--device", "cuda", cwd=tmp_path)
     assert recorded.returncode == 0, recorded.stderr
-    replayed = detrun("replay", "trace.zst", cwd=tmp_path)
+    replayed = detrun("replay", "trace.zst", CNN, cwd=tmp_path)
     assert weights_sha(replayed.stdout) == weights_sha(recorded.stdout)

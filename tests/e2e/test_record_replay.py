@@ -30,13 +30,13 @@ def test_plain_runs_differ_and_replays_reproduce(workdir: Path) -> None:
 
 def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
     assert detrun("record", "-q", EXAMPLE, cwd=workdir).returncode == 0
-    result = detrun("replay", "trace.zst", cwd=workdir, env={"PERTURB_STEP": "137"})
+    result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": "137"})
     line = verdict(result.stderr)
     assert "REPRODUCED" not in result.stderr
     assert line.startswith("detrun: DIVERGED at step 137: parameter 'fc2.weight' differs"), line
     assert result.returncode == 3  # DIVERGED exits 3 when the script itself exited 0
 
-    strict = detrun("replay", "--strict", "trace.zst", cwd=workdir, env={"PERTURB_STEP": "50"})
+    strict = detrun("replay", "--strict", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": "50"})
     assert strict.returncode == 3
     assert "DIVERGED at step 50: parameter 'fc2.weight'" in strict.stderr
     assert "weights sha256" not in strict.stdout  # it stopped there

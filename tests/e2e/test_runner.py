@@ -32,7 +32,9 @@ def test_probe_sees_the_same_as_under_python(how: list[str], probe_dir: Path) ->
     recorded = detrun("record", "-q", "-o", "t.zst", *how, cwd=probe_dir)
     assert plain.returncode == recorded.returncode == 0, recorded.stderr
     assert json.loads(recorded.stdout) == json.loads(plain.stdout)
-    replayed = detrun("replay", "-q", "t.zst", cwd=probe_dir)
+    # Replay runs a module only when the user names it.
+    named = ["-m", "t.zst", how[1]] if how[0] == "-m" else ["t.zst", how[0]]
+    replayed = detrun("replay", "-q", *named, cwd=probe_dir)
     assert json.loads(replayed.stdout) == json.loads(plain.stdout)
 
 

@@ -22,7 +22,7 @@ def test_every_source_differs_plainly_and_replays_exactly(workdir: Path) -> None
     recorded = detrun("record", ALL_SOURCES, cwd=workdir)
     assert recorded.returncode == 0, recorded.stderr
     for _ in range(2):
-        replayed = detrun("replay", "trace.zst", cwd=workdir)
+        replayed = detrun("replay", "trace.zst", ALL_SOURCES, cwd=workdir)
         # No model, so nothing of a training state to verify: UNVERIFIED, but every value fed back.
         assert replayed.returncode == 5, replayed.stderr
         assert verdict(replayed.stderr).startswith("detrun: UNVERIFIED"), replayed.stderr

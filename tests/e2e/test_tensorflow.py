@@ -36,7 +36,7 @@ def test_keras_fit_unseeded_differs_plainly_and_replays_exactly(workdir: Path) -
     recorded = _ok(detrun("record", KERAS, *KERAS_ARGS, cwd=workdir, env=QUIET_TF))
     assert f"recorded {KERAS_STEPS} steps" in recorded.stderr
 
-    replayed = _ok(detrun("replay", "trace.zst", cwd=workdir, env=QUIET_TF))
+    replayed = _ok(detrun("replay", "trace.zst", KERAS, cwd=workdir, env=QUIET_TF))
     assert verdict(replayed.stderr).startswith(f"detrun: REPRODUCED ({KERAS_STEPS} steps"), replayed.stderr
     # History, predictions and weights: the script's whole stdout, byte for byte.
     assert replayed.stdout == recorded.stdout
@@ -44,7 +44,7 @@ def test_keras_fit_unseeded_differs_plainly_and_replays_exactly(workdir: Path) -
     assert re.search(r"^predictions .* sha256 ", replayed.stdout, re.M)
 
     # A nudge of the output kernel before step 5 (an example callback) is caught at step 5.
-    perturbed = detrun("replay", "trace.zst", cwd=workdir, env={**QUIET_TF, "PERTURB_STEP": "5"})
+    perturbed = detrun("replay", "trace.zst", KERAS, cwd=workdir, env={**QUIET_TF, "PERTURB_STEP": "5"})
     line = verdict(perturbed.stderr)
     assert line.startswith("detrun: DIVERGED at step 5: "), line
     assert "logits/kernel" in line, line
@@ -58,19 +58,19 @@ def test_gradient_tape_loop_differs_plainly_and_replays_exactly(workdir: Path) -
     # tf.function step: digests come from a tf.py_function placed after apply_gradients.
     recorded = _ok(detrun("record", TAPE, *TAPE_ARGS, cwd=workdir, env=QUIET_TF))
     assert f"recorded {TAPE_STEPS} steps" in recorded.stderr
-    replayed = _ok(detrun("replay", "trace.zst", cwd=workdir, env=QUIET_TF))
+    replayed = _ok(detrun("replay", "trace.zst", TAPE, cwd=workdir, env=QUIET_TF))
     assert verdict(replayed.stderr).startswith(f"detrun: REPRODUCED ({TAPE_STEPS} steps"), replayed.stderr
     assert replayed.stdout == recorded.stdout
 
     # The nudge lands between the gradient and the update of step 3: only that variable differs.
-    perturbed = detrun("replay", "trace.zst", cwd=workdir, env={**QUIET_TF, "PERTURB_STEP": "3"})
+    perturbed = detrun("replay", "trace.zst", TAPE, cwd=workdir, env={**QUIET_TF, "PERTURB_STEP": "3"})
     line = verdict(perturbed.stderr)
     assert line.startswith("detrun: DIVERGED at step 3: variable 'dense2/kernel' differs"), line
 
     # Eager step: digests are taken in Python right after apply_gradients.
     eager = [*TAPE_ARGS, "--eager"]
     recorded = _ok(detrun("record", "-o", "eager.zst", TAPE, *eager, cwd=workdir, env=QUIET_TF))
-    replayed = _ok(detrun("replay", "eager.zst", cwd=workdir, env=QUIET_TF))
+    replayed = _ok(detrun("replay", "eager.zst", TAPE, cwd=workdir, env=QUIET_TF))
     assert verdict(replayed.stderr).startswith(f"detrun: REPRODUCED ({TAPE_STEPS} steps"), replayed.stderr
     assert replayed.stdout == recorded.stdout
 
@@ -82,7 +82,7 @@ def test_every_tf_randomness_source_is_recorded_and_replayed(workdir: Path) -> N
     # Each line is one source; unhooked, every one of them differs from run to run.
     same = [a for a, b in zip(plain.stdout.splitlines(), recorded.stdout.splitlines()) if a == b]
     assert not same, f"these did not vary between plain runs, so the test proves nothing for them: {same}"
-    replayed = detrun("replay", "trace.zst", cwd=workdir, env=QUIET_TF)
+    replayed = detrun("replay", "trace.zst", script, cwd=workdir, env=QUIET_TF)
     assert replayed.stdout == recorded.stdout
     # Every value fed back, but no model trained: UNVERIFIED (5), never DIVERGED.
     assert replayed.returncode == 5 and verdict(replayed.stderr).startswith("detrun: UNVERIFIED"), replayed.stderr
