@@ -125,6 +125,7 @@ class Session:
         self.mismatches: list[Divergence] = []  # event mismatches: causes, never the verdict by themselves
         self.hook_failures: list[str] = []
         self.unrecorded: list[str] = []  # processes running the script's code that no session records
+        self.interrupt_delivered = False  # replay: a recorded Ctrl-C/SIGTERM was sent to the script
         # The one step counter: torch's optimizer post-hook and the TensorFlow step hooks tick it.
         self.clock = StepClock(self.hook_failed, after_tick=self.on_step)
         self.checked: dict[str, int] = {}  # checks made, by name: {"steps": 200, "final state": 1, "batches": 391}

@@ -3,10 +3,12 @@
 A script that catches KeyboardInterrupt and ends early (pytorch's word_language_model does) must
 end at the same place on replay, or the replay trains past the recorded end. The arrival point is
 the number of optimizer steps completed, of backward() calls made, and which of the two came last.
-The replay sends the same signal to itself right after that same event, so whatever handler the
-script has installed by then reacts as it did. Code that ran between that event and the real
-arrival (a log line after `optimizer.step()`) does not run in the replay; if it printed or changed
-state, the verdict says where.
+A Ctrl-C lands at a random moment, most likely inside a forward or backward pass, so the replay
+sends the same signal to itself at the latest point with the same training state: right before the
+next backward() after an optimizer step (log lines printed after `optimizer.step()` are printed
+again), or right after the backward() it followed. Whatever handler the script has installed by
+then reacts as it did. Random draws made inside the interrupted step cannot be placed exactly, so
+after a delivered interrupt the final RNG states are not compared (the weights still are).
 
     `signal` — [steps, backward_calls, signum, last_event]   (last_event: 0 start, 1 step, 2 backward)
 """
@@ -131,7 +133,7 @@ class InterruptSource:
         # Mirrors torch.autograd.backward (torch 2.x); Tensor.backward() calls it through the module.
         def backward(*args: Any, **kwargs: Any) -> Any:
             if source._pending:
-                source._maybe_deliver(START)
+                source._maybe_deliver(START)  # before this call: right after a step, or at the start
             result = original(*args, **kwargs)
             source._backward_calls += 1
             source._last_event = BACKWARD
@@ -156,9 +158,13 @@ class InterruptSource:
             return
         steps, calls, signum, last_event = self._pending[0]
         here = (session.steps, self._backward_calls)
-        due = here == (steps, calls) and event == last_event or here > (steps, calls)
+        # STEP/START arrivals are delivered just before the next backward(), BACKWARD ones just after
+        # theirs; a run already past the point (no backward came) gets it at the next step.
+        wanted = BACKWARD if last_event == BACKWARD else START
+        due = here == (steps, calls) and event == wanted or here > (steps, calls)
         if not due:
             return
+        session.interrupt_delivered = True
         self._pending.pop(0)
         session.take(KIND)
         if not session.quiet:

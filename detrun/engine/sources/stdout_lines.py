@@ -8,8 +8,9 @@ on to the real stdout unchanged and renders the lines for the check:
   back, `ESC[K` erases to the end, other escape sequences (colours) are dropped. A progress bar
   that redraws itself a timing-dependent number of times therefore renders the same final line;
 - the mask (MASK_RULES) replaces, in each line, durations (`12.3s`, `45ms/step`, `1:02:03`),
-  rates (`3.4it/s`, `12 samples/s`), timestamps, the values of timing keys (`'train_runtime': 1.2`)
-  and memory addresses (`0x7f3a…`) with `…`; `replay --ignore-output REGEX` masks more.
+  rates (`3.4it/s`, `12 samples/s`), timestamps, the values of timing keys (`'train_runtime': 1.2`),
+  Lightning's logger version (`v_num: 1`: it counts earlier runs in the directory) and memory
+  addresses (`0x7f3a…`) with `…`; `replay --ignore-output REGEX` masks more.
 
 One event at the end of the run: `stdout` — {"lines": [masked line, ...], "count": n, "rest": crc}
 (at most MAX_LINES lines are kept; the rest is compared by a checksum). On replay the first line
@@ -37,8 +38,11 @@ MASK = "…"
 MASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("timestamp", re.compile(r"\d{4}-\d{2}-\d{2}[T _]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?")),
     ("clock time", re.compile(r"\b\d{1,3}(:\d{2}){1,2}(\.\d+)?\b")),
+    # The value may be quoted: transformers logs {'train_runtime': '0.2267', ...}.
     ("timing key", re.compile(r"(?i)(['\"]?\w*(runtime|per_second|_per_sec|elapsed|duration|_time|time_|seconds|"
-                              r"throughput|speed|ms_per|it_s)\w*['\"]?\s*[:=]\s*)[-+]?[\d.]+(e[-+]?\d+)?")),
+                              r"throughput|speed|ms_per|it_s)\w*['\"]?\s*[:=]\s*)['\"]?[-+]?[\d.]+(e[-+]?\d+)?['\"]?")),
+    # Lightning's progress bar shows its logger's version, which counts the runs already in the directory.
+    ("logger version", re.compile(r"(v_num\s*[:=]\s*)['\"]?[\w.]+['\"]?")),
     ("rate", re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?\s?(it|its|s|step|steps|sample|samples|batch|batches|"
                         r"token|tokens|ex|examples)/(s|sec|it|step)\b")),
     ("duration", re.compile(r"(?<![\w.])[-+]?\d+(\.\d+)?(e[-+]?\d+)?\s?(ns|us|µs|ms|s|sec|secs|second|seconds|"
@@ -51,7 +55,7 @@ _CSI = re.compile(r"\x1b\[[0-9;?]*([@-~])")
 def mask_line(line: str, extra: tuple[re.Pattern[str], ...] = ()) -> str:
     """Return a rendered line with durations, rates, timestamps and addresses (and `extra`) masked."""
     for name, rule in MASK_RULES:
-        if name == "timing key":
+        if name in ("timing key", "logger version"):
             line = rule.sub(lambda m: m.group(1) + MASK, line)
         else:
             line = rule.sub(MASK, line)
