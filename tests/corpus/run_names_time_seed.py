@@ -51,7 +51,7 @@ for step in range(1, 61):
 with open(os.path.join(run_dir, "metrics.json"), "w") as f:
     json.dump({"seed": seed, "loss": history, "started": time.time()}, f)
 torch.save(model.state_dict(), os.path.join(run_dir, "model.pt"))
-print(f"runs so far: {len(os.listdir('runs'))}; artifacts {sorted(os.listdir(run_dir))}")
+print(f"artifacts {sorted(os.listdir(run_dir))}")
 
 digest = hashlib.sha256()
 for name, tensor in sorted(model.state_dict().items()):
