@@ -22,6 +22,7 @@ CORPUS = Path(__file__).resolve().parent
 PERTURB_ENV = "DETRUN_CORPUS_PERTURB_STEP"
 
 REPRODUCED, DIVERGED, UNVERIFIED = "REPRODUCED", "DIVERGED", "UNVERIFIED"
+UNVERIFIED_EXIT = 5  # detrun.errors.ExitCode.UNVERIFIED (not imported: the harness only runs the CLI)
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 DURATION = re.compile(
     r"\d+(\.\d+)?\s*(ms|us|µs|s)/(step|it)|\d+(\.\d+)?\s*(it/s|s/it)|\b\d+(\.\d+)?(ms|us|s)\b"
     r"|\d+:\d\d(:\d\d)?|'(train|eval)_(runtime|samples_per_second|steps_per_second)': '[^']*'")
-# Keras without a terminal appends every progress update to one line; keep the last one.
-KERAS_PROGRESS = re.compile(r"\d+/\d+ ━")
+# Progress bars (tqdm, Keras, Lightning/rich): how many updates they print depends on timing, and
+# off a terminal tqdm and Keras do not even overwrite them, so this oracle leaves them out.
+PROGRESS_BAR = re.compile(r"\d+%\|[█▏▎▍▌▋▊▉ ]*\||━|\d+/\d+ \[[=>.]*\]")
 
 
 def result_lines(stdout: str) -> list[str]:
@@ -125,13 +127,16 @@ def result_lines(stdout: str) -> list[str]:
 
 
 def rendered(stdout: str) -> list[str]:
-    """Return stdout as a terminal would finally show it, with durations masked."""
+    """Return stdout as a terminal would finally show it, without progress bars, durations masked.
+
+    A rough oracle of the harness's own (the verdict's rule is detrun's business): the last `\r`
+    segment of each line, ANSI codes stripped, progress-bar lines dropped, durations replaced.
+    """
     lines = []
     for raw in stdout.split("\n"):
         line = ANSI.sub("", raw.rstrip("\r").split("\r")[-1])
-        starts = [m.start() for m in KERAS_PROGRESS.finditer(line)]
-        if len(starts) > 1:
-            line = line[starts[-1]:]
+        if PROGRESS_BAR.search(line):
+            continue
         lines.append(DURATION.sub("<t>", line).rstrip())
     return lines
 
@@ -284,6 +289,10 @@ def judge(outcome: Outcome) -> None:
         outcome.false_verdicts.append("replay: DIVERGED but results and stdout are identical")
     elif replay.verdict not in case.replay_ok and not (replay.verdict == DIVERGED and not outcome.results_equal):
         outcome.false_verdicts.append(f"replay: {replay.verdict}, expected {'/'.join(case.replay_ok)}")
+    if replay.verdict == UNVERIFIED and replay.returncode != UNVERIFIED_EXIT:
+        outcome.false_verdicts.append(f"replay: UNVERIFIED but exit status {replay.returncode}, not {UNVERIFIED_EXIT}")
+    if replay.verdict == DIVERGED and replay.returncode != 3:
+        outcome.false_verdicts.append(f"replay: DIVERGED but exit status {replay.returncode}, not 3")
     perturbed_results = result_lines(perturbed.stdout)
     if perturbed_results == result_lines(record.stdout):
         outcome.problems.append("the perturbation did not change the results")
@@ -300,6 +309,9 @@ def judge(outcome: Outcome) -> None:
             outcome.false_verdicts.append(f"perturbed: DIVERGED at step {perturbed.step}, before {case.perturb_step}")
     if perturbed.verdict == DIVERGED and perturbed.returncode != 3:
         outcome.false_verdicts.append(f"perturbed: DIVERGED but exit status {perturbed.returncode}, not 3")
+    if perturbed.verdict == UNVERIFIED and perturbed.returncode != UNVERIFIED_EXIT:
+        outcome.false_verdicts.append(
+            f"perturbed: UNVERIFIED but exit status {perturbed.returncode}, not {UNVERIFIED_EXIT}")
 
 
 def expected_text(case: Case) -> str:

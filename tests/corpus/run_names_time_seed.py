@@ -28,7 +28,7 @@ set_seed(seed)
 run_name = f"{random.choice(['brisk', 'calm', 'eager', 'lucky', 'quiet'])}-{uuid.uuid4().hex[:6]}"
 run_dir = os.path.join("runs", run_name)
 os.makedirs(run_dir, exist_ok=True)
-print(f"run {run_name} seed {seed}")
+print(f"run {run_name} seed {torch.initial_seed()}")  # what torch was seeded with
 
 perturb_step = int(os.environ.get("DETRUN_CORPUS_PERTURB_STEP", "0"))
 X = np.random.randn(400, 6).astype(np.float32)
