@@ -100,9 +100,11 @@ CASES: list[Case] = [
     Case("run_names_time_seed", "experiment template: clock seed + uuid4 run name",
          "seed=int(time.time()*1000) into random/np/torch, uuid4 + random.choice run name, runs/<name>/", 20),
 ]
-# Each of these takes well over 20 s for its five runs on two cores (framework imports, compiling).
+# Marked slow for pytest: the heavy frameworks (each case well over 20 s: imports, compiling), and
+# three plain-torch cases whose patterns the fast ones already cover, so that the fast subset
+# (8 cases, five runs each) stays near 4 minutes on two cores.
 SLOW_NAMES = {"hf_trainer_bert", "lightning_autoencoder", "keras_mnist_convnet", "keras_torch_backend",
-              "compile_mlp"}
+              "compile_mlp", "gru_forecast", "text_embeddingbag", "run_names_time_seed"}
 TIMING_NAMES = {"hf_trainer_bert", "lightning_autoencoder", "keras_mnist_convnet", "keras_torch_backend",
                 "tqdm_regression"}
 CASES = [Case(**{**asdict(case), "slow": case.name in SLOW_NAMES, "timing_on_stdout": case.name in TIMING_NAMES})
