@@ -71,9 +71,7 @@ CASES: list[Case] = [
          "transformers Trainer on a 2-layer BertConfig(hidden 32), clock seed, save_model() lists hf_final/",
          5),
     Case("lightning_autoencoder", "Lightning README LitAutoEncoder",
-         "L.Trainer defaults: lightning_logs/ logger, ModelCheckpoint, progress bar on stdout", 10,
-         # A second run in the same directory logs to version_1 and shows v_num 1 in its progress bar.
-         replay_in_record_dir=False),
+         "L.Trainer defaults: lightning_logs/ logger, ModelCheckpoint, progress bar on stdout", 10),
     Case("keras_mnist_convnet", "keras.io Simple MNIST convnet (TF)",
          "Keras 3 on TensorFlow, fit(verbose=1, validation_split), Dropout, callback perturbation", 5),
     Case("keras_torch_backend", "keras.io Simple MNIST convnet (torch)",
