@@ -179,8 +179,11 @@ def run_process(argv: list[str], cwd: Path, *, env: dict[str, str] | None = None
     full_env.pop(PERTURB_ENV, None)
     full_env.update(env or {})
     start = time.monotonic()
+    # A background job (nohup, `&`, some CI runners) inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt; restore the default so Ctrl-C works as it does at a terminal.
     proc = subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out: list[str] = []
     err: list[str] = []
     interrupted = threading.Event()
@@ -277,7 +280,7 @@ def judge(outcome: Outcome) -> None:
         return
     if record.returncode != 0:
         outcome.problems.append(f"record exited {record.returncode}")
-    if case.interrupt_on and not record.interrupted:
+    if case.interrupt_on and not (record.interrupted and "Exiting from training early" in record.stdout):
         outcome.problems.append("the recording was never interrupted")
     if replay.verdict is None:
         outcome.false_verdicts.append("replay: no verdict line")
