@@ -45,7 +45,7 @@ def table(outcomes: list[Outcome]) -> str:
             identical += "" if o.results_equal else " (results differ)"
         else:
             identical = "—"
-        issues = o.false_verdicts + [f"setup: {p}" for p in o.problems]
+        issues = o.false_verdicts + [f"honest but {u}" for u in o.unexpected] + [f"setup: {p}" for p in o.problems]
         ok = "✓" if not issues else "✗ " + "; ".join(issues)
         rows.append(f"| {o.case.name} | {o.case.style} | {'yes' if o.plain_differ else 'NO'} "
                     f"| {verdict_cell(o, 'replay')} | {identical} | {verdict_cell(o, 'perturbed')} "
@@ -87,12 +87,14 @@ def main() -> int:
 
     false = sum(len(o.false_verdicts) for o in outcomes)
     setup = sum(len(o.problems) for o in outcomes)
+    unexpected = sum(len(o.unexpected) for o in outcomes)
     print(table(outcomes))
-    print(f"\n{len(outcomes)} scripts, {false} false verdicts, {setup} setup problems, "
+    print(f"\n{len(outcomes)} scripts, {false} false verdicts, {unexpected} honest but unexpected, "
+          f"{setup} setup problems, "
           f"{time.monotonic() - start:.0f} s")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(
-            {"false_verdicts": false, "setup_problems": setup, "cases": [o.to_json() for o in outcomes]},
+            {"false_verdicts": false, "unexpected": unexpected, "setup_problems": setup, "cases": [o.to_json() for o in outcomes]},
             indent=2, ensure_ascii=False) + "\n")
     return 0
 
