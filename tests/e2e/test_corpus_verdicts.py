@@ -58,7 +58,7 @@ def test_corpus_verdict(case: Case, tmp_path: Path) -> None:
         honest = case.replay_ok + ((DIVERGED,) if not outcome.results_equal else ())
         assert replay.verdict in honest, context
     else:
-        assert replay.verdict == REPRODUCED, context
+        assert replay.verdict in case.replay_ok, context  # REPRODUCED (numpy-only may be UNVERIFIED)
     if replay.verdict == REPRODUCED:
         assert outcome.results_equal, context
         # What a terminal finally shows, durations masked; byte-equal where nothing on stdout is timed.
