@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def main() -> None:
     """Run the configured target under a record or replay session and exit as it did."""
-    from detrun.launch import CHILD_CONFIG_VAR
+    from detrun.child_process import CHILD_CONFIG_VAR
 
     raw = os.environ.pop(CHILD_CONFIG_VAR, None)
     if raw is None:

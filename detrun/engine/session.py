@@ -7,7 +7,6 @@ divergence with the call site instead of silently accepting it.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import struct
 import sys
@@ -17,12 +16,13 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+from detrun.engine.child_segments import ChildSegments
 from detrun.engine.import_watch import ImportWatcher, initialising
+from detrun.engine.replay_end import ReplayEnd
 from detrun.engine.step_clock import StepClock
-from detrun.engine.verdict import Divergence, ReplayFacts, Verdict, decide, report
+from detrun.engine.verdict import Divergence, Verdict
 from detrun.runner import Outcome
 from detrun.trace import Trace, TraceWriter
-from detrun.trace.registry import STEP
 from detrun.trace.writer import publish
 
 # Captured before any source patches os.urandom: detrun's own seeds must never appear as the
@@ -88,7 +88,7 @@ def _detach_in_forked_child() -> None:
         _active.detach()
 
 
-class Session:
+class Session(ChildSegments, ReplayEnd):
     """Record or replay one process's events and produce the verdict."""
 
     def __init__(
@@ -378,71 +378,6 @@ class Session:
         self._failed_hooks.add("uninstalling hooks")  # stay quiet about the parent's hooks
         self.uninstall()
 
-    # ----------------------------------------------------------------- child processes
-
-    # The private directory (mode 0700) detrun's launcher made for this run's scratch files; set from
-    # detrun's own config, never from a trace. None outside the launcher: made on first use then.
-    scratch_dir: str | None = None
-
-    def scratch_path(self, name: str) -> str:
-        """Return a path in the private scratch directory for a child process's segment or report.
-
-        Never beside the trace: the program's own listings of its directory would see the file.
-        """
-        if self.scratch_dir is None:
-            # Named from the unhooked entropy: tempfile's own names would draw on the program's
-            # `random` and shift its recorded seeds (gettempdir() was cached before the hooks).
-            self.scratch_dir = os.path.join(tempfile.gettempdir(), f"detrun-{os.getpid()}-{_os_urandom(6).hex()}")
-            os.mkdir(self.scratch_dir, 0o700)
-        return os.path.join(self.scratch_dir, name)
-
-    def finish_child(self) -> None:
-        """Close a child process's session: its segment in record mode, its report in replay mode."""
-        self._run_stop_callbacks()
-        self.uninstall()
-        if self.recording:
-            assert self.writer is not None
-            partial = self.writer.path
-            self.writer.close()
-            os.replace(partial, partial.removesuffix(".partial"))
-            return
-        report_path = self.settings.get("report_path")
-        if report_path:
-            import json
-
-            if self.trace is not None and self.trace.complete:
-                for kind, message in self._unused_events():
-                    self.mismatch(kind, f"{self.role}: {message}")
-            with open(report_path, "w", encoding="utf-8") as report:
-                json.dump({"divergences": [dataclasses.asdict(d) for d in self.divergences + self.mismatches],
-                           "checks": self.checked, "hook_failures": self.hook_failures}, report)
-
-    def _merge_children(self) -> None:
-        """Fold finished child segments into the trace, or child divergences into the verdict."""
-        if self.recording and self.writer is not None:
-            finished = [p for p in self.segment_paths if os.path.exists(p)]
-            for unfinished in self.segment_paths:
-                if os.path.exists(unfinished + ".partial"):
-                    os.unlink(unfinished + ".partial")
-            if finished:
-                self.writer.append_segments(finished)
-            return
-        import json
-
-        for path in self.report_paths:
-            try:
-                with open(path, encoding="utf-8") as report:
-                    data = json.load(report)
-                for item in data["divergences"]:
-                    found = Divergence(**item)
-                    (self.mismatches if found.check == "event" else self.divergences).append(found)
-                for name, count in data["checks"].items():
-                    self.count_check(name, int(count))
-                self.hook_failures.extend(str(f) for f in data["hook_failures"])
-                os.unlink(path)
-            except (OSError, ValueError, TypeError, KeyError, AttributeError):
-                continue
-
     def _run_stop_callbacks(self) -> None:
         while self._on_stop:
             callback = self._on_stop.pop(0)
@@ -483,84 +418,6 @@ class Session:
             per_step = f" · {size / self.steps:.0f} B/step" if self.steps else ""
             print(f"detrun: recorded {self.steps} steps, {events} events → {final_path} "
                   f"({format_bytes(size)}{per_step}){status}", file=sys.stderr)
-
-    def _finish_replay(self, exit_status: int | None, interrupted: bool = False) -> Verdict:
-        assert self.trace is not None
-        if exit_status is not None and self.trace.complete and not interrupted:
-            self._check_leftovers(exit_status)
-        if exit_status is not None and self.trace.complete and self.trace.end is not None:
-            recorded_final = self.trace.end.get("final_digest")
-            if recorded_final is not None and self.last_digest is not None and recorded_final != self.last_digest:
-                self.diverge("step", f"the final step digest differs (recorded {recorded_final:08x}, "
-                                     f"got {self.last_digest:08x})", step=self.steps)
-        facts = self.facts()
-        verdict = decide(facts)
-        print(f"detrun: {verdict.line}", file=sys.stderr)
-        if self.report_json:
-            import json
-
-            try:
-                with open(self.report_json, "w", encoding="utf-8") as out:
-                    json.dump(report(facts, verdict), out, indent=2, default=str)
-            except OSError as exc:
-                print(f"detrun: warning: cannot write {self.report_json}: {exc}", file=sys.stderr)
-        if self.verbose:
-            for d in self.divergences:
-                print(f"detrun:   {d.check} check differs{f' at step {d.step}' if d.step else ''}: {d.message}",
-                      file=sys.stderr)
-            for d in self.mismatches:
-                print(f"detrun:   cause: {d.message}", file=sys.stderr)
-            for cause in self.causes:
-                print(f"detrun:   environment: {cause}", file=sys.stderr)
-        return verdict
-
-    def _check_leftovers(self, exit_status: int) -> None:
-        """Report recorded events the replay never asked for, and a changed exit status."""
-        assert self.trace is not None
-        for kind, message in self._unused_events():
-            if kind == "step":
-                self.diverge(kind, message, step=self.steps)  # fewer training steps is a state difference
-            else:
-                self.mismatch(kind, message)
-        recorded_status = self.trace.end.get("exit_status") if self.trace.end else None
-        if recorded_status is not None:
-            self.count_check("exit status")
-            if recorded_status != exit_status:
-                self.diverge("exit", f"exit status recorded {recorded_status}, got {exit_status}", check="output")
-
-    def _unused_events(self) -> list[tuple[str, str]]:
-        """Return (kind, message) for every kind whose recorded events the replay did not all use."""
-        assert self.trace is not None
-        unused = []
-        for kind, count in self.trace.counts.get(self.role, {}).items():
-            used = self._cursors.get(kind, 0)
-            if used >= count:
-                continue
-            if kind == STEP:
-                unused.append((kind, f"the replay made {used} optimizer steps, the recording {count}"))
-            else:
-                unused.append((kind, f"the recording has {count - used} more {kind} event(s) "
-                                     "that the replay never asked for"))
-        return unused
-
-    def facts(self) -> ReplayFacts:
-        """Return what this replay found, for the verdict and `--json`."""
-        assert self.trace is not None
-        end = self.trace.end or {}
-        recorded_failures = end.get("hook_failures")
-        failures = [f"while recording: {f}" for f in recorded_failures if isinstance(f, str)] \
-            if isinstance(recorded_failures, list) else []
-        return ReplayFacts(
-            divergences=list(self.divergences), mismatches=list(self.mismatches), causes=list(self.causes),
-            checks={name: count for name, count in self.checked.items() if count},
-            hook_failures=failures + self.hook_failures, unrecorded=list(self.unrecorded), steps=self.steps,
-            events_used=self._replayed, trace_complete=self.trace.complete,
-            trace_reason=str(end.get("reason", "incomplete")), final_digest=self.last_digest)
-
-    def verdict(self) -> str:
-        """Return the one-line verdict of a replay."""
-        return decide(self.facts()).line
-
 
 def float_bits(value: float | None) -> str:
     """Return a float and its IEEE-754 bits, for divergence messages."""

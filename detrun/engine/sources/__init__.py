@@ -39,6 +39,8 @@ def all_sources() -> list[Source]:
         torch_steps,
     )
 
+    from detrun.engine.sources.worker_set import worker_sources
+
     return [
         determinism_policy.PolicySource(),  # first: its flags must be in place before anything records them
         *worker_sources(),
@@ -56,17 +58,4 @@ def all_sources() -> list[Source]:
         tf_steps.TFStepVerifier(),
         # After the step verifiers: its digests at the end run after theirs are flushed.
         final_state.FinalStateSource(),
-    ]
-
-
-def worker_sources() -> list[Source]:
-    """Return the sources a DataLoader worker process records on its own."""
-    from detrun.engine.sources import listing_order, numpy_random, os_entropy, python_random, torch_random
-
-    return [
-        os_entropy.EntropySource(),
-        python_random.PyRandomSource(),
-        numpy_random.NumpySource(),
-        torch_random.TorchSource(),
-        listing_order.FsOrderSource(),
     ]

@@ -338,7 +338,7 @@ class _WorkerEntry:
 def _start_worker_session(config: dict[str, Any], role: str) -> Any:
     """Replace any inherited (forked) session by one for this worker, and install its sources."""
     from detrun.engine.session import Session, active_session
-    from detrun.engine.sources import worker_sources
+    from detrun.engine.sources.worker_set import worker_sources
     from detrun.trace import Trace, TraceWriter
 
     inherited = active_session()

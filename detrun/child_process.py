@@ -1,0 +1,191 @@
+"""The child interpreter as a process: its private scratch directory, its start, its death, and its exit status.
+
+The child is tied to its parent (PR_SET_PDEATHSIG, or a pipe it watches) so that killing detrun
+never leaves a script running that would later write a trace. Its exit status passes through as a
+shell sees it: 128+N for a signal that cannot be re-raised, the signal itself otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Any, Callable, Iterator, NoReturn
+
+
+
+CHILD_CONFIG_VAR = "DETRUN_CHILD_CONFIG"
+
+_PR_SET_PDEATHSIG = 1
+
+@contextlib.contextmanager
+def scratch_directory() -> Iterator[str]:
+    """Create this run's private scratch directory (mode 0700, a fresh random name in the temp dir).
+
+    The recording's temporary trace and the DataLoader workers' segments and reports live here, not
+    beside the output: a script that lists its own directory must not see them (it would record
+    them, and every replay would diverge), and no trace may choose where detrun writes. This process
+    holds a lock on it while it runs; the directory is removed at the end.
+    """
+    _sweep_stale_scratch()
+    path = tempfile.mkdtemp(prefix=f"detrun-{os.getpid()}-")
+    lock = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(lock)
+
+def _sweep_stale_scratch() -> None:
+    """Remove scratch directories a killed detrun left behind (`kill -9` leaves nobody to do it).
+
+    Only ours, only real directories, and only when both say the owner is gone: its pid does not
+    exist and its lock is free. The lock covers a pid from another pid namespace sharing /tmp; the
+    pid covers the instant between an owner's mkdtemp and its flock.
+    """
+    directory = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(directory) if re.fullmatch(r"detrun-[0-9]+-[A-Za-z0-9_]+", n)]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            os.kill(int(name.split("-")[1]), 0)
+            continue  # the owner lives
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError, OverflowError):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # locked: a live run in another pid namespace
+        finally:
+            os.close(fd)
+
+def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
+    """Run the child interpreter with the session config; return its exit status as a shell sees it."""
+    child_env = dict(os.environ)
+    for key, value in overrides.items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+    preexec = _die_with_parent_linux()
+    watch_fds: tuple[int, ...] = ()
+    keep_alive = -1
+    if preexec is None:
+        # No PR_SET_PDEATHSIG here: the child watches a pipe whose only writer is this process, and
+        # the kernel closes it whatever kills us.
+        watch, keep_alive = os.pipe()
+        watch_fds = (watch,)
+        config = {**config, "parent_pipe": watch}
+    config = {**config, "parent_pid": os.getpid()}
+    child_env[CHILD_CONFIG_VAR] = json.dumps(config)
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "detrun._child"], env=child_env, preexec_fn=preexec,
+                                   pass_fds=watch_fds)
+    finally:
+        for fd in watch_fds:
+            os.close(fd)
+
+    def forward(signum: int, _frame: Any) -> None:
+        process.send_signal(signum)
+
+    # Ctrl-C reaches the whole foreground process group, so the child already has it; the parent
+    # only has to outlive the child to finish the trace. kill/SIGTERM is aimed at us: pass it on.
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGHUP: signal.signal(signal.SIGHUP, forward)}
+    try:
+        status = process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if keep_alive >= 0:
+            os.close(keep_alive)
+    return status
+
+def _die_with_parent_linux() -> Callable[[], None] | None:
+    """Return a preexec_fn that makes the child get SIGKILL when this process dies (Linux), or None.
+
+    SIGKILL rather than SIGTERM: a training script that catches SIGTERM to checkpoint would live on,
+    and a `kill -9` of detrun must not leave a run that later writes a complete trace.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def preexec() -> None:
+        # Runs in the forked child before exec; the death signal survives exec. If the parent died
+        # between fork and prctl, nothing would ever send it: check and go now.
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+def signal_name(signum: int) -> str:
+    """Return a signal's name (SIGKILL), or its number for one Python has no name for."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+# Signals whose default action dumps core: re-raised in the parent only to report the child's death,
+# so the parent's own (useless) core dump is switched off first.
+_CORE_SIGNALS = {getattr(signal, name) for name in ("SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+                                                    "SIGSEGV", "SIGSYS", "SIGXCPU", "SIGXFSZ") if hasattr(signal, name)}
+
+def exit_like(status: int) -> NoReturn:
+    """Exit the parent as the child ended: its status, or death by the same signal.
+
+    A catchable signal is re-raised, so a caller's waitpid sees the same death; SIGKILL and SIGSTOP
+    cannot be re-raised without losing detrun's own exit, so those exit with 128+N, which is what a
+    shell reports for a process they killed.
+    """
+    if status >= 0:
+        sys.exit(status)
+    signum = -status
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if signum not in (signal.SIGKILL, signal.SIGSTOP):
+        try:
+            if signum in _CORE_SIGNALS:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+            signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+            os.kill(os.getpid(), signum)
+        except (OSError, ValueError):
+            pass  # a signal this process cannot take: fall through to 128+N
+    sys.exit(128 + signum)
+
+
+__all__ = ["CHILD_CONFIG_VAR", "exit_like", "run_child", "scratch_directory", "signal_name"]

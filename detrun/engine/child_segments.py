@@ -1,0 +1,102 @@
+"""Child processes' share of a session: where their segments and reports go, and how they are merged.
+
+DataLoader workers run sessions of their own. In record mode each writes a trace segment that the
+main session appends to the trace; in replay mode each writes a report of its checks that the main
+session folds into the verdict. Both live in a private scratch directory, never beside the trace.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any, Callable
+
+from detrun.engine.verdict import Divergence
+
+if TYPE_CHECKING:
+    from detrun.trace import Trace, TraceWriter
+
+# Captured at import, before any source patches os.urandom: the scratch directory's name must never
+# appear as the program's entropy.
+_os_urandom = os.urandom
+
+
+class ChildSegments:
+    """The part of the Session that deals with DataLoader worker processes (a mixin)."""
+
+    recording: bool
+    writer: TraceWriter | None
+    trace: Trace | None
+    settings: dict[str, Any]
+    role: str
+    divergences: list[Divergence]
+    mismatches: list[Divergence]
+    checked: dict[str, int]
+    hook_failures: list[str]
+    segment_paths: list[str]
+    report_paths: list[str]
+    _run_stop_callbacks: Callable[[], None]
+    uninstall: Callable[[], None]
+    mismatch: Callable[..., None]
+    count_check: Callable[..., None]
+    _unused_events: Callable[[], list[tuple[str, str]]]
+
+    # The private directory (mode 0700) detrun's launcher made for this run's scratch files; set from
+    # detrun's own config, never from a trace. None outside the launcher: made on first use then.
+    scratch_dir: str | None = None
+
+    def scratch_path(self, name: str) -> str:
+        """Return a path in the private scratch directory for a child process's segment or report.
+
+        Never beside the trace: the program's own listings of its directory would see the file.
+        """
+        if self.scratch_dir is None:
+            # Named from the unhooked entropy: tempfile's own names would draw on the program's
+            # `random` and shift its recorded seeds (gettempdir() was cached before the hooks).
+            self.scratch_dir = os.path.join(tempfile.gettempdir(), f"detrun-{os.getpid()}-{_os_urandom(6).hex()}")
+            os.mkdir(self.scratch_dir, 0o700)
+        return os.path.join(self.scratch_dir, name)
+
+    def finish_child(self) -> None:
+        """Close a child process's session: its segment in record mode, its report in replay mode."""
+        self._run_stop_callbacks()
+        self.uninstall()
+        if self.recording:
+            assert self.writer is not None
+            partial = self.writer.path
+            self.writer.close()
+            os.replace(partial, partial.removesuffix(".partial"))
+            return
+        report_path = self.settings.get("report_path")
+        if report_path:
+            if self.trace is not None and self.trace.complete:
+                for kind, message in self._unused_events():
+                    self.mismatch(kind, f"{self.role}: {message}")
+            with open(report_path, "w", encoding="utf-8") as report:
+                json.dump({"divergences": [dataclasses.asdict(d) for d in self.divergences + self.mismatches],
+                           "checks": self.checked, "hook_failures": self.hook_failures}, report)
+
+    def _merge_children(self) -> None:
+        """Fold finished child segments into the trace, or child divergences into the verdict."""
+        if self.recording and self.writer is not None:
+            finished = [p for p in self.segment_paths if os.path.exists(p)]
+            for unfinished in self.segment_paths:
+                if os.path.exists(unfinished + ".partial"):
+                    os.unlink(unfinished + ".partial")
+            if finished:
+                self.writer.append_segments(finished)
+            return
+        for path in self.report_paths:
+            try:
+                with open(path, encoding="utf-8") as report:
+                    data = json.load(report)
+                for item in data["divergences"]:
+                    found = Divergence(**item)
+                    (self.mismatches if found.check == "event" else self.divergences).append(found)
+                for name, count in data["checks"].items():
+                    self.count_check(name, int(count))
+                self.hook_failures.extend(str(f) for f in data["hook_failures"])
+                os.unlink(path)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                continue
