@@ -72,7 +72,7 @@ def test_changed_dataset_is_diverged_naming_epoch_and_batch(tmp_path: Path) -> N
     assert "first divergent batch: DataLoader #0 epoch 0, batch 0" in line, line
     assert "likely cause: DataLoader #0 epoch 0: the dataset has 159 samples, the recording 160" in line, line
     assert shorter.returncode == 3
-    verbose = detrun("replay", "-v", "trace.zst", cwd=root)
+    verbose = detrun("replay", "-v", "trace.zst", EXAMPLE, cwd=root)
     assert "cause: os.listdir('data') at train_dataloader.py" in verbose.stderr, verbose.stderr
     assert f"missing ['{files[0]}']" in verbose.stderr, verbose.stderr
 
@@ -80,7 +80,7 @@ def test_changed_dataset_is_diverged_naming_epoch_and_batch(tmp_path: Path) -> N
     different = detrun("replay", "trace.zst", EXAMPLE, cwd=root)
     line = verdict(different.stderr)
     assert line.startswith("detrun: DIVERGED") and "DataLoader #0 epoch 0, batch" in line, line
-    assert "added ['0_99999.txt']" in detrun("replay", "-v", "trace.zst", cwd=root).stderr
+    assert "added ['0_99999.txt']" in detrun("replay", "-v", "trace.zst", EXAMPLE, cwd=root).stderr
 
 
 def test_changed_augmentation_names_the_first_divergent_batch(tmp_path: Path) -> None:
