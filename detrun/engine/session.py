@@ -47,14 +47,15 @@ class RecordingEnded(SystemExit):
         super().__init__(0)
 
 
-def call_site() -> str:
-    """Return `file:line` of the nearest frame outside detrun and the standard library."""
+def call_site(also_skip: str = "") -> str:
+    """Return `file:line` of the nearest frame outside detrun, the standard library and `also_skip` (a directory)."""
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
         own = filename.startswith(_OWN_DIR)
         stdlib = filename.startswith(_STDLIB_DIR) and "site-packages" not in filename
-        if not (own or stdlib or filename.startswith("<frozen")):
+        skipped = bool(also_skip) and filename.startswith(also_skip)
+        if not (own or stdlib or skipped or filename.startswith("<frozen")):
             return f"{os.path.basename(filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
@@ -52,11 +51,8 @@ from detrun.trace.registry import (  # the kinds, their payload schemas and vers
 )
 
 if TYPE_CHECKING:
-    from detrun.engine.session import Session
+    from detrun.engine.session import Session, call_site
 
-
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the detrun package
-_STDLIB_DIR = sysconfig.get_paths()["stdlib"]
 
 class BackendsSource:
     """Record the backend flags at torch import and every change; pin and check them on replay."""
@@ -301,16 +297,8 @@ class BackendsSource:
                           f"{recorded_call} (recorded {when(step)}) not made by the replay")
 
     def _site(self) -> str:
-        """Return `file:line` of the nearest frame outside detrun, torch and the standard library."""
-        frame = sys._getframe(2)
-        while frame is not None:
-            filename = frame.f_code.co_filename
-            stdlib = filename.startswith(_STDLIB_DIR) and "site-packages" not in filename
-            if not (filename.startswith((_OWN_DIR, "<frozen")) or stdlib
-                    or (self._torch_dir and filename.startswith(self._torch_dir))):
-                return f"{os.path.basename(filename)}:{frame.f_lineno}"
-            frame = frame.f_back
-        return "<unknown>"
+        """Return `file:line` of the script's line that made the call (torch's own frames skipped)."""
+        return call_site(self._torch_dir)
 
 
 def _call(function: Callable[[], Any]) -> Any:
