@@ -28,6 +28,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
+from detrun.engine.session import call_site
 from detrun.engine.step_clock import Tick
 from detrun.env.diff import diff as diff_fingerprints
 from detrun.env.torch_facts import (
@@ -51,7 +52,7 @@ from detrun.trace.registry import (  # the kinds, their payload schemas and vers
 )
 
 if TYPE_CHECKING:
-    from detrun.engine.session import Session, call_site
+    from detrun.engine.session import Session
 
 
 class BackendsSource:

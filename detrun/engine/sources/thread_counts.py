@@ -22,6 +22,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
+from detrun.engine.session import call_site
 from detrun.engine.step_clock import Tick
 from detrun.env.torch_facts import when
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
@@ -30,7 +31,7 @@ from detrun.trace.registry import (  # the kinds, their payload schemas and vers
 )
 
 if TYPE_CHECKING:
-    from detrun.engine.session import Session, call_site
+    from detrun.engine.session import Session
 
 
 _SETTERS = (("set_num_threads", "torch.set_num_threads"),
