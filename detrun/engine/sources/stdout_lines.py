@@ -137,6 +137,7 @@ class StdoutSource:
         self._thread: threading.Thread | None = None
         self._lines = TerminalLines()
         self._done = threading.Event()
+        self._pid = os.getpid()
 
     def install(self, session: Session) -> None:
         if self._session is not None:
@@ -146,6 +147,7 @@ class StdoutSource:
         except OSError:
             return  # no stdout at all: nothing to tee or compare
         self._session = session
+        self._pid = os.getpid()
         sys.stdout.flush()
         self._saved_fd = os.dup(1)
         if os.isatty(1):
@@ -189,6 +191,13 @@ class StdoutSource:
     def _restore(self) -> None:
         """Put the real stdout back on file descriptor 1 (idempotent)."""
         if self._saved_fd is None or self._thread is None:
+            return
+        if os.getpid() != self._pid:
+            # A forked child (a DataLoader worker): the pump thread stayed in the parent, and the
+            # child's copy of Python's buffer is the parent's; give the child the real stdout, as
+            # without detrun, and neither flush nor wait.
+            os.dup2(self._saved_fd, 1)
+            self._saved_fd = None
             return
         try:
             sys.stdout.flush()
