@@ -76,9 +76,19 @@ def likely_cause(facts: ReplayFacts, first: Divergence | None = None) -> str | N
     return facts.causes[0] if facts.causes else None
 
 
+# How each check reads in the verdict line: (one, many).
+_CHECK_WORDS = {"losses": ("backward() loss", "backward() losses"), "stdout lines": ("stdout line", "stdout lines"),
+                "final state": ("final state", "final states"), "exit status": ("exit status", "exit statuses"),
+                "batches": ("batch", "batches")}
+
+
 def _checks_text(facts: ReplayFacts) -> str:
+    """Return '200 steps, 1 backward() loss, 2 stdout lines, ...' for the checks that were made."""
     parts = [f"{facts.steps} steps"] if facts.checks.get("steps") else []
-    parts += [f"{count} {name}" for name, count in facts.checks.items() if count and name != "steps"]
+    for name, count in facts.checks.items():
+        if count and name != "steps":
+            one, many = _CHECK_WORDS.get(name, (name, name))
+            parts.append(f"{count} {one if count == 1 else many}")
     return ", ".join(parts)
 
 
