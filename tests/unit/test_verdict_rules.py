@@ -86,6 +86,8 @@ def test_the_mask_keeps_values_and_hides_durations_rates_and_addresses() -> None
     assert mask_line("<Model object at 0x7f3a12345678> 2026-11-30 13:45:28") == "<Model object at …> …"
     assert mask_line("3 steps, lr 1e-3") == "3 steps, lr 1e-3"
     assert mask_line("{'train_runtime': '0.2267', 'epoch': 1.0}") == "{'train_runtime': …, 'epoch': 1.0}"
+    assert mask_line("loop_seconds 3.012345, elapsed 2.5") == "loop_seconds …, elapsed …"
+    assert mask_line("step 12 loss 0.5 acc 0.9") == "step 12 loss 0.5 acc 0.9"
     assert mask_line("Epoch 2: 100%|##| 8/8 [loss=0.31, v_num=1]") == "Epoch 2: 100%|##| 8/8 [loss=0.31, v_num=…]"
 
 

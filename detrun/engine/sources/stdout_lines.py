@@ -40,7 +40,7 @@ MASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("clock time", re.compile(r"\b\d{1,3}(:\d{2}){1,2}(\.\d+)?\b")),
     # The value may be quoted: transformers logs {'train_runtime': '0.2267', ...}.
     ("timing key", re.compile(r"(?i)(['\"]?\w*(runtime|per_second|_per_sec|elapsed|duration|_time|time_|seconds|"
-                              r"throughput|speed|ms_per|it_s)\w*['\"]?\s*[:=]\s*)['\"]?[-+]?[\d.]+(e[-+]?\d+)?['\"]?")),
+                              r"throughput|speed|ms_per|it_s)\w*['\"]?(\s*[:=]\s*|\s+))['\"]?[-+]?[\d.]+(e[-+]?\d+)?['\"]?")),
     # Lightning's progress bar shows its logger's version, which counts the runs already in the directory.
     ("logger version", re.compile(r"(v_num\s*[:=]\s*)['\"]?[\w.]+['\"]?")),
     ("rate", re.compile(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?\s?(it|its|s|step|steps|sample|samples|batch|batches|"
