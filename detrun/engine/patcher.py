@@ -82,3 +82,50 @@ class ImportTimeSource:
     def uninstall(self) -> None:
         self._installed = False
         self.patcher.undo()
+
+
+class TorchStepSource:
+    """Base for a source that hooks torch when the script imports it, acts at step ends, and finishes at the end.
+
+    Subclasses implement `_hook(torch)` (which calls `_subscribe()` for the clock's "flags" phase),
+    `_on_tick(tick)` and `_finish()`; install is idempotent, and uninstall unsubscribes and undoes
+    every patch.
+    """
+
+    def __init__(self) -> None:
+        self._patcher = Patcher()
+        self._installed = False
+        self._session: Any = None
+        self._torch: Any = None
+        self._torch_dir = ""
+        self._subscribed = False
+
+    def install(self, session: Any) -> None:
+        if self._installed:
+            return
+        self._installed = True
+        self._session = session
+        session.when_imported("torch", self._hook)
+        session.on_stop(self._finish)
+
+    def uninstall(self) -> None:
+        self._installed = False
+        if self._subscribed and self._session is not None:
+            self._session.clock.unsubscribe(self._on_tick)
+        self._subscribed = False
+        self._patcher.undo()
+        self._session = None
+
+    def _subscribe(self, what: str) -> None:
+        """Call `_on_tick` at the end of every step, in the clock's "flags" phase."""
+        self._session.clock.subscribe("flags", self._on_tick, what)
+        self._subscribed = True
+
+    def _hook(self, torch: Any) -> None:
+        raise NotImplementedError
+
+    def _on_tick(self, tick: Any) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError

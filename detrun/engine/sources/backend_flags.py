@@ -27,7 +27,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from detrun.engine.patcher import Patcher
+from detrun.engine.patcher import TorchStepSource
 from detrun.engine.session import call_site
 from detrun.engine.step_clock import Tick
 from detrun.env.diff import diff as diff_fingerprints
@@ -55,42 +55,22 @@ if TYPE_CHECKING:
     from detrun.engine.session import Session
 
 
-class BackendsSource:
+class BackendsSource(TorchStepSource):
     """Record the backend flags at torch import and every change; pin and check them on replay."""
 
     def __init__(self) -> None:
-        self._patcher = Patcher()
-        self._installed = False
+        super().__init__()
         self._session: Session | None = None
-        self._torch: Any = None
-        self._torch_dir = ""
         self._flags: list[Flag] = []
         self._state: dict[str, Any] = {}
         self._busy = False
-        self._subscribed = False
         self._cuda_checked = False
         # replay
         self._queue: list[Any] = []
         self._next = 0
         self._early = False
 
-    # ------------------------------------------------------------ install / uninstall
-
-    def install(self, session: Session) -> None:
-        if self._installed:
-            return
-        self._installed = True
-        self._session = session
-        session.when_imported("torch", self._hook)
-        session.on_stop(self._finish)
-
-    def uninstall(self) -> None:
-        self._installed = False
-        if self._subscribed and self._session is not None:
-            self._session.clock.unsubscribe(self._on_tick)
-        self._subscribed = False
-        self._patcher.undo()
-        self._session = None
+    # ------------------------------------------------------------ hooks (install and uninstall: TorchStepSource)
 
     def _hook(self, torch: Any) -> None:
         session = self._session
@@ -116,8 +96,7 @@ class BackendsSource:
             if isinstance(recorded_build, dict):
                 _note_differences(session, "torch", recorded_build, build)
         self._patch_setters(torch, originals)
-        session.clock.subscribe("flags", self._on_tick, "the backend flags step hook")
-        self._subscribed = True
+        self._subscribe("the backend flags step hook")
 
     def _patch_setters(self, torch: Any, originals: dict[str, Any]) -> None:
         wrapped = {}

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
-from detrun.engine.patcher import Patcher
+from detrun.engine.patcher import TorchStepSource
 from detrun.engine.session import call_site
 from detrun.engine.step_clock import Tick
 from detrun.env.torch_facts import when
@@ -38,37 +38,17 @@ _SETTERS = (("set_num_threads", "torch.set_num_threads"),
             ("set_num_interop_threads", "torch.set_num_interop_threads"))
 
 
-class ThreadsSource:
+class ThreadsSource(TorchStepSource):
     """Record torch's pool sizes at import (pinned on replay) and every call that changes them."""
 
     def __init__(self) -> None:
-        self._patcher = Patcher()
-        self._installed = False
+        super().__init__()
         self._session: Session | None = None
-        self._torch: Any = None
-        self._torch_dir = ""
-        self._subscribed = False
         # replay: the counts the recording had at this point, and the next recorded call
         self._threads: list[int] | None = None
         self._next = 0
 
-    # ------------------------------------------------------------ install / uninstall
-
-    def install(self, session: Session) -> None:
-        if self._installed:
-            return
-        self._installed = True
-        self._session = session
-        session.when_imported("torch", self._hook)
-        session.on_stop(self._finish)
-
-    def uninstall(self) -> None:
-        self._installed = False
-        if self._subscribed and self._session is not None:
-            self._session.clock.unsubscribe(self._on_tick)
-        self._subscribed = False
-        self._patcher.undo()
-        self._session = None
+    # ------------------------------------------------------------ hooks (install and uninstall: TorchStepSource)
 
     def _hook(self, torch: Any) -> None:
         session = self._session
@@ -85,8 +65,7 @@ class ThreadsSource:
             original = getattr(torch, name, None)
             if original is not None:
                 self._patcher.setattr(torch, name, self._wrap(original, api))
-        session.clock.subscribe("flags", self._on_tick, "the thread count step hook")
-        self._subscribed = True
+        self._subscribe("the thread count step hook")
 
     def _pin_at_import(self, session: Session, torch: Any) -> None:
         """Record the pool sizes torch chose; on replay set the recorded ones."""
