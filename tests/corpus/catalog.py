@@ -339,15 +339,19 @@ def run_case(case: Case, base: Path | None = None, *, log: object = None) -> Out
             log(f"  {case.name} {what}: exit {run.returncode}, {run.seconds:.1f} s, {run.verdict_line or ''}")
 
     python, detrun = [sys.executable, str(case.path)], detrun_command()
+    # torch.compile's on-disk cache: the recording starts cold and the replays find it warm, as a
+    # user's first recording and later replays do (a cold and a warm cache take other code paths).
+    compiler_cache = {"TORCHINDUCTOR_CACHE_DIR": str(root / "compiler-cache")}
     for i in (1, 2):
         cwd = root / f"plain{i}"
         cwd.mkdir()
-        outcome.plain.append(run_process(python, cwd, timeout=case.timeout, interrupt_on=case.interrupt_on))
+        outcome.plain.append(run_process(python, cwd, timeout=case.timeout, interrupt_on=case.interrupt_on,
+                                         env={"TORCHINDUCTOR_CACHE_DIR": str(root / "compiler-cache-plain")}))
         note(f"plain {i}", outcome.plain[-1])
     record_dir = root / "record"
     record_dir.mkdir()
     outcome.record = run_process([*detrun, "record", "-q", str(case.path)], record_dir, timeout=case.timeout,
-                                 interrupt_on=case.interrupt_on)
+                                 interrupt_on=case.interrupt_on, env=compiler_cache)
     note("record", outcome.record)
     trace = record_dir / "trace.zst"
     if not trace.exists():
@@ -365,10 +369,10 @@ def run_case(case: Case, base: Path | None = None, *, log: object = None) -> Out
 
     # The user pressed Ctrl-C during the recording only: replay must stop where the recording did.
     outcome.replay = run_process([*detrun, "replay", "trace.zst", str(case.path)], replay_dir("replay"),
-                                 timeout=case.timeout)
+                                 timeout=case.timeout, env=compiler_cache)
     note("replay", outcome.replay)
     outcome.perturbed = run_process([*detrun, "replay", "trace.zst", str(case.path)], replay_dir("perturbed"),
-                                    env={PERTURB_ENV: str(case.perturb_step)}, timeout=case.timeout)
+                                    env={PERTURB_ENV: str(case.perturb_step), **compiler_cache}, timeout=case.timeout)
     note("perturbed", outcome.perturbed)
     judge(outcome)
     shutil.rmtree(root, ignore_errors=True)

@@ -28,6 +28,7 @@ import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Callable
 
+from detrun.engine.compiler_frames import inside_compiler
 from detrun.engine.digests import fold, tensor_word_sum
 from detrun.engine.patcher import Patcher
 from detrun.trace.registry import FINAL_STATE as KIND  # the kind, its payload schema and version
@@ -86,7 +87,9 @@ class FinalStateSource:
         # initialisers every subclass reaches through super().__init__().
         def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:
             original(obj, *args, **kwargs)
-            if source._active:
+            # A compiler's helper modules depend on its cache (cold: built; warm: loaded), not on
+            # the program, and hold no trained state of their own.
+            if source._active and not inside_compiler(skip=1):
                 try:
                     source._register(obj, what, holdings(obj))
                 except Exception as exc:  # noqa: BLE001 - never change what the program does

@@ -13,7 +13,8 @@ mismatch at all. Which directories those are is known only at the end (a run may
 before writing into it), so a replay holds listing differences back until then, and drops those
 of directories that the recording or the replay created or wrote into. Writes are seen through
 Python's audit hook (`open` for writing, `os.mkdir`, `os.rename`, `os.remove`, ...); an audit hook
-cannot be removed, so it does nothing once the session is over.
+cannot be removed, so it does nothing once the session is over. A JIT compiler's listings of its
+own cache (see compiler_frames.py) are neither recorded nor compared.
 
     `fs.listing` — [site, [names in order]]
     `fs.written` — [directories the run created or wrote into] (at the end of the run)
@@ -26,6 +27,7 @@ import sysconfig
 from typing import TYPE_CHECKING, Any, Iterator
 
 from detrun.engine.patcher import Patcher
+from detrun.engine.compiler_frames import called_by_compiler
 from detrun.engine.session import call_site
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
     FS_LISTING as KIND,
@@ -183,7 +185,7 @@ class FsOrderSource:
         # Mirrors os.listdir(path='.') (CPython 3.10-3.13).
         def listdir(path: Any = None) -> list[Any]:
             names = original_listdir() if path is None else original_listdir(path)
-            if _from_plumbing() or _ignored(path):
+            if _from_plumbing() or _ignored(path) or called_by_compiler(skip=1):
                 return names
             try:
                 chosen = order(f"os.listdir({os.fspath(path) if path is not None else '.'!r})", path, names)
@@ -198,7 +200,7 @@ class FsOrderSource:
         # Mirrors os.scandir(path='.') (CPython 3.10-3.13).
         def scandir(path: Any = None) -> Any:
             iterator = original_scandir() if path is None else original_scandir(path)
-            if _from_plumbing() or isinstance(path, int) or _ignored(path):
+            if _from_plumbing() or isinstance(path, int) or _ignored(path) or called_by_compiler(skip=1):
                 return iterator
             try:
                 entries = list(iterator)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from detrun.engine.compiler_frames import inside_compiler
 from detrun.engine.patcher import Patcher
 from detrun.trace.registry import PY_SEED as KIND  # the kind, its payload schema and version
 
@@ -27,6 +28,10 @@ class PyRandomSource:
         # Mirrors random.Random.seed (CPython 3.10-3.13): `Random(x)` and the module-level
         # `random.seed` both end here, and SystemRandom overrides seed, so it never does.
         def seed(self: random.Random, a: Any = None, version: int = 2) -> None:
+            if inside_compiler(skip=1):
+                # A compiler's private generators name temporary files; whether they are made at
+                # all depends on its cache, so they are left to the OS.
+                return original_seed(self, a, version)
             value = a
             try:
                 if a is None:
