@@ -50,14 +50,6 @@ class CallSite:
     line: int
     function: str
 
-    def display(self, cwd: str | None = None) -> str:
-        """Return `file:line in function`, the file relative to cwd when it lies below it."""
-        cwd = cwd or os.getcwd()
-        path = self.file
-        if path.startswith(cwd + os.sep):
-            path = os.path.relpath(path, cwd)
-        return f"{path}:{self.line} in {self.function}"
-
     def short(self, cwd: str, base: str | None = None) -> str:
         """Return `file:line`, the file relative to cwd, else to base (the script's folder), else its name."""
         path = self.file
