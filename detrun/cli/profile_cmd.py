@@ -62,7 +62,7 @@ status before the step limit, that status is passed through.
                    "TensorFlow scripts).")
 @click.option("--fail-on", type=click.Choice(["nondeterministic"]), default=None,
               help="Exit with code 4 if an op that is nondeterministic on CUDA (or measured "
-                   "nondeterministic here) has no detrun patch.")
+                   "nondeterministic here) has no detrun patch: the rows whose fix is 'none'.")
 @click.option("--no-empirical", is_flag=True,
               help="Skip re-running each op signature twice to compare bits (faster; "
                    "finds only what the knowledge base knows).")

@@ -22,6 +22,25 @@ UNKNOWN = 0  # nothing known and nothing measured
 SEVERITY_NAMES = {RAISES: "raises", NONDETERMINISTIC: "nondeterministic", MEASURED: "measured",
                   KNOWN_DETERMINISTIC: "deterministic", UNKNOWN: "ok"}
 
+# What the table says of an op's bits on the reported device, worst first. "changes bits" needs a
+# measurement that saw different bits (the H100 table, or this run's re-run check); "may change"
+# is a documented claim nobody saw happen (torch docs with the H100 seeing one result, TensorFlow
+# sources); "deterministic" is the knowledge base's word; "not known": no entry, nothing measured.
+CHANGES_BITS = "changes bits"
+MAY_CHANGE = "may change"
+DETERMINISTIC = "deterministic"
+NOT_KNOWN = "not known"
+VERDICTS = (CHANGES_BITS, MAY_CHANGE, DETERMINISTIC, NOT_KNOWN)
+
+# What makes such an op exact under `detrun record`, worst first: nothing, not established, the
+# framework's deterministic mode (which record turns on), a detrun patch; "-" when nothing needs to.
+NO_FIX = "none"
+FIX_UNKNOWN = "unknown"
+DET_MODE = "det mode"
+PATCH = "patch"
+NO_NEED = "-"
+FIXES = (NO_FIX, FIX_UNKNOWN, DET_MODE, PATCH, NO_NEED)
+
 
 @dataclasses.dataclass(frozen=True)
 class CallSite:
@@ -31,13 +50,13 @@ class CallSite:
     line: int
     function: str
 
-    def display(self, cwd: str | None = None) -> str:
-        """Return `file:line in function`, the file relative to cwd when it lies below it."""
-        cwd = cwd or os.getcwd()
+    def short(self, cwd: str, base: str | None = None) -> str:
+        """Return `file:line`, the file relative to cwd, else to base (the script's folder), else its name."""
         path = self.file
-        if path.startswith(cwd + os.sep):
-            path = os.path.relpath(path, cwd)
-        return f"{path}:{self.line} in {self.function}"
+        for root in (cwd, base):
+            if root and path.startswith(root.rstrip(os.sep) + os.sep):
+                return f"{os.path.relpath(path, root)}:{self.line}"
+        return f"{os.path.basename(path) if os.path.isabs(path) else path}:{self.line}"
 
     def to_json(self) -> dict[str, object]:
         """Return the JSON object for this site."""
@@ -206,21 +225,30 @@ class Finding:
         first = verdicts[0]
         return f"{first.status}: {first.reason}" if first.reason else first.status
 
-    def status_text(self) -> str:
-        """Describe the knowledge base's claim, with its evidence, for the table."""
+    @property
+    def verdict(self) -> str:
+        """Return the table's word for the op's bits on the reported device (one of VERDICTS)."""
         rule = self.rule
-        if rule is None:
-            return "not in knowledge base"
-        word = "nondeterministic" if rule.nondeterministic else "deterministic"
-        evidence = []
-        if rule.framework != "torch":
-            evidence += rule.source
-        elif "docs" in rule.source:
-            evidence.append("docs")
-        if rule.measured_h100:
-            m = rule.measured_h100
-            evidence.append(f"H100 {m.get('default')}/{m.get('runs')} distinct")
-        return f"{word} ({', '.join(evidence)})" if evidence else word
+        if self.record.measured_nondeterministic:
+            return CHANGES_BITS
+        if rule is not None and rule.nondeterministic:
+            seen = rule.measured_h100.get("default") if rule.measured_h100 and rule.device == "cuda" else None
+            return CHANGES_BITS if isinstance(seen, int) and seen > 1 else MAY_CHANGE
+        return NOT_KNOWN if rule is None else DETERMINISTIC
+
+    @property
+    def fix(self) -> str:
+        """Return what makes the op exact under detrun (one of FIXES); NO_FIX exactly when --fail-on counts it."""
+        if self.verdict in (DETERMINISTIC, NOT_KNOWN):
+            return NO_NEED
+        if self.patch is not None:
+            return PATCH
+        rule = self.rule
+        if self.record.measured_nondeterministic or rule is None:
+            return NO_FIX
+        if rule.raises_in_det_mode or rule.det_mode_fixes is False:
+            return NO_FIX
+        return DET_MODE if rule.det_mode_fixes else FIX_UNKNOWN
 
     def det_mode_text(self) -> str:
         """Describe what deterministic mode does to the op, for the table."""
@@ -261,6 +289,8 @@ class Finding:
             "kb": None if rule is None else rule.to_json(),
             "kernels": list(record.kernels),
             "severity": SEVERITY_NAMES[self.severity],
+            "verdict": self.verdict,
+            "fix": self.fix,
             **record.extra_json(),
         }
 

@@ -122,11 +122,8 @@ def run_profile(options: ProfileOptions, stream: TextIO | None = None) -> Profil
         warn(f"the profiler's hook failed; the script runs on unaffected: {message}")
 
     if not options.quiet:
-        limit = f"stops after {options.steps} optimizer steps" if options.steps else "runs to the end"
-        judged = ("predicting CUDA behaviour" if options.device == "cuda"
-                  else "judging each op on the device it runs on")
-        checks = "empirical check on" if options.empirical else "empirical check off"
-        say(stream, f"profiling {options.target.display}: {limit}; {judged}; {checks}")
+        report.announce(stream, report.TORCH, options.target.display, options.steps, options.device,
+                        options.empirical)
 
     capture = OpCapture(kb, kb_device="cuda" if options.device == "cuda" else None,
                         run_empirical=options.empirical, keep_kernel_probes=True,
@@ -146,12 +143,6 @@ def run_profile(options: ProfileOptions, stream: TextIO | None = None) -> Profil
     capture.enabled = False
     stopped = isinstance(outcome.system_exit, StepLimitReached)
 
-    if not options.quiet:
-        if stopped:
-            say(stream, f"stopped after {counter.steps} optimizer steps ({elapsed:.1f} s)")
-        else:
-            say(stream, f"script ended with status {outcome.exit_status} after {counter.steps} optimizer "
-                        f"steps ({elapsed:.1f} s)")
     records = list(capture.records.values())
     # Only now touch CUDA: initialising it before the script could change what the script sees
     # (CUDA_VISIBLE_DEVICES or CUBLAS_WORKSPACE_CONFIG set by the script itself, for instance).
@@ -176,6 +167,7 @@ def run_profile(options: ProfileOptions, stream: TextIO | None = None) -> Profil
         hook_errors=list(capture.hook_errors),
         torch_version=torch.__version__,
         gpu=gpu,
+        seconds=elapsed,
     )
     result_report.fail_on_triggered = (options.fail_on == "nondeterministic"
                                        and result_report.fail_on_nondeterministic)

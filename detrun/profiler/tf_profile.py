@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from typing import Any, TextIO
 
@@ -92,9 +93,11 @@ def capture_runs(target: Target, steps: int, stdout: TextIO | int | None = None)
     if first.get("determinism_error"):
         # The first op without a deterministic implementation ended that run; capture the rest
         # with determinism off, which is how the script runs without detrun.
+        from detrun.profiler.report import say
+
         ops = ", ".join(item["op"] for item in first["raised"])
-        print(f"detrun: {ops} refused op determinism; running the script again without it to list "
-              "the ops after it", file=sys.stderr)
+        say(sys.stderr, f"{ops} refused op determinism; running the script again without it to list "
+                        "the ops after it")
         runs.append(_run_worker(target, steps, determinism=False, stdout=stdout))
     return runs
 
@@ -201,7 +204,11 @@ def run_tensorflow_profile(options: ProfileOptions, stream: TextIO | None = None
     except KnowledgeBaseError as exc:
         raise DetrunError(str(exc)) from None
 
+    if not options.quiet:
+        report.announce(stream, report.TENSORFLOW, options.target.display, options.steps, options.device)
+    started = time.perf_counter()
     runs = capture_runs(options.target, options.steps)
+    elapsed = time.perf_counter() - started
     last = runs[-1]
     records = merge_runs(runs, kb, "cuda" if options.device == "cuda" else None)
     stopped = bool(last.get("stopped_by_limit"))
@@ -221,6 +228,7 @@ def run_tensorflow_profile(options: ProfileOptions, stream: TextIO | None = None
         gpu=next((run["gpu"] for run in runs if run.get("gpu")), None),
         framework=report.TENSORFLOW,
         framework_version=version,
+        seconds=elapsed,
     )
     result.fail_on_triggered = options.fail_on == "nondeterministic" and result.fail_on_nondeterministic
     report.publish(result, stream, quiet=options.quiet, show_all=options.show_all, cwd=start_dir,

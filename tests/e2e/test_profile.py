@@ -21,6 +21,7 @@ from detrun.profiler import empirical  # noqa: E402
 from detrun.profiler.capture import OpCapture  # noqa: E402
 from detrun.profiler.kb import KnowledgeBase, parse_version, version_matches  # noqa: E402
 from support.profile_schema import documented_schema, validate  # noqa: E402
+from support.profile_text import assert_summary_matches_rows, messages  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "profile_ops.py"
@@ -80,7 +81,8 @@ def write_script(tmp_path: Path, name: str, body: str) -> Path:
 @pytest.fixture(scope="module")
 def example_profile(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict]:
     out = tmp_path_factory.mktemp("example") / "profile.json"
-    result = run_cli("profile", "--steps", "3", "--json", str(out), str(EXAMPLE))
+    # As a new user runs it: from the repository, the script's relative path, an 80-column terminal.
+    result = run_cli("profile", "--steps", "3", "--json", str(out), "examples/profile_ops.py", env={"COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
     return result, json.loads(out.read_text())
 
@@ -119,16 +121,37 @@ def test_example_table_on_stderr_and_script_stdout_untouched(example_profile):
     result, data = example_profile
     assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if line.startswith("step ")]
     assert "step 0 loss" in result.stdout
-    for line in result.stderr.splitlines():  # rich table rows aside, every line is ours and prefixed
-        assert line.startswith(("detrun:", "┏", "┃", "┡", "│", "└", "├")), line
     assert "_adaptive_avg_pool2d_backward" in result.stderr
-    assert "profile_ops.py:" in result.stderr
+    assert "examples/profile_ops.py:" in result.stderr and str(REPO) not in result.stderr  # relative sites
     assert "predicted" in result.stderr  # labelled as CUDA predictions on a CPU run
     assert data["ran_on"] == ["cpu"] and data["reported_device"] == "cuda"
     # sorted by severity: the first rows are the worst
     order = ["raises", "nondeterministic", "measured", "deterministic", "ok"]
     ranks = [order.index(op["severity"]) for op in data["ops"]]
     assert ranks == sorted(ranks)
+
+
+def test_example_table_fits_80_columns_and_the_summary_counts_its_rows(example_profile):
+    result, data = example_profile
+    lines = result.stderr.splitlines()
+    too_wide = [line for line in lines if len(line) > 80]
+    assert not too_wide, "\n".join(too_wide)
+    rows = assert_summary_matches_rows(result.stderr)
+    # The rows are the ops of the JSON that are not "not known", each named whole on its row.
+    listed = [op for op in data["ops"] if op["verdict"] != "not known"]
+    assert sorted((r["op"], r["verdict"], r["fix"]) for r in rows) == sorted(
+        (op["op"], op["verdict"], op["fix"]) for op in listed)
+    assert set(EXAMPLE_EXPECTATIONS) <= {r["op"] for r in rows}
+    # The words follow the evidence: the H100 saw 6 distinct results, or one (docs only: "may change").
+    words = {r["op"]: (r["verdict"], r["fix"]) for r in rows}
+    assert words["aten::index_add_"] == ("changes bits", "det mode")
+    assert words["aten::_adaptive_avg_pool2d_backward"] == ("may change", "patch")
+    assert words["aten::embedding_dense_backward"] == ("deterministic", "-")
+    said = messages(result.stderr)
+    assert "stopped after 3 optimizer steps" in said[1], said
+    assert said[-1].startswith("wrote ") and said[-1].endswith("profile.json"), said
+    note = next(line for line in lines if line.startswith("1. "))
+    assert note.startswith(f"1. {rows[0]['op']} at examples/profile_ops.py:")
 
 
 def test_example_json_matches_documented_schema(example_profile):

@@ -2,21 +2,37 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import SCRIPTS, detrun
 from support.profile_schema import documented_schema, validate
+from support.profile_text import assert_summary_matches_rows, messages
 
 pytest.importorskip("tensorflow")
+
+# TensorFlow's C++ logging, which its child process writes to stderr whatever detrun does.
+_TF_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d)")
 
 
 def test_detrun_profile_on_a_tensorflow_script(tmp_path: Path) -> None:
     script = SCRIPTS / "tf_flagged_ops.py"
-    result = detrun("profile", "--json", str(tmp_path / "p.json"), str(script), cwd=tmp_path)
+    result = detrun("profile", "--json", "p.json", str(script), cwd=tmp_path, env={"COLUMNS": "80"})
     assert result.returncode == 0, result.stderr
-    assert "distinct TensorFlow ops; can change bits on GPU (predicted): 2;" in result.stderr, result.stderr
+    # The shared renderer: 80 columns (TensorFlow's own log lines aside), rows counted by the summary,
+    # how the script ended and where the JSON went.
+    ours = [line for line in result.stderr.splitlines() if not _TF_LOG.match(line)]
+    assert not [line for line in ours if len(line) > 80], "\n".join(ours)
+    rows = assert_summary_matches_rows(result.stderr)
+    assert [(r["op"], r["verdict"], r["fix"]) for r in rows] == [
+        ("UnsortedSegmentSum", "may change", "det mode"), ("ResizeBilinearGrad", "may change", "det mode")]
+    said = messages(result.stderr)
+    assert "2 TensorFlow ops judged on GPU (predicted): 2 may change; fix: 2 det mode, 0 none" in said, said
+    assert "script ended with status 0 after 3 training steps" in " ".join(said), said  # 3 steps < --steps 5
+    assert said[-1] == "wrote p.json"
+    assert "tf_flagged_ops.py:18 in step" in result.stderr  # relative to the script's folder (cwd is elsewhere)
     document = json.loads((tmp_path / "p.json").read_text())
     validate(document, documented_schema())
     assert document["framework"] == "tensorflow" and document["schema_version"] == 1
@@ -40,7 +56,7 @@ def test_fail_on_an_op_that_raises_under_op_determinism_exits_4(tmp_path: Path) 
                     str(SCRIPTS / "tf_raises_under_determinism.py"), cwd=tmp_path)
     assert result.returncode == 4, result.stderr
     assert ("--fail-on nondeterministic: 1 ops still change bits or raise under op determinism; exiting with "
-            "status 4") in result.stderr
+            "status 4") in messages(result.stderr)
     document = json.loads((tmp_path / "p.json").read_text())
     validate(document, documented_schema())
     timestamp = document["ops"][0]
