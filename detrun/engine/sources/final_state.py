@@ -9,7 +9,8 @@ unchecked, so this source digests the training state itself:
   state) are digested when it is garbage-collected — a model local to `main()` dies before the
   script ends — or at exit if it is still alive. The finalizer holds the module's `_parameters` and
   `_buffers` dicts, never the module, so nothing lives longer than it would without detrun;
-- weights (leaf tensors that require grad) and numpy arrays held in `__main__`'s globals, by name;
+- weights (leaf tensors that require grad) and numpy arrays held in `__main__`'s globals, by name
+  (not for an in-process block: there `__main__` is the notebook's or the test runner's);
 - the global RNG states of Python's `random`, numpy and torch.
 
 Items are keyed by construction order, which a reproduced run repeats exactly, so the order in
@@ -215,6 +216,10 @@ class FinalStateSource:
 
     def _globals(self) -> list[list[Any]]:
         """Return items for the weights (leaf tensors that require grad) and numpy arrays in __main__'s globals."""
+        if self._session is not None and self._session.settings.get("in_process"):
+            # In-process, __main__ is the notebook's or pytest's: its globals change between a
+            # recording and its replay for reasons that are not the training's.
+            return []
         main = sys.modules.get("__main__")
         numpy = sys.modules.get("numpy")
         torch = self._torch
