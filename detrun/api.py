@@ -90,7 +90,7 @@ class ReplayResult:
     line: str = ""  # the one-line verdict, as `detrun replay` prints it
     reason: str = ""  # why it is not REPRODUCED: the first divergence and its likely cause, or what was missing
     step: int | None = None  # the optimizer step of the first divergence, when it has one
-    divergences: list[str] = dataclasses.field(default_factory=list)  # every state/output check that differed
+    divergences: list[str] = dataclasses.field(default_factory=list)  # every state/output check that differed, in order
     causes: list[str] = dataclasses.field(default_factory=list)  # what may explain them, most likely first
     checks: dict[str, int] = dataclasses.field(default_factory=dict)  # check name -> how many were made
     _verdict: str | None = None
@@ -117,13 +117,16 @@ class ReplayResult:
     def _fill(self, verdict: Verdict, session: Session) -> None:
         facts = session.facts()
         self._verdict = verdict.status
-        self.line = verdict.line
-        self.divergences = [d.message for d in facts.divergences]
+        # The command line's pointers, said the way a Python caller reaches the same lists.
+        self.line = (verdict.line.replace("replay -v or --json lists them", "result.divergences lists them")
+                     .replace("replay -v lists them", "result.causes lists them"))
+        self.divergences = [f"step {d.step}: {d.message}" if d.step is not None else d.message
+                            for d in facts.divergences]
         self.causes = [d.message for d in facts.mismatches] + list(facts.causes)
         self.checks = dict(facts.checks)
         if verdict.status == "DIVERGED":
             self.step = facts.divergences[0].step
-            self.reason = verdict.line.split(": ", 1)[1] if ": " in verdict.line else verdict.line
+            self.reason = self.line.split(": ", 1)[1] if ": " in self.line else self.line
         elif verdict.status == "UNVERIFIED":
             self.reason = verdict.reason
 
@@ -326,7 +329,7 @@ def check(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> ReplayResu
 def check_call(fn: Callable[..., object], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
                trace: str | os.PathLike[str] | None = None, policy: str = "strict",
                quiet: bool = True) -> ReplayResult:
-    """Record fn(*args, **kwargs) into `trace` (a temporary file when None), replay it, and return the result."""
+    """Record fn(*args, **kwargs) into `trace` (overwritten; a temporary file when None), replay it, return the result."""
     with ExitStack() as stack:
         if trace is None:
             trace = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="detrun-check-")),

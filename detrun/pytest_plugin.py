@@ -58,8 +58,9 @@ def detrun_check(request: pytest.FixtureRequest, tmp_path: Any) -> Callable[...,
         result = check_call(fn, args, kwargs, trace=trace, policy=policy)
         if not result.reproduced:
             lines = [f"detrun: {result.line}", f"trace: {trace}"]
-            lines += [f"  also differs: {d}" for d in result.divergences[1:6]]
-            lines += [f"  possible cause: {c}" for c in result.causes[:5]]
+            lines += [f"  also differs at {d}" if d.startswith("step ") else f"  also differs: {d}"
+                      for d in result.divergences[1:4]]
+            lines += [f"  possible cause: {c}" for c in result.causes[:3]]
             pytest.fail("\n".join(lines), pytrace=False)
         return result
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from detrun.trace import read_header
+
 pytest_plugins = ["pytester"]
 
 # `-p detrun.pytest_plugin` loads the plugin whether or not this checkout's entry point is installed.
@@ -36,6 +38,8 @@ def train(steps=8, clock=False):
 def test_fixture_passes_a_replayable_training_and_fails_an_unrecorded_source(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(training=TRAINING)
     pytester.makepyfile(test_training='''
+import pytest
+
 from training import train
 
 
@@ -47,16 +51,24 @@ def test_unseeded_training_replays(detrun_check):
 
 def test_clock_in_the_weights(detrun_check):
     detrun_check(train, clock=True)
+
+
+@pytest.mark.detrun_policy("off")
+def test_without_the_policy(detrun_check):
+    detrun_check(train, steps=2)
 ''')
     traces = pytester.path / "kept"
     run = pytester.runpytest(*PLUGIN, f"--detrun-traces={traces}", "-q")
-    run.assert_outcomes(passed=1, failed=1)
+    run.assert_outcomes(passed=2, failed=1)
     # The failure names the verdict and its reason, not a traceback into detrun.
     run.stdout.fnmatch_lines(["*detrun: DIVERGED*the loss of backward() call #1 differs*",
                               "*FAILED test_training.py::test_clock_in_the_weights*"])
     assert "detrun/api.py" not in run.stdout.str()
     assert sorted(p.name for p in traces.iterdir()) == ["test_clock_in_the_weights.zst",
-                                                        "test_unseeded_training_replays.zst"]
+                                                        "test_unseeded_training_replays.zst",
+                                                        "test_without_the_policy.zst"]
+    policies = {p.stem: read_header(str(p))["settings"]["policy"] for p in traces.iterdir()}
+    assert policies["test_without_the_policy"] == "off" and policies["test_clock_in_the_weights"] == "strict"
 
 
 def test_plugin_module_imports_nothing_heavy(pytester: pytest.Pytester) -> None:

@@ -64,7 +64,8 @@ def test_a_nudged_weight_is_diverged_at_its_step(tmp_path: Path) -> None:
     with detrun.replay(trace, quiet=True) as result:
         train(nudge_at=5)
     assert result.verdict == "DIVERGED" and result.step == 5, result.line
-    assert "parameter '0.weight' differs" in result.reason
+    assert "parameter '0.weight' differs" in result.reason and "result.divergences lists them" in result.reason
+    assert len(result.divergences) > 1
     with pytest.raises(detrun.DivergedError, match="DIVERGED at step 5"):
         result.raise_for_verdict()
     with pytest.raises(detrun.DivergedError) as raised:
@@ -131,6 +132,27 @@ def test_every_hook_is_undone_after_record_replay_and_an_exception(tmp_path: Pat
         train()
     assert ended_normally.verdict == "DIVERGED" and "exit status recorded 1, got 0" in ended_normally.reason
     assert _changes(before, _patchable_state()) == []
+
+
+def test_a_replay_pins_the_recorded_torch_settings_and_puts_the_callers_back(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.zst"
+    threads, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    other_threads = 1 if threads > 1 else 2
+    try:
+        with detrun.record(trace, quiet=True):
+            train(3)
+        torch.set_num_threads(other_threads)
+        torch.set_float32_matmul_precision("medium" if precision != "medium" else "high")
+        changed = torch.get_float32_matmul_precision()
+        with detrun.replay(trace, quiet=True) as result:
+            pinned = (torch.get_num_threads(), torch.get_float32_matmul_precision())
+            train(3)
+        assert pinned == (threads, precision)  # the recording's, during the replay
+        assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == (other_threads, changed)
+        assert result.verdict == "REPRODUCED", result.line
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision(precision)
 
 
 def test_blocks_do_not_nest_and_are_entered_once(tmp_path: Path) -> None:
