@@ -48,90 +48,20 @@ import os
 import sys
 import tempfile
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.session import entry_point
+from detrun.replay_result import DivergedError, ReplayResult, UnverifiedError, VerdictError
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
-    from detrun.engine.verdict import Verdict
     from detrun.runner import Outcome
 
-T = TypeVar("T")
-VERDICTS = ("REPRODUCED", "DIVERGED", "UNVERIFIED")
 _HASH_PROBE_TEXT = "detrun: which hash seed is this interpreter's?"
 
 
 class SessionActiveError(RuntimeError):
     """A record or replay block was opened while another is active in this process."""
-
-
-class VerdictError(AssertionError):
-    """A replay whose verdict is not REPRODUCED (an AssertionError, so test runners show the reason)."""
-
-    def __init__(self, result: ReplayResult) -> None:
-        super().__init__(f"detrun: {result.line}")
-        self.result = result
-
-
-class DivergedError(VerdictError):
-    """A state or output check of the replay differed from the recording."""
-
-
-class UnverifiedError(VerdictError):
-    """The replay could not vouch for the run (nothing checked, a hook failed, unrecorded processes)."""
-
-
-@dataclasses.dataclass
-class ReplayResult:
-    """What a replay found; filled in when its `with` block ends."""
-
-    trace: str
-    line: str = ""  # the one-line verdict, as `detrun replay` prints it
-    reason: str = ""  # why it is not REPRODUCED: the first divergence and its likely cause, or what was missing
-    step: int | None = None  # the optimizer step of the first divergence, when it has one
-    divergences: list[str] = dataclasses.field(default_factory=list)  # every state/output check that differed, in order
-    causes: list[str] = dataclasses.field(default_factory=list)  # what may explain them, most likely first
-    checks: dict[str, int] = dataclasses.field(default_factory=dict)  # check name -> how many were made
-    _verdict: str | None = None
-
-    @property
-    def verdict(self) -> str:
-        """Return "REPRODUCED", "DIVERGED" or "UNVERIFIED"."""
-        if self._verdict is None:
-            raise RuntimeError("the replay is still running: read its verdict after the `with` block")
-        return self._verdict
-
-    @property
-    def reproduced(self) -> bool:
-        """Return whether every check was made and matched."""
-        return self.verdict == "REPRODUCED"
-
-    def raise_for_verdict(self) -> None:
-        """Raise DivergedError or UnverifiedError unless the verdict is REPRODUCED."""
-        if self.verdict == "DIVERGED":
-            raise DivergedError(self)
-        if self.verdict == "UNVERIFIED":
-            raise UnverifiedError(self)
-
-    def _fill(self, verdict: Verdict, session: Session) -> None:
-        facts = session.facts()
-        self._verdict = verdict.status
-        # The command line's pointers, said the way a Python caller reaches the same lists.
-        self.line = (verdict.line.replace("replay -v or --json lists them", "result.divergences lists them")
-                     .replace("replay -v lists them", "result.causes lists them"))
-        self.divergences = [f"step {d.step}: {d.message}" if d.step is not None else d.message
-                            for d in facts.divergences]
-        self.causes = [d.message for d in facts.mismatches] + list(facts.causes)
-        self.checks = dict(facts.checks)
-        if verdict.status == "DIVERGED":
-            self.step = facts.divergences[0].step
-            self.reason = self.line.split(": ", 1)[1] if ": " in self.line else self.line
-        elif verdict.status == "UNVERIFIED":
-            self.reason = verdict.reason
-
-    def __repr__(self) -> str:
-        return f"<ReplayResult {self.line or 'running'}>"
 
 
 class _Block:
@@ -183,9 +113,10 @@ class _Block:
 
 class _Record(_Block):
     def __init__(self, path: str | os.PathLike[str], force: bool, quiet: bool, policy: str,
-                 profile: str | None, digest_every: int, kernel_steps: int) -> None:
+                 profile: str | None, digest_every: int, kernel_steps: int, label: str | None = None) -> None:
         super().__init__(path, quiet)
         self.force = force
+        self.label = label  # what `detrun show` names as the script; the `with` line when None
         self.settings_wanted = (policy, profile, digest_every, kernel_steps)
 
     def _name(self) -> str:
@@ -214,7 +145,8 @@ class _Record(_Block):
             "detrun_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "env": fingerprint(os.getcwd()),
-            "script": {"name": f"<in-process block at {_caller()}>", "module": False, "path": None, "sha256": None},
+            "script": {"name": f"<in-process: {self.label or f'block at {_caller()}'}>", "module": False,
+                       "path": None, "sha256": None},
             "argv": [],
             "cwd": os.getcwd(),
             "settings": settings,
@@ -288,7 +220,7 @@ class _Replay(_Block):
             if self._torch_before is not None:
                 self._torch_before.restore()
         assert verdict is not None
-        self.result._fill(verdict, session)
+        self.result.fill(verdict, session.facts())
         if isinstance(exc, RecordingEnded):
             return True  # the incomplete recording ended here: the block stops, the verdict says so
         if exc is None and self.check:
@@ -305,11 +237,16 @@ def record(path: str | os.PathLike[str] = "trace.zst", *, force: bool = False, q
     "off", or "minimal" with `profile` (a `detrun profile --json` file). The limits of an
     in-process recording are in this module's docstring.
     """
+    return _Record(path, force, quiet, _valid_policy(policy), profile, digest_every, kernel_steps)
+
+
+def _valid_policy(policy: str) -> str:
+    """Return the policy name, or raise PolicyError for one `detrun record --policy` would refuse."""
     from detrun.errors import PolicyError
 
     if policy not in ("strict", "minimal", "off"):
         raise PolicyError(f"unknown policy {policy!r}; choose strict, minimal or off")
-    return _Record(path, force, quiet, policy, profile, digest_every, kernel_steps)
+    return policy
 
 
 def replay(path: str | os.PathLike[str] = "trace.zst", *, check: bool = False, quiet: bool = False) -> _Replay:
@@ -334,7 +271,8 @@ def check_call(fn: Callable[..., object], args: tuple[Any, ...] = (), kwargs: di
         if trace is None:
             trace = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="detrun-check-")),
                                  "trace.zst")
-        with record(trace, force=True, quiet=quiet, policy=policy):
+        name = f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', None) or type(fn).__name__}()"
+        with _Record(trace, True, quiet, _valid_policy(policy), None, 1, 2, label=name):
             fn(*args, **(kwargs or {}))
         with replay(trace, quiet=quiet) as result:
             fn(*args, **(kwargs or {}))

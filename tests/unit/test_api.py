@@ -76,6 +76,10 @@ def test_a_nudged_weight_is_diverged_at_its_step(tmp_path: Path) -> None:
 
 def test_check_runs_a_function_twice_and_returns_the_verdict() -> None:
     assert detrun.check(train, 6).verdict == "REPRODUCED"
+    nothing = detrun.check(sorted, [3, 1, 2])  # runs, but trains nothing: no state to vouch for
+    assert nothing.verdict == "UNVERIFIED" and "nothing of the training state could be checked" in nothing.reason
+    with pytest.raises(detrun.UnverifiedError):
+        nothing.raise_for_verdict()
     clocked = detrun.check(_train_with_the_clock)
     assert clocked.verdict == "DIVERGED" and "the loss of backward() call #1 differs" in clocked.reason, clocked.line
 
