@@ -31,9 +31,13 @@ and the command line refuses to replay one. What differs from `detrun record`, s
   pinned during a replay (inter-op only if no parallel work ran yet). After a replay block, torch's
   intra-op thread count and backend flags are put back to what they were before it.
 - Output: stdout is not teed or compared (a notebook's output does not go through file descriptor
-  1), and Ctrl-C is not recorded: it ends the block with KeyboardInterrupt, and a recording is then
-  closed as incomplete. How the block ended (normally or by an exception) is compared, as a
-  script's exit status is.
+  1), and Ctrl-C is not recorded: it ends the block with KeyboardInterrupt; a recording is then
+  closed as incomplete, and a replay that did not reach the recording's end is UNVERIFIED (or
+  DIVERGED, if a step before the interrupt differed). How the block ended (normally or by an
+  exception) is compared, as a script's exit status is.
+- Second calls: what the code keeps between calls in this process (a cached model, a lazily built
+  table) is reused by the replay instead of made again; if that changes what the block does, the
+  replay says so as a divergence. Keep the block's work self-contained.
 - Final state: the models and optimizers made in the block and the global RNG states are checked
   at the end; `__main__`'s globals are not (they are the notebook's or pytest's).
 - Hooks are process-wide while the block runs: other threads' random draws are recorded too. One
@@ -55,6 +59,7 @@ from detrun.replay_result import DivergedError, ReplayResult, UnverifiedError, V
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
+    from detrun.engine.verdict import Verdict
     from detrun.runner import Outcome
 
 _HASH_PROBE_TEXT = "detrun: which hash seed is this interpreter's?"
@@ -220,6 +225,9 @@ class _Replay(_Block):
             if self._torch_before is not None:
                 self._torch_before.restore()
         assert verdict is not None
+        if outcome.keyboard_interrupt and session.trace is not None and session.trace.complete:
+            verdict = _interrupted(session)
+            print(f"detrun: {verdict.line}", file=sys.stderr)  # the line above judged the end it never reached
         self.result.fill(verdict, session.facts())
         if isinstance(exc, RecordingEnded):
             return True  # the incomplete recording ended here: the block stops, the verdict says so
@@ -362,6 +370,25 @@ def _outcome_of(exc: BaseException | None) -> Outcome:
     if isinstance(exc, KeyboardInterrupt):
         return Outcome(130, keyboard_interrupt=True)
     return Outcome(1)
+
+
+def _interrupted(session: Session) -> Verdict:
+    """Return the verdict of a replay block that Ctrl-C ended before the recording's end.
+
+    The final state was compared with the recording's end, which this replay never reached: that
+    comparison is dropped. A step that differed before the interrupt is still DIVERGED; otherwise
+    the part that ran matched, which is not the whole run: UNVERIFIED.
+    """
+    from detrun.engine.verdict import Verdict, decide
+    from detrun.trace.registry import FINAL_STATE
+
+    session.divergences = [d for d in session.divergences if d.kind != FINAL_STATE]
+    verdict = decide(session.facts())
+    if verdict.status != "REPRODUCED":
+        return verdict
+    reason = ("the replay was interrupted (KeyboardInterrupt) before the end of the recording; "
+              f"the part that ran matched ({verdict.line.removeprefix('REPRODUCED ').strip('()')})")
+    return Verdict("UNVERIFIED", f"UNVERIFIED ({reason})", reason)
 
 
 def _caller() -> str:

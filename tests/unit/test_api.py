@@ -215,6 +215,29 @@ def test_another_hash_seed_is_named_as_a_cause_and_an_interrupt_leaves_an_incomp
     assert any("PYTHONHASHSEED" in cause for cause in result.causes)
 
 
+def test_a_replay_interrupted_before_the_recordings_end_is_unverified(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.zst"
+    with detrun.record(trace, quiet=True):
+        train(6)
+    try:
+        with detrun.replay(trace, quiet=True) as result:
+            train(2)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert result.verdict == "UNVERIFIED" and "interrupted (KeyboardInterrupt)" in result.reason, result.line
+
+
+def test_cuda_generators_are_compared_only_when_both_ends_had_cuda() -> None:
+    from detrun.engine.sources.final_state import _first_difference, _shared_cuda_rng
+
+    model, cuda = ["module#0:Linear", 1, "module #0 (Linear)"], ["rng:cuda", 7, "torch's CUDA random states"]
+    assert _first_difference(*_shared_cuda_rng([model], [model, cuda])) is None  # CUDA started in another cell
+    assert _first_difference(*_shared_cuda_rng([model, cuda], [model])) is None
+    assert "CUDA random states differs" in str(_first_difference(*_shared_cuda_rng([model, cuda],
+                                                                                   [model, ["rng:cuda", 8, "x"]])))
+
+
 def test_import_detrun_stays_cheap() -> None:
     import subprocess
 
