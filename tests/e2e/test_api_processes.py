@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import detrun, run
 
 # Training whose input depends on the iteration order of a set of strings (so on PYTHONHASHSEED).
@@ -51,3 +53,40 @@ def test_a_replay_under_another_hash_seed_diverges_naming_it(tmp_path: Path) -> 
     assert refused.returncode == 2
     assert refused.stderr.strip() == (f"detrun: error: {trace} was recorded in-process by detrun.record(), not "
                                       "from a script; replay it in Python with `with detrun.replay(...)`")
+
+
+KERAS = '''
+import os
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+
+import detrun
+
+
+def train():
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(8), tf.keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(tf.random.normal((32, 4)), tf.random.normal((32, 1)), epochs=1, batch_size=8, verbose=0)
+    return float(tf.reduce_sum(model.layers[0].kernel))
+
+
+print(train() != train())  # two plain calls differ
+train()
+with detrun.record(os.environ["TRACE"], quiet=True):
+    recorded = train()
+train()  # TF's global seed and op-seed counter move on; the replay must not depend on them
+with detrun.replay(os.environ["TRACE"], quiet=True) as result:
+    replayed = train()
+print(recorded == replayed)
+print(result.verdict)
+'''
+
+
+@pytest.mark.tensorflow
+def test_keras_in_process_replays_although_tensorflow_ran_before_the_block(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    script = tmp_path / "keras_block.py"
+    script.write_text(KERAS)
+    out = run([sys.executable, str(script)], env={"TRACE": str(tmp_path / "trace.zst")})
+    assert out.stdout.split() == ["True", "True", "REPRODUCED"], out.stderr[-2000:]
