@@ -19,8 +19,8 @@ and the command line refuses to replay one. What differs from `detrun record`, s
   every check matched. Code whose result depends on the order of a set of strings replays in
   another process only if both were started with the same PYTHONHASHSEED (`PYTHONHASHSEED=0
   jupyter lab`, `PYTHONHASHSEED=0 pytest`).
-- Generators: at the start of the block Python's `random`, numpy's global generator and torch's
-  default generators are reseeded from a fresh seed that is recorded, so the block does not depend
+- Generators: at the start of the block Python's `random`, numpy's global generator, torch's
+  default generators and TensorFlow's global seed are reseeded from a fresh seed that is recorded, so the block does not depend
   on what ran before it. `random.Random`, numpy `Generator` and `torch.Generator` objects made before
   the block, and DataLoaders made before it, are not recorded: make them inside the block.
 - Imports: torch and numpy imported before the block are hooked when it starts; hooks never need a
