@@ -20,11 +20,12 @@ and the command line refuses to replay one. What differs from `detrun record`, s
   another process only if both were started with the same PYTHONHASHSEED (`PYTHONHASHSEED=0
   jupyter lab`, `PYTHONHASHSEED=0 pytest`).
 - Generators: at the start of the block Python's `random`, numpy's global generator, torch's
-  default generators and TensorFlow's global seed are reseeded from a fresh seed that is recorded, so the block does not depend
-  on what ran before it. `random.Random`, numpy `Generator` and `torch.Generator` objects made before
-  the block, and DataLoaders made before it, are not recorded: make them inside the block.
-- Imports: torch and numpy imported before the block are hooked when it starts; hooks never need a
-  fresh import. The determinism policy's `CUBLAS_WORKSPACE_CONFIG` only takes effect if CUDA was
+  default generators and TensorFlow's global seed are reseeded from a fresh seed that is
+  recorded, so the block does not depend on what ran before it. `random.Random`, numpy
+  `Generator` and `torch.Generator` objects made before the block, and DataLoaders made before
+  it, are not recorded: make them inside the block.
+- Imports: torch, numpy and TensorFlow imported before the block are hooked when it starts; hooks
+  never need a fresh import. The determinism policy's `CUBLAS_WORKSPACE_CONFIG` only takes effect if CUDA was
   not started before the block.
 - Threads: the thread environment variables were read when the libraries loaded and are not pinned
   (a difference from the recording is named as a likely cause); torch's own thread counts are
@@ -46,7 +47,6 @@ and the command line refuses to replay one. What differs from `detrun record`, s
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 import sys
@@ -274,7 +274,7 @@ def check(fn: Callable[..., object], /, *args: Any, **kwargs: Any) -> ReplayResu
 def check_call(fn: Callable[..., object], args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
                trace: str | os.PathLike[str] | None = None, policy: str = "strict",
                quiet: bool = True) -> ReplayResult:
-    """Record fn(*args, **kwargs) into `trace` (overwritten; a temporary file when None), replay it, return the result."""
+    """Record fn(*args, **kwargs) into `trace` (overwritten; a temporary file if None), replay it, return the result."""
     with ExitStack() as stack:
         if trace is None:
             trace = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="detrun-check-")),

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import types
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from detrun.engine.child_segments import ChildSegments
 from detrun.engine.import_watch import ImportWatcher, initialising
@@ -55,7 +55,10 @@ class RecordingEnded(SystemExit):
 _ENTRY_CODES: set[types.CodeType] = set()
 
 
-def entry_point(function: Callable[..., Any]) -> Callable[..., Any]:
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def entry_point(function: _Function) -> _Function:
     """Mark a function whose callers' frames are never the program's call site (a decorator)."""
     _ENTRY_CODES.add(function.__code__)
     return function
