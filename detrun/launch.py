@@ -22,7 +22,7 @@ from typing import Any
 from detrun import __version__
 from detrun.env import diff as env_diff
 from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
-from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TraceError
+from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TargetRefused, TraceError
 from detrun.runner import Target, resolve
 from detrun.trace import read_header
 from detrun.trace.salvage import salvage
@@ -31,7 +31,8 @@ from detrun.replay_inputs import (RECORDED_SETTINGS, as_dict, is_arg_list, pytho
                                   resolve_here, shell_words, validated_hashseed, validated_thread_env)
 
 
-def _check_output(output: str, force: bool) -> None:
+def check_output(output: str, force: bool) -> None:
+    """Refuse an output path that exists (unless `force`) or whose directory cannot be written."""
     if os.path.exists(output) and not force:
         raise OutputExists(f"{output} exists; pass --force to overwrite it")
     directory = os.path.dirname(os.path.abspath(output))
@@ -40,7 +41,7 @@ def _check_output(output: str, force: bool) -> None:
     if not os.access(directory, os.W_OK):
         raise OutputExists(f"cannot write {output}: {directory} is not writable")
 
-def _policy_ops(policy: str, profile_path: str | None) -> list[str]:
+def policy_ops(policy: str, profile_path: str | None) -> list[str]:
     """Return the ops a minimal policy patches, read from a profile; refuse inconsistent options."""
     if policy != "minimal":
         if profile_path is not None:
@@ -60,8 +61,8 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
            kernel_steps: int = 2) -> int:
     """Record one run of the target into `output`; return the script's exit status."""
     resolved = resolve(target)
-    _check_output(output, force)
-    policy_ops = _policy_ops(policy, profile_path)
+    check_output(output, force)
+    chosen_ops = policy_ops(policy, profile_path)
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
     hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(secrets.randbelow(2**32 - 1) + 1)
@@ -79,7 +80,7 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_NAMES},
             "digest_every": digest_every,
             "policy": policy,
-            "policy_ops": policy_ops,
+            "policy_ops": chosen_ops,
             "tf_op_determinism": policy != "off",
             "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
         },
@@ -109,6 +110,9 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     trace_settings = header.get("settings")
     if not isinstance(trace_settings, dict):
         raise TraceError(f"{trace_path} is corrupt (its settings are not a map)")
+    if trace_settings.get("in_process"):
+        raise TargetRefused(f"{trace_path} was recorded in-process by detrun.record(), not from a script; "
+                            "replay it in Python with `with detrun.replay(...)`")
     hashseed = validated_hashseed(trace_settings.get("hashseed"), trace_path)
     thread_env, refused = validated_thread_env(trace_settings.get("thread_env"))
     if target is None:

@@ -50,10 +50,10 @@ def render(summary: dict[str, Any]) -> str:
         f"detrun {summary['detrun_version']})",
         f"status     {status}; script exit status {summary['exit_status']}",
         f"recorded   {summary['created']} in {summary['cwd']}",
-        f"script     {'-m ' if script.get('module') else ''}{script.get('name')} "
-        f"(sha256 {str(script.get('sha256'))[:16]}…)",
+        f"script     {'-m ' if script.get('module') else ''}{script.get('name')}"
+        + (f" (sha256 {str(script.get('sha256'))[:16]}…)" if script.get("sha256") else ""),
         f"argv       {summary['argv']}",
-        f"hash seed  {summary['settings'].get('hashseed')}",
+        f"hash seed  {_hash_seed(summary['settings'])}",
         f"python     {env.get('python', {}).get('version')} on {env.get('os', {}).get('system')} "
         f"{env.get('cpu', {}).get('machine')}",
         f"libraries  {libraries or 'none'}",
@@ -65,6 +65,13 @@ def render(summary: dict[str, Any]) -> str:
         for kind, count in kinds.items():
             lines.append(f"  {role:<10} {kind:<24} {count}")
     return "\n".join(lines)
+
+
+def _hash_seed(settings: dict[str, Any]) -> str:
+    """Return the recorded hash seed as shown; an in-process recording ran with its interpreter's own."""
+    if settings.get("in_process"):
+        return "the recording interpreter's own (recorded in-process by detrun.record())"
+    return str(settings.get("hashseed"))
 
 
 @click.command()

@@ -14,7 +14,8 @@ import sysconfig
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Sequence
+import types
+from typing import Any, Callable, Sequence, TypeVar
 
 from detrun.engine.child_segments import ChildSegments
 from detrun.engine.import_watch import ImportWatcher, initialising
@@ -47,10 +48,28 @@ class RecordingEnded(SystemExit):
         super().__init__(0)
 
 
+# The code of detrun's in-process entry points (detrun.api's `with` blocks). A hook that fires while
+# one of them installs or finishes the session is detrun's doing, not the program's: the frames above
+# it are the caller's `with` line, which differs between a recording and its replay, so call sites
+# stop there, as they stop at the top of the child interpreter.
+_ENTRY_CODES: set[types.CodeType] = set()
+
+
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def entry_point(function: _Function) -> _Function:
+    """Mark a function whose callers' frames are never the program's call site (a decorator)."""
+    _ENTRY_CODES.add(function.__code__)
+    return function
+
+
 def call_site(also_skip: str = "") -> str:
     """Return `file:line` of the nearest frame outside detrun, the standard library and `also_skip` (a directory)."""
     frame = sys._getframe(1)
     while frame is not None:
+        if frame.f_code in _ENTRY_CODES:
+            break
         filename = frame.f_code.co_filename
         own = filename.startswith(_OWN_DIR)
         stdlib = filename.startswith(_STDLIB_DIR) and "site-packages" not in filename

@@ -286,6 +286,10 @@ SETTINGS = Record(optional={
     "policy_ops": ListOf(NAME, 4096),
     "tf_op_determinism": Bool,
     "kernel_steps": Int(0, 1 << 20),
+    # Recorded by detrun.api in the recording's own process (no child, no script, no hash seed set).
+    "in_process": Bool,
+    # hash() of a fixed str in that process: which hash seed it ran with, without revealing it.
+    "hash_probe": Int(0, (1 << 64) - 1),
 })
 ENV_FINGERPRINT = Record(optional={name: MapOf(NAME, DATA, 4096) for name in ("python", "os", "cpu", "libraries")},
                          extra=DATA)

@@ -22,8 +22,13 @@ class Source(Protocol):
         """Restore everything install() changed, last change first."""
 
 
-def all_sources() -> list[Source]:
-    """Return a fresh instance of every source, in installation order."""
+def all_sources(in_process: bool = False) -> list[Source]:
+    """Return a fresh instance of every source, in installation order.
+
+    `in_process` (detrun.api's `with` blocks) leaves out the two that own process-wide things a
+    block does not: file descriptor 1 (a notebook's output is not written there) and the signal
+    handlers (Ctrl-C ends the block with KeyboardInterrupt, as without detrun).
+    """
     from detrun.engine.sources import (
         backend_flags,
         child_processes,
@@ -52,8 +57,7 @@ def all_sources() -> list[Source]:
         dataloader.DataLoaderSource(),
         tf_runtime.TensorFlowSource(),
         child_processes.ChildProcessSource(),
-        interrupts.InterruptSource(),
-        stdout_lines.StdoutSource(),
+        *([] if in_process else [interrupts.InterruptSource(), stdout_lines.StdoutSource()]),
         torch_steps.StepVerifier(),
         tf_steps.TFStepVerifier(),
         # After the step verifiers: its digests at the end run after theirs are flushed.

@@ -9,7 +9,8 @@ unchecked, so this source digests the training state itself:
   state) are digested when it is garbage-collected — a model local to `main()` dies before the
   script ends — or at exit if it is still alive. The finalizer holds the module's `_parameters` and
   `_buffers` dicts, never the module, so nothing lives longer than it would without detrun;
-- weights (leaf tensors that require grad) and numpy arrays held in `__main__`'s globals, by name;
+- weights (leaf tensors that require grad) and numpy arrays held in `__main__`'s globals, by name
+  (not for an in-process block: there `__main__` is the notebook's or the test runner's);
 - the global RNG states of Python's `random`, numpy and torch.
 
 Items are keyed by construction order, which a reproduced run repeats exactly, so the order in
@@ -174,6 +175,8 @@ class FinalStateSource:
             items = [i for i in items if not str(i[0]).startswith("rng:")]
         else:
             recorded_items = recorded["items"]
+        if session.settings.get("in_process"):
+            recorded_items, items = _shared_cuda_rng(recorded_items, items)
         message = _first_difference(recorded_items, items)
         if message is not None:
             session.diverge(KIND, f"at exit, {message}", step=session.steps or None)
@@ -215,6 +218,10 @@ class FinalStateSource:
 
     def _globals(self) -> list[list[Any]]:
         """Return items for the weights (leaf tensors that require grad) and numpy arrays in __main__'s globals."""
+        if self._session is not None and self._session.settings.get("in_process"):
+            # In-process, __main__ is the notebook's or pytest's: its globals change between a
+            # recording and its replay for reasons that are not the training's.
+            return []
         main = sys.modules.get("__main__")
         numpy = sys.modules.get("numpy")
         torch = self._torch
@@ -248,6 +255,22 @@ def _rng_states() -> list[list[Any]]:
             states = b"".join(s.cpu().numpy().tobytes() for s in cuda.get_rng_state_all())
             items.append(["rng:cuda", zlib.crc32(states), "torch's CUDA random states"])
     return items
+
+
+def _shared_cuda_rng(recorded: list[Any], got: list[list[Any]]) -> tuple[list[Any], list[list[Any]]]:
+    """Drop the CUDA generators' item unless both sides have it (an in-process block).
+
+    CUDA can start outside the block, in another cell, between a recording and its replay; its
+    generators then exist at only one end, which says nothing about the training. When both ends
+    had CUDA running, the states are compared as usual.
+    """
+    def has(items: list[Any]) -> bool:
+        return any(isinstance(item, list) and item and item[0] == "rng:cuda" for item in items)
+
+    if has(recorded) and has(got):
+        return recorded, got
+    return ([i for i in recorded if not (isinstance(i, list) and i and i[0] == "rng:cuda")],
+            [i for i in got if i[0] != "rng:cuda"])
 
 
 def _first_difference(recorded: list[Any], got: list[list[Any]]) -> str | None:

@@ -226,8 +226,10 @@ class TensorFlowSource:
         self._patch_aliases("tensorflow", original_set_random_seed, set_random_seed, _SEED_API_NAMES)
 
         # No global seed means every unseeded op draws its own seed from the OS: inject a recorded
-        # one now, before the script can create an op.
-        if context.global_seed() is None:
+        # one now, before the script can create an op. An in-process block (detrun.api) finds the
+        # seed and its op-seed counter wherever earlier code left them: it always sets one, which
+        # also restarts the counter.
+        if context.global_seed() is None or session.settings.get("in_process"):
             seed = session.exchange(GLOBAL_SEED_KIND, session.fresh_seed(31), "import tensorflow")
             call(original_set_seed, seed)
 

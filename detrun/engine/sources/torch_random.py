@@ -38,11 +38,16 @@ class TorchSource(ImportTimeSource):
                 session.hook_failed(where, exc)
                 return fallback()
 
-        # torch seeds its default generators with a constant; record it so a replay is anchored
-        # even if a library changed it at import time.
-        initial = session.exchange(INITIAL_KIND, torch.initial_seed(), "torch import")
-        if initial != torch.initial_seed():
-            original_manual_seed(initial)
+        if session.settings.get("in_process"):
+            # An in-process block (detrun.api) finds the generators wherever earlier code left them:
+            # anchor them to a fresh seed, recorded, as Python's and numpy's global generators are.
+            original_manual_seed(session.exchange(INITIAL_KIND, session.fresh_seed(63), "torch start"))
+        else:
+            # torch seeds its default generators with a constant; record it so a replay is anchored
+            # even if a library changed it at import time.
+            initial = session.exchange(INITIAL_KIND, torch.initial_seed(), "torch import")
+            if initial != torch.initial_seed():
+                original_manual_seed(initial)
 
         # Mirrors torch.random.manual_seed (torch 2.x): the value may come from the clock.
         def manual_seed(seed: Any) -> Any:
