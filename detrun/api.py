@@ -19,11 +19,12 @@ and the command line refuses to replay one. What differs from `detrun record`, s
   every check matched. Code whose result depends on the order of a set of strings replays in
   another process only if both were started with the same PYTHONHASHSEED (`PYTHONHASHSEED=0
   jupyter lab`, `PYTHONHASHSEED=0 pytest`).
-- Generators: at the start of the block Python's `random`, numpy's global generator, torch's
-  default generators and TensorFlow's global seed are reseeded from a fresh seed that is
-  recorded, so the block does not depend on what ran before it. `random.Random`, numpy
-  `Generator` and `torch.Generator` objects made before the block, and DataLoaders made before
-  it, are not recorded: make them inside the block.
+- Generators: the exact states of Python's `random`, numpy's global generator and torch's default
+  generators at the start of the block are recorded and a replay restores them, so the block
+  computes what it would without detrun and does not depend on what ran before its replay.
+  TensorFlow's global seed is set from a recorded seed. `random.Random`, numpy `Generator` and
+  `torch.Generator` objects made before the block, and DataLoaders made before it, are not
+  recorded: make them inside the block.
 - Imports: torch, numpy and TensorFlow imported before the block are hooked when it starts; hooks
   never need a fresh import. The determinism policy's `CUBLAS_WORKSPACE_CONFIG` only takes effect if CUDA was
   not started before the block.

@@ -1,6 +1,7 @@
 """Reversible attribute patches, in the manner of pytest's monkeypatch."""
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -64,11 +65,13 @@ class ImportTimeSource:
     def __init__(self) -> None:
         self.patcher = Patcher()
         self._installed = False
+        self.imported_before = False  # whether the program had imported the module before install
 
     def install(self, session: Session) -> None:
         if self._installed:
             return
         self._installed = True
+        self.imported_before = self.module in sys.modules
         session.when_imported(self.module, lambda module: self._hook_once(session, module))
 
     def _hook_once(self, session: Session, module: Any) -> None:

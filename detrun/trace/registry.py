@@ -118,6 +118,26 @@ NP_DEFAULT_RNG = _declare(
     "np.default_rng", 1, _seeded(Int(0, (1 << 128) - 1)),
     "the 128-bit seed handed to numpy.random.default_rng() called without one", "numpy_random", fed_back=True)
 
+# --- an in-process block's start (detrun.api)
+
+
+def _mt_words_ok(value: list[object]) -> bool:
+    return len(value[1]) == 625 * 4 and int.from_bytes(value[1][-4:], "little") <= 624  # type: ignore[arg-type, index]
+
+
+def _np_words_ok(value: list[object]) -> bool:
+    return len(value[0]) == 624 * 4  # type: ignore[arg-type]
+
+
+BLOCK_RNG_STATES = _declare(
+    "block.rng_states", 1,
+    Record(required={"python": Check(Tuple(Int(1, 3), Bytes(625 * 4), OneOf(Null, Float())), _mt_words_ok,
+                                     "625 words, the last a position of at most 624")},
+           optional={"numpy": Check(Tuple(Bytes(624 * 4), Int(0, 624), Int(0, 1), Float()), _np_words_ok,
+                                    "624 words"),
+                     "torch": Bytes(1 << 16), "cuda": ListOf(Bytes(1 << 16), 256)}),
+    "the global generators' exact states when an in-process block started", "block_rng_state", fed_back=True)
+
 # --- torch seeds
 
 TORCH_INITIAL_SEED = _declare(

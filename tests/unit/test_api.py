@@ -57,6 +57,27 @@ def test_record_then_replay_in_process_is_identical_while_plain_calls_differ(tmp
     result.raise_for_verdict()  # REPRODUCED raises nothing
 
 
+def test_a_block_keeps_the_callers_seeds_and_its_replay_restores_them(tmp_path: Path) -> None:
+    def seeded(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    seeded(7)
+    without_detrun = train()
+    seeded(8)
+    assert train() != without_detrun  # the check can fail: the seeds decide the weights
+    trace = tmp_path / "trace.zst"
+    seeded(7)
+    with detrun.record(trace, quiet=True):
+        recorded = train()
+    assert recorded == without_detrun  # detrun does not reseed what the caller seeded
+    seeded(8)  # the replay must restore the generators' states at the recorded block's start
+    with detrun.replay(trace, quiet=True) as result:
+        replayed = train()
+    assert replayed == recorded and result.verdict == "REPRODUCED", result.line
+
+
 def test_a_nudged_weight_is_diverged_at_its_step(tmp_path: Path) -> None:
     trace = tmp_path / "trace.zst"
     with detrun.record(trace, quiet=True):

@@ -37,6 +37,8 @@ SAMPLES: dict[str, list[Any]] = {
     "np.seed": [["a.py:4", [1, 2, 3, 4]], ["a.py:5", 7]],
     "np.default_rng": [["a.py:6", 2**127 + 5]],
     "torch.initial_seed": [["a.py:7", 2**64 - 1]],
+    "block.rng_states": [{"python": [3, bytes(624 * 4) + (624).to_bytes(4, "little"), None],
+                          "numpy": [bytes(624 * 4), 624, 1, 0.5], "torch": bytes(5056), "cuda": [bytes(16)]}],
     "torch.seed": [["a.py:8", 123]],
     "torch.manual_seed": [["a.py:9", -5]],
     "torch.cuda.seed": [["a.py:10", 77]],

@@ -31,6 +31,7 @@ def all_sources(in_process: bool = False) -> list[Source]:
     """
     from detrun.engine.sources import (
         backend_flags,
+        block_rng_state,
         child_processes,
         cuda_kernels,
         dataloader,
@@ -48,6 +49,8 @@ def all_sources(in_process: bool = False) -> list[Source]:
 
     return [
         determinism_policy.PolicySource(),  # first: its flags must be in place before anything records them
+        # Before the RNG sources: a replayed block imports what the recorded one found imported.
+        *([block_rng_state.BlockRngStateSource()] if in_process else []),
         *worker_sources(),
         backend_flags.BackendsSource(),
         # After the flags: its step-end checks and its end-of-run notes follow theirs, as its

@@ -73,5 +73,7 @@ class NumpySource(ImportTimeSource):
         self.patcher.setattr(np.random, "seed", seed)
         self.patcher.setattr(np.random, "default_rng", default_rng)
         # numpy seeded its global RandomState from OS entropy at import; reseed it through the hook
-        # so that the recording holds the seed.
-        np.random.seed()
+        # so that the recording holds the seed. In an in-process block that finds numpy imported,
+        # the state is whatever earlier code left, and block_rng_state records it exactly.
+        if not (session.settings.get("in_process") and self.imported_before):
+            np.random.seed()

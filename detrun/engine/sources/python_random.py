@@ -51,8 +51,10 @@ class PyRandomSource:
         # The module-level function is a method bound at import time; rebind it to the hook.
         self._patcher.setattr(random, "seed", random._inst.seed)  # type: ignore[attr-defined]
         # Python seeded the global generator from OS entropy at import; reseed it through the hook
-        # so that the recording holds its seed.
-        random.seed()
+        # so that the recording holds its seed. An in-process block finds it wherever earlier code
+        # left it, and block_rng_state records that state exactly instead.
+        if not session.settings.get("in_process"):
+            random.seed()
 
     def uninstall(self) -> None:
         self._patcher.undo()

@@ -38,13 +38,11 @@ class TorchSource(ImportTimeSource):
                 session.hook_failed(where, exc)
                 return fallback()
 
-        if session.settings.get("in_process"):
-            # An in-process block (detrun.api) finds the generators wherever earlier code left them:
-            # anchor them to a fresh seed, recorded, as Python's and numpy's global generators are.
-            original_manual_seed(session.exchange(INITIAL_KIND, session.fresh_seed(63), "torch start"))
-        else:
+        if not (session.settings.get("in_process") and self.imported_before):
             # torch seeds its default generators with a constant; record it so a replay is anchored
-            # even if a library changed it at import time.
+            # even if a library changed it at import time. (An in-process block that finds torch
+            # imported finds the generators wherever earlier code left them: block_rng_state
+            # records their exact states instead.)
             initial = session.exchange(INITIAL_KIND, torch.initial_seed(), "torch import")
             if initial != torch.initial_seed():
                 original_manual_seed(initial)
