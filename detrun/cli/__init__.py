@@ -46,3 +46,6 @@ main.add_command(replay_command, "replay")
 main.add_command(show_command, "show")
 main.add_command(profile_command, "profile")
 main.add_command(env_command, "env")
+
+from detrun.cli.check_cmd import check_command  # noqa: E402 - registered with the others, below them
+main.add_command(check_command, "check")

@@ -231,16 +231,19 @@ def record_or_check_step(session: Session, kind: str, step: int, index: int, los
         return
     rec_index, rec_loss, rec_digest, rec_lanes = recorded
     session.count_check("steps")
-    problems = []
+    problems, parts = [], []
     if rec_index != index:
         problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
+        parts.append("optimizer")
     if rec_digest is not None and digest is not None and rec_digest != digest:
         culprits = _attribute(rec_lanes, lanes, names).replace("parameter", noun)
         problems.append(f"{culprits} (digest recorded {rec_digest:08x}, got {digest:08x})")
+        parts.append("parameters")
     if not _same_float(rec_loss, loss):
         problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
+        parts.append("loss")
     if problems:
-        session.diverge(kind, "; ".join(problems), step=step)
+        session.diverge(kind, "; ".join(problems), step=step, parts=tuple(parts))
 
 
 def _device_loss(torch: Any, loss: Any) -> Any:
