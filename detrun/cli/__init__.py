@@ -49,3 +49,5 @@ main.add_command(env_command, "env")
 
 from detrun.cli.check_cmd import check_command  # noqa: E402 - registered with the others, below them
 main.add_command(check_command, "check")
+from detrun.cli.diff_cmd import diff_command  # noqa: E402
+main.add_command(diff_command, "diff")
