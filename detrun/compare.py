@@ -241,7 +241,8 @@ def compare(path_a: str, path_b: str, offset_b: int = 0) -> TraceDiff:
                 differing += 1
                 first = first or found
         if len(events_a) - offset_b != len(events_b):
-            length = (f"A made {len(events_a)} {kind} steps, B {len(events_b)}"
+            noun = "optimizer steps" if kind == STEP else "TensorFlow training steps"
+            length = (f"A made {len(events_a)} {noun}, B {len(events_b)}"
                       + (f" (B's step 1 is A's step {offset_b + 1})" if offset_b else ""))
     backward = None
     if offset_b == 0:
