@@ -170,7 +170,7 @@ def criteria(facts: TraceFacts, reports: Sequence[dict[str, Any] | None]) -> lis
     losses = (f"{facts.step_losses} step losses" + (f" and {backward}" if facts.backward_losses else "")
               + (f" ({without} steps had no scalar loss)" if without else ""))
     every = f" (every {facts.digest_every} steps)" if facts.digest_every > 1 else ""
-    final_digest = f"; last step digest {facts.final_digest:08x}" if facts.final_digest is not None else ""
+    final_digest = f"; final step digest {facts.final_digest:08x}" if facts.final_digest is not None else ""
     rows = [
         _row("loss at every step",
              facts.step_losses + facts.backward_losses > 0 and _checked_everywhere(reports, "steps", "losses"),
@@ -183,7 +183,7 @@ def criteria(facts: TraceFacts, reports: Sequence[dict[str, Any] | None]) -> lis
              _why(facts.step_digests, "the run made no optimizer step")),
         _row("final weights", facts.final_items > 0 and _checked_everywhere(reports, "final state"),
              _first(reports, lambda d: d.get("kind") == FINAL_STATE),
-             f"{facts.final_items} models, optimizers, weights and RNG states digested at exit{final_digest}",
+             f"{facts.final_items} items (models, optimizers, weights, RNG states) digested at exit{final_digest}",
              _why(facts.final_items, "no model, optimizer or weight was alive to digest")),
         _row("stdout (masked)", facts.stdout_lines is not None and all(r is not None for r in reports),
              _first(reports, lambda d: d.get("kind") == STDOUT),

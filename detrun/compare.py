@@ -268,7 +268,7 @@ def render(result: TraceDiff) -> list[str]:
         lines.append(f"  {env_diff.BITS}: … and {len(bits) - 20} more")
     if cosmetic:
         lines.append(f"  {env_diff.COSMETIC}: " + ", ".join(dict.fromkeys(c.what for c in cosmetic)))
-    if result.backward:
+    if result.backward and result.first is None:  # else the same loss shows again at step 1
         lines.append(f"first difference: {result.backward}")
     if result.first is not None:
         f = result.first
