@@ -17,7 +17,7 @@ import os
 import re
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 from detrun.errors import ExitCode
 from detrun.trace.registry import BACKWARD_LOSS, FINAL_STATE, STDOUT, STEP, TF_STEP
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from detrun.runner import Target
 
 Status = Literal["REPRODUCED", "DIVERGED", "UNVERIFIED"]
+Match = Callable[[dict[str, Any]], bool]  # picks the divergences of a replay report that fail a row
 
 STEP_KINDS = (STEP, TF_STEP)
 # The replay check names each row covers; any other check (batches, ...) goes to the "other checks" row.
@@ -126,7 +127,7 @@ def trace_facts(path: str) -> TraceFacts:
                       final_digest=end.get("final_digest"))
 
 
-def _first(reports: Sequence[dict[str, Any] | None], match: Any) -> tuple[str, int | None] | None:
+def _first(reports: Sequence[dict[str, Any] | None], match: Match) -> tuple[str, int | None] | None:
     """Return ('replay i at step s: <message>', s) for the first divergence `match` accepts, over every replay."""
     for number, report in enumerate(reports, 1):
         for d in (report or {}).get("divergences", []):
@@ -141,7 +142,7 @@ def _checked_everywhere(reports: Sequence[dict[str, Any] | None], *names: str) -
     return bool(reports) and all(r is not None and any(r.get("checks", {}).get(n, 0) for n in names) for r in reports)
 
 
-def _step_part(part: str) -> Any:
+def _step_part(part: str) -> Match:
     # A step divergence without parts (fewer or more steps than recorded) fails both step rows.
     return lambda d: d.get("kind") in STEP_KINDS and (part in d.get("parts", ()) or not d.get("parts"))
 
@@ -185,7 +186,10 @@ def criteria(facts: TraceFacts, reports: Sequence[dict[str, Any] | None]) -> lis
              _first(reports, lambda d: d.get("kind") == FINAL_STATE),
              f"{facts.final_items} items (models, optimizers, weights, RNG states) digested at exit{final_digest}",
              _why(facts.final_items, "no model, optimizer or weight was alive to digest")),
-        _row("stdout (masked)", facts.stdout_lines is not None and all(r is not None for r in reports),
+        # A replay that printed nothing, as recorded, counts no stdout check: the recording's 0 lines say it.
+        _row("stdout (masked)", facts.stdout_lines is not None and all(
+                 r is not None and (r.get("checks", {}).get("stdout lines") or facts.stdout_lines == 0)
+                 for r in reports),
              _first(reports, lambda d: d.get("kind") == STDOUT),
              f"{facts.stdout_lines} lines; durations, rates, timestamps and addresses masked",
              _why(facts.stdout_lines is not None, "the recording holds no stdout")),
