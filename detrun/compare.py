@@ -91,9 +91,9 @@ class TraceDiff:
 
     def as_json(self) -> dict[str, Any]:
         """Return the machine-readable diff (`detrun diff --json`)."""
-        data = dataclasses.asdict(self)
+        data = {key: value for key, value in dataclasses.asdict(self).items()
+                if key not in ("losses_a", "losses_b")}  # the curves are for --plot; the steps say more
         data.update(status=self.status, exit_code=self.exit_code)
-        data.pop("losses_a"), data.pop("losses_b")
         return data
 
 

@@ -15,7 +15,8 @@ from detrun.cli.common import SCRIPT_CONTEXT, fail, make_target
 @click.option("--json", "report_json", type=click.Path(dir_okay=False), metavar="FILE",
               help="Write the criteria, the verdict and the plain runs as JSON (for CI).")
 @click.option("--keep", type=click.Path(file_okay=False), metavar="DIR",
-              help="Keep the trace, each run's stdout and each replay's JSON report in DIR (new or empty).")
+              help="Keep the trace, each run's stdout and each replay's JSON report in DIR (new or empty; "
+                   "outside the directories the script lists, since it fills up between the runs).")
 @click.option("-m", "--module", is_flag=True, help="SCRIPT is a module name (like `python -m`).")
 @click.option("--policy", type=click.Choice(["strict", "minimal", "off"]), default="strict", show_default=True,
               help="The determinism policy to record with (as in `detrun record --policy`).")

@@ -113,3 +113,10 @@ def test_diff_plot_without_matplotlib_is_one_line_and_exit_2(monkeypatch: pytest
     assert result.exit_code == 2
     assert result.stderr.strip() == "detrun: error: --plot needs matplotlib: pip install 'detrun[plot]'"
     assert not (tmp_path / "p.png").exists()
+
+
+def test_diff_reads_lanes_as_the_step_check_writes_them() -> None:
+    from detrun import compare as compare_module
+    from detrun.engine.sources.torch_steps import LANES
+
+    assert compare_module.LANES == LANES
