@@ -22,14 +22,25 @@ for step in range(12):
 print(f"final loss {loss.item():.8f}")
 '''
 
-# A custom op that detrun does not record: noise from the clock, added into a weight every step.
-NOISY = UNSEEDED.replace("optimizer.step()", '''optimizer.step()
+# Seeded, but a custom op that detrun does not record adds noise from the clock into a weight every step.
+NOISY = '''
+import time, torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(32, 6)
+y = x.sum(1, keepdim=True)
+
+def jitter(weight):
     with torch.no_grad():
-        model[0].weight[0, 0] += (time.perf_counter_ns() % 997 + 1) * 1e-7''').replace("import torch", "import time, torch")
-NOISY = NOISY.replace("for step", "torch.manual_seed(0)\nmodel = torch.nn.Sequential(torch.nn.Linear(6, 8), "
-                                  "torch.nn.Tanh(), torch.nn.Linear(8, 1))\noptimizer = torch.optim.SGD(model"
-                                  ".parameters(), lr=0.1)\nx = torch.randn(32, 6)\ny = x.sum(1, keepdim=True)\n"
-                                  "for step", 1)
+        weight[0, 0] += (time.perf_counter_ns() % 997 + 1) * 1e-7
+
+for step in range(12):
+    loss = (model(x) - y).pow(2).mean()
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+    jitter(model[0].weight)
+print(f"final loss {loss.item():.8f}")
+'''
 
 
 def _rows(report: dict[str, object]) -> dict[str, dict[str, object]]:
