@@ -4,7 +4,9 @@ from __future__ import annotations
 import click
 
 from detrun import __version__
+from detrun.cli.check_cmd import check_command
 from detrun.cli.common import DetrunGroup
+from detrun.cli.diff_cmd import diff_command
 from detrun.cli.env_cmd import env_command
 from detrun.cli.profile_cmd import profile_command
 from detrun.cli.record_cmd import record_command
@@ -30,12 +32,15 @@ def main() -> None:
       detrun replay trace.zst train.py       # re-run bit-identically; verdict on stderr
       detrun show trace.zst                  # what the trace holds
       detrun profile --steps 20 train.py     # nondeterministic ops and their patches
+      detrun check --plain 2 train.py        # record + replay, judged criterion by criterion
+      detrun diff a.zst b.zst --plot loss.png   # first differing step of two recordings
 
     \b
     Exit codes: the script's own status passes through; 2 bad input (missing
     script, bad trace, refused overwrite, changed script or arguments);
     3 replay --strict stopped at a divergence; 4 profile --fail-on found an
     unpatched nondeterministic op; 70 internal error in detrun.
+    check and diff: 0 identical, 3 differs, 5 unverified / nothing compared.
     """
 
 
@@ -46,3 +51,5 @@ main.add_command(replay_command, "replay")
 main.add_command(show_command, "show")
 main.add_command(profile_command, "profile")
 main.add_command(env_command, "env")
+main.add_command(check_command, "check")
+main.add_command(diff_command, "diff")

@@ -43,7 +43,7 @@ class ReplayEnd:
             recorded_final = self.trace.end.get("final_digest")
             if recorded_final is not None and self.last_digest is not None and recorded_final != self.last_digest:
                 self.diverge("step", f"the final step digest differs (recorded {recorded_final:08x}, "
-                                     f"got {self.last_digest:08x})", step=self.steps)
+                                     f"got {self.last_digest:08x})", step=self.steps, parts=("parameters",))
         facts = self.facts()
         verdict = decide(facts)
         print(f"detrun: {verdict.line}", file=sys.stderr)

@@ -295,9 +295,10 @@ class Session(ChildSegments, ReplayEnd):
                                               check="event"))
 
     def diverge(self, kind: str, message: str, step: int | None = None, batch: str | None = None,
-                check: str = "state") -> None:
+                check: str = "state", parts: tuple[str, ...] = ()) -> None:
         """Note a state or output check that differed; under --strict, stop the run here."""
-        self.divergences.append(Divergence(kind, message, step, batch, check=check))  # type: ignore[arg-type]
+        self.divergences.append(Divergence(kind, message, step, batch, check=check,  # type: ignore[arg-type]
+                                           parts=parts))
         if self.strict and len(self.divergences) == 1:
             from detrun.errors import ExitCode
 

@@ -31,6 +31,9 @@ class Divergence:
     step: int | None = None
     batch: str | None = None  # "DataLoader #0 epoch 1, batch 7" when the departure is in the data
     check: CheckKind = "state"  # state and output decide the verdict; events are causes
+    # What a step check found different ("loss", "parameters", "optimizer"), so `detrun check` can
+    # tell its criteria apart without reading messages; empty for every other check.
+    parts: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

@@ -232,6 +232,10 @@ STEP = _declare(
     "step", 1, STEP_PAYLOAD,
     "[optimizer_index, loss, digest, lanes] after every torch optimizer step: the state check", "torch_steps",
     streamed=True)
+STEP_NAMES = _declare(
+    "step.names", 1, Tuple(SMALL, ListOf(Str(4096), 1 << 20)),
+    "[optimizer_index, names] of an optimizer's parameters, once when it first steps (names the lanes of its steps)",
+    "torch_steps")
 TF_STEP = _declare(
     "tf.step", 1, STEP_PAYLOAD, "[optimizer_index, loss, digest, lanes] after every TensorFlow/Keras training step",
     "tf_steps", streamed=True)

@@ -57,6 +57,7 @@ SAMPLES: dict[str, list[Any]] = {
     "dl.batch": [[0, 0, 0, [1, 2]]],
     "fs.listing": [["a.py:14", ["b.txt", "a.txt"]]],
     "step": [[0, 0.5, 123, b"\x01\x02"], [0, None, None, b""]],
+    "step.names": [[0, ["fc1.weight", "fc1.bias"]], [1, []]],
     "tf.step": [[1, 0.25, 2**32 - 1, b"\xff" * 16]],
     "tf.seed": [["a.py:15", [1, 2]], ["a.py:15", -3]],
     "tf.global_seed": [["import tensorflow", 42]],
@@ -356,7 +357,8 @@ def structural_mutations(draw: st.DrawFn) -> list[Any]:
         elif action == "rename":
             declarations = [i for i, o in enumerate(objects) if isinstance(o, list) and o and o[0] == DECLARE_KIND]
             chosen = objects[draw(st.sampled_from(declarations))]
-            chosen[1][1] = draw(st.sampled_from([*registry.KINDS, "evil", ""]))
+            if isinstance(chosen[1], list) and len(chosen[1]) > 1:  # an earlier edit may have replaced it
+                chosen[1][1] = draw(st.sampled_from([*registry.KINDS, "evil", ""]))
         elif action in ("drop key", "add key"):
             maps = [p for p in _nodes(target) if isinstance(_get(target, p), dict)]
             if maps:

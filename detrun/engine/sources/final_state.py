@@ -27,7 +27,7 @@ import sys
 import threading
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from detrun.engine.compiler_frames import inside_compiler
 from detrun.engine.digests import fold, tensor_word_sum
@@ -54,6 +54,9 @@ class FinalStateSource:
         # index -> (key, weakref or None once dead, digest or None while alive, label)
         self._items: dict[int, tuple[str, Any, int | None, str]] = {}
         self._finalizers: list[weakref.finalize] = []
+        # optimizer -> the list of dicts its finalizer digests: load_state_dict() replaces `state`
+        # with a new dict (Optimizer.__setstate__), and a resumed run must digest that one.
+        self._held: weakref.WeakKeyDictionary[Any, list[dict[Any, Any]]] = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------ install / uninstall
 
@@ -79,6 +82,7 @@ class FinalStateSource:
         self._torch = torch
         self._patch_init(torch.nn.Module, "module", lambda m: (m._parameters, m._buffers))
         self._patch_init(torch.optim.Optimizer, "optimizer", lambda o: (o.state,))
+        self._patch_setstate(torch.optim.Optimizer)
 
     def _patch_init(self, cls: type, what: str, holdings: Callable[[Any], tuple[dict[Any, Any], ...]]) -> None:
         original = cls.__init__  # type: ignore[misc]
@@ -100,9 +104,29 @@ class FinalStateSource:
         __init__.__wrapped__ = original  # type: ignore[attr-defined]
         self._patcher.setattr(cls, "__init__", __init__)
 
+    def _patch_setstate(self, cls: type) -> None:
+        original = cls.__setstate__  # type: ignore[attr-defined]
+        source = self
+
+        # Mirrors torch.optim.Optimizer.__setstate__ (torch 2.x), which load_state_dict() calls with a
+        # new `state` dict, and every subclass's __setstate__ reaches through super().
+        def __setstate__(obj: Any, state: dict[str, Any]) -> None:
+            original(obj, state)
+            try:
+                held = source._held.get(obj)
+                if held is not None:
+                    held[:] = [obj.state]
+            except Exception as exc:  # noqa: BLE001 - never change what the program does
+                source._failed(exc)
+
+        __setstate__.__doc__ = original.__doc__
+        __setstate__.__wrapped__ = original  # type: ignore[attr-defined]
+        self._patcher.setattr(cls, "__setstate__", __setstate__)
+
     # ------------------------------------------------------------ registration and death
 
-    def _register(self, obj: Any, what: str, held: tuple[dict[Any, Any], ...]) -> None:
+    def _register(self, obj: Any, what: str, holdings: tuple[dict[Any, Any], ...]) -> None:
+        held = list(holdings)  # a list, so that a load_state_dict() can point it at the new state
         with self._lock:
             index = self._next_index
             self._next_index += 1
@@ -110,11 +134,13 @@ class FinalStateSource:
                 return
             name = type(obj).__qualname__
             self._items[index] = (f"{what}#{index}:{name}", weakref.ref(obj), None, f"{what} #{index} ({name})")
+        if what == "optimizer":
+            self._held[obj] = held
         finalizer = weakref.finalize(obj, self._died, index, held)
         finalizer.atexit = False  # at exit the session is gone; _finish digests what is still alive
         self._finalizers.append(finalizer)
 
-    def _died(self, index: int, held: tuple[dict[Any, Any], ...]) -> None:
+    def _died(self, index: int, held: list[dict[Any, Any]]) -> None:
         """Digest an object's tensors as it is collected (runs inside the garbage collector)."""
         if not self._active:
             return
@@ -126,7 +152,7 @@ class FinalStateSource:
         except Exception as exc:  # noqa: BLE001
             self._failed(exc)
 
-    def _digest_holdings(self, held: tuple[dict[Any, Any], ...]) -> int:
+    def _digest_holdings(self, held: Sequence[dict[Any, Any]]) -> int:
         """Return one digest over the tensors and plain values in an object's own dicts."""
         sums: list[int] = []
         for mapping in held:

@@ -28,6 +28,7 @@ from detrun.engine.step_clock import Tick
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
     BACKWARD_LOSS as BACKWARD_KIND,
     STEP as KIND,
+    STEP_NAMES as NAMES_KIND,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class StepVerifier:
         self._backward_calls = 0
         self._optimizers: dict[int, int] = {}
         self._params: dict[int, tuple[list[str], list[Any]]] = {}
+        self._named: dict[int, list[str]] = {}  # optimizer index -> the names last recorded or checked
         self._views: dict[int, tuple[int, Any]] = {}
         self._pending: list[tuple[int, Any, Any, int, list[str]]] = []
         self._digest_every = 1
@@ -142,6 +144,9 @@ class StepVerifier:
     def _take_step(self, optimizer: Any, step: int) -> None:
         index = self._optimizers.setdefault(id(optimizer), len(self._optimizers))
         names, params = self._parameters(optimizer)
+        if self._named.get(index) is not names:
+            self._named[index] = names
+            self._names_event(index, names)
         loss = self._last_loss
         self._last_loss = None
         digest_now = step % self._digest_every == 0
@@ -156,6 +161,19 @@ class StepVerifier:
         loss_value = _host_loss(loss)
         per_param = [self._word_sum(p) for p in params] if digest_now else None
         self._finish_step(step, index, loss_value, per_param, names)
+
+    def _names_event(self, index: int, names: list[str]) -> None:
+        """Record the optimizer's parameter names (`detrun diff` names lanes with them), or check them."""
+        session = self._session
+        if session.recording:
+            session.emit(NAMES_KIND, [index, names])
+            return
+        recorded = session.take(NAMES_KIND)
+        if recorded is MISSING:  # a trace from a detrun that did not record names
+            return
+        if list(recorded) != [index, names]:
+            session.mismatch(NAMES_KIND, f"optimizer #{index}'s parameters are {_few(names)}, the recording's "
+                                         f"(optimizer #{recorded[0]}) {_few(recorded[1])}")
 
     def flush(self) -> None:
         """Copy batched device digests to the host and record or check them (one sync per batch)."""
@@ -231,16 +249,23 @@ def record_or_check_step(session: Session, kind: str, step: int, index: int, los
         return
     rec_index, rec_loss, rec_digest, rec_lanes = recorded
     session.count_check("steps")
-    problems = []
+    problems, parts = [], []
     if rec_index != index:
         problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
+        parts.append("optimizer")
     if rec_digest is not None and digest is not None and rec_digest != digest:
         culprits = _attribute(rec_lanes, lanes, names).replace("parameter", noun)
         problems.append(f"{culprits} (digest recorded {rec_digest:08x}, got {digest:08x})")
+        parts.append("parameters")
     if not _same_float(rec_loss, loss):
         problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
+        parts.append("loss")
     if problems:
-        session.diverge(kind, "; ".join(problems), step=step)
+        session.diverge(kind, "; ".join(problems), step=step, parts=tuple(parts))
+
+
+def _few(names: list[str]) -> str:
+    return f"{len(names)} named " + ", ".join(f"'{n}'" for n in names[:4]) + (" …" if len(names) > 4 else "")
 
 
 def _device_loss(torch: Any, loss: Any) -> Any:
