@@ -59,7 +59,7 @@ def check_command(runs: int, plain: int, report_json: str | None, keep: str | No
     import json
     import re
 
-    from detrun.check import render, run_check
+    from detrun.check_criteria import render, run_check
 
     if plain == 1:
         fail("--plain needs at least 2 runs to tell whether they differ")

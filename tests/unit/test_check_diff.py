@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from detrun.check import TraceFacts, criteria, decide
+from detrun.check_criteria import TraceFacts, criteria, decide
 from detrun.cli import main as cli_main
 from detrun.compare import compare, render
 from detrun.trace import TraceWriter
