@@ -91,6 +91,35 @@ def resolve(target: Target) -> ResolvedTarget:
     return ResolvedTarget(target, os.path.abspath(path), digest)
 
 
+def python_abspath(name: str) -> str:
+    """Return a script path made absolute as CPython's _Py_abspath does: the cwd prepended, nothing normalised."""
+    return name if os.path.isabs(name) else os.path.join(os.getcwd(), name)
+
+
+def compile_script(path: str) -> types.CodeType:
+    """Compile a script's source as `python` does before running it (a SyntaxError is the script's)."""
+    return compile(_read_source(path), path, "exec", dont_inherit=True)
+
+
+def syntax_error_of(resolved: ResolvedTarget) -> SyntaxError | None:
+    """Return the SyntaxError `python SCRIPT` would stop at before running anything, or None.
+
+    Scripts only: `python -m` compiles a module through the import system, which reports differently.
+    """
+    if resolved.target.is_module or os.path.isdir(resolved.target.name):
+        return None
+    try:
+        compile_script(python_abspath(resolved.target.name))
+    except SyntaxError as exc:
+        return exc
+    return None
+
+
+def report_syntax_error(error: SyntaxError) -> None:
+    """Print a SyntaxError exactly as the interpreter prints one it met compiling the main script."""
+    _report_user_exception(error)
+
+
 def _read_source(path: str) -> str:
     """Read Python source honouring its coding cookie, with universal newlines, as `python` does."""
     with open(path, "rb") as f:
@@ -134,6 +163,15 @@ class Runner:
         self.target = target
         self.resolved = resolve(target)
 
+    @property
+    def code_filename(self) -> str | None:
+        """Return the filename the script's code is compiled under (its frames' co_filename); None for -m."""
+        if self.target.is_module:
+            return None
+        if os.path.isdir(self.target.name):
+            return self.resolved.path
+        return python_abspath(self.target.name)
+
     def _main_module(self) -> tuple[types.ModuleType, types.CodeType]:
         """Build the fresh `__main__` module and the code to run in it."""
         main = types.ModuleType("__main__")
@@ -154,8 +192,10 @@ class Runner:
             main.__package__ = spec.parent
             main.__spec__ = spec
         else:
-            # Mirrors pymain_run_file -> _PyRun_SimpleFileObject (CPython 3.11).
-            code = compile(_read_source(path), path, "exec", dont_inherit=True)
+            # Mirrors pymain_run_file -> _PyRun_SimpleFileObject (CPython 3.11). Python makes the name
+            # given on the command line absolute without normalising it (`work/../src/x.py` stays).
+            path = self.code_filename or path
+            code = compile_script(path)
             main.__file__ = path
             main.__cached__ = None  # type: ignore[attr-defined]
             main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
@@ -188,7 +228,14 @@ class Runner:
     def run(self, on_exception: Callable[[BaseException], None] | None = None) -> Outcome:
         """Execute the target; return how it ended instead of exiting."""
         self._prepare_path()
-        main, code = self._main_module()
+        try:
+            main, code = self._main_module()
+        except SyntaxError as exc:
+            # The script's own error, reported as python reports it: no detrun frames, status 1.
+            if on_exception is not None:
+                on_exception(exc)
+            _report_user_exception(exc)
+            return Outcome(1)
         self._prepare_sys(main)
         try:
             exec(code, main.__dict__)
@@ -224,4 +271,5 @@ def _report_user_exception(exc: BaseException) -> None:
         sys.__excepthook__(type(exc), exc, tb)
 
 
-__all__ = ["Target", "ResolvedTarget", "Runner", "Outcome", "resolve", "exit_status_of", "DetrunError"]
+__all__ = ["Target", "ResolvedTarget", "Runner", "Outcome", "resolve", "exit_status_of", "DetrunError",
+           "python_abspath", "syntax_error_of", "report_syntax_error"]
