@@ -81,6 +81,11 @@ def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
                           ignore_output=tuple(config.get("ignore_output", ())))
         for cause in config.get("causes", []):  # environment differences, most likely first
             session.note_cause(cause)
+        alias = config.get("main_script_alias")
+        if alias and runner.code_filename is not None:  # the recorded script's content under another name
+            from detrun.engine.session import alias_main_script
+
+            alias_main_script(runner.code_filename, alias)
     # Worker segments and reports go to the launcher's private directory, never to a trace's choice.
     session.scratch_dir = config.get("scratch_dir")
     session.install(all_sources())

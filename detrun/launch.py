@@ -23,7 +23,7 @@ from detrun import __version__
 from detrun.env import diff as env_diff
 from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
 from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TargetRefused, TraceError
-from detrun.runner import Target, resolve
+from detrun.runner import Target, report_syntax_error, resolve, syntax_error_of
 from detrun.trace import read_header
 from detrun.trace.salvage import salvage
 from detrun.child_process import CHILD_CONFIG_VAR, exit_like, run_child, scratch_directory, signal_name
@@ -63,6 +63,10 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
     resolved = resolve(target)
     check_output(output, force)
     chosen_ops = policy_ops(policy, profile_path)
+    if (error := syntax_error_of(resolved)) is not None:
+        # As `python SCRIPT` would: the error alone, status 1, nothing run and no trace written.
+        report_syntax_error(error)
+        return 1
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
     hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(secrets.randbelow(2**32 - 1) + 1)
@@ -129,6 +133,9 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
             raise ScriptChanged(f"{target.name} changed since it was recorded (sha256 {resolved.sha256[:12]}… vs "
                                 f"recorded {str(recorded.get('sha256'))[:12]}…); pass --allow-changed-script to "
                                 "replay anyway")
+    if (error := syntax_error_of(resolved)) is not None:  # a changed script (--allow-changed-script)
+        report_syntax_error(error)
+        return 1
     settings: dict[str, Any] = {key: trace_settings[key] for key in RECORDED_SETTINGS if key in trace_settings}
     settings.update(hashseed=hashseed, thread_env=thread_env, pin_threads=pin_threads)
     child_env: dict[str, str | None] = {"PYTHONHASHSEED": hashseed}
@@ -153,8 +160,24 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                   "scratch_dir": scratch,
                   # The user's options, never the trace's: a trace chooses no path detrun writes to.
                   "verbose": verbose, "report_json": os.path.abspath(report_json) if report_json else None,
-                  "ignore_output": list(ignore_output)}
+                  "ignore_output": list(ignore_output),
+                  "main_script_alias": main_script_alias(target, resolved.sha256, recorded)}
         return run_child(config, child_env)
+
+def main_script_alias(target: Target, sha256: str, recorded: dict[str, Any]) -> str | None:
+    """Return the recorded script's file name when the replayed script is the same content under another name.
+
+    Call sites are `file:line`; a script is identified by its content, so a renamed copy's call
+    sites must read as the recorded ones. None when the names agree, the contents differ, or either
+    run is a module.
+    """
+    name = recorded.get("name")
+    if target.is_module or recorded.get("module") or not isinstance(name, str) or sha256 != recorded.get("sha256"):
+        return None
+    recorded_base = os.path.basename(name)
+    if not recorded_base or recorded_base == os.path.basename(target.name) or not recorded_base.isprintable():
+        return None
+    return recorded_base
 
 def _print_env_diff(differences: list[env_diff.Difference]) -> None:
     """Report environment differences from the recording: those that can change bits one per line."""

@@ -64,6 +64,18 @@ def entry_point(function: _Function) -> _Function:
     return function
 
 
+# Replay of a script identical to the recorded one under another name: (the replayed script's code
+# filename, the recorded script's file name). A script is identified by its content, so its call
+# sites carry the recorded name and `b.py:3` matches the `a.py:3` of the recording.
+_main_script_alias: tuple[str, str] | None = None
+
+
+def alias_main_script(code_filename: str, recorded_name: str) -> None:
+    """Name the main script's call sites `recorded_name:LINE` (its content is the recorded script's)."""
+    global _main_script_alias
+    _main_script_alias = (code_filename, recorded_name)
+
+
 def call_site(also_skip: str = "") -> str:
     """Return `file:line` of the nearest frame outside detrun, the standard library and `also_skip` (a directory)."""
     frame = sys._getframe(1)
@@ -75,6 +87,8 @@ def call_site(also_skip: str = "") -> str:
         stdlib = filename.startswith(_STDLIB_DIR) and "site-packages" not in filename
         skipped = bool(also_skip) and filename.startswith(also_skip)
         if not (own or stdlib or skipped or filename.startswith("<frozen")):
+            if _main_script_alias is not None and filename == _main_script_alias[0]:
+                return f"{_main_script_alias[1]}:{frame.f_lineno}"
             return f"{os.path.basename(filename)}:{frame.f_lineno}"
         frame = frame.f_back
     return "<unknown>"
@@ -349,7 +363,10 @@ class Session(ChildSegments, ReplayEnd):
         else:
             state = "ok" if not self.divergences else "DIVERGED"
             detail = f"{self._replayed} events · {state}"
-        sys.stderr.write(f"\rdetrun: {self.mode}ing · step {self.steps} · {detail}\x1b[K")
+        # A replay knows how many steps the recording made: `step 197/200`.
+        total = self.trace.end.get("steps") if self.trace is not None and self.trace.end else None
+        step = f"{self.steps}/{total}" if isinstance(total, int) and total > 0 else f"{self.steps}"
+        sys.stderr.write(f"\rdetrun: {self.mode}ing · step {step} · {detail}\x1b[K")
         sys.stderr.flush()
         self._progress_shown = True
 
