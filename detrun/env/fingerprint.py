@@ -255,6 +255,21 @@ def _cuda(dists: dict[str, str], path: list[str]) -> dict[str, str]:
     return info
 
 
+def cuda_unused_note(cuda: dict[str, Any]) -> str | None:
+    """Return why CUDA libraries found on this machine apply to no framework here, or None if they may.
+
+    A CPU build of torch (and of TensorFlow, or none installed) ignores whatever CUDA runtime,
+    cuDNN, cuBLAS and NCCL files happen to lie around; `detrun env` says so instead of listing
+    them as if they were used. The fingerprint itself keeps the versions found (traces compare them).
+    """
+    builds = {"torch": cuda.get("torch_build"), "TensorFlow": cuda.get("tensorflow_build")}
+    cpu = [name for name, build in builds.items() if isinstance(build, str) and build.startswith("none")]
+    absent = [name for name, build in builds.items() if not isinstance(build, str) or build.startswith(UNAVAILABLE)]
+    if not cpu or len(cpu) + len(absent) != len(builds):
+        return None
+    return f"CPU build{'s' if len(cpu) > 1 else ''} of {' and '.join(cpu)}"
+
+
 def _gpus() -> dict[str, Any]:
     """Return the GPUs as NVML reports them; without a driver every field says "unavailable"."""
     gpus: dict[str, Any] = {"nvml": "ok", "driver": UNAVAILABLE, "cuda_driver": UNAVAILABLE, "devices": []}
