@@ -11,8 +11,15 @@ from detrun.errors import DetrunError, ExitCode, internal_error
 if TYPE_CHECKING:
     from detrun.runner import Target
 
-# Options after the script name belong to the script, never to detrun.
+# Options after the script name belong to the script, never to detrun (ScriptCommand refuses the
+# detrun options the script does not take; see cli/option_placement.py).
 SCRIPT_CONTEXT = {"ignore_unknown_options": True, "allow_interspersed_args": False}
+
+PLACEMENT_HELP = """\b
+detrun's options go before SCRIPT; everything after SCRIPT is passed to it.
+One of this command's options written after SCRIPT is refused, with the
+corrected command, unless the script's source mentions it (then the script
+takes it). Put -- before SCRIPT to pass everything after it unchecked."""
 
 
 def fail(message: str, code: int = ExitCode.BAD_INPUT) -> None:
@@ -34,6 +41,43 @@ class DetrunGroup(click.Group):
             raise  # usage errors, --help, Ctrl-C: click reports these itself
         except Exception as exc:  # noqa: BLE001 - the one place a bug in detrun becomes exit 70
             sys.exit(internal_error(exc))
+        return None
+
+
+class ScriptCommand(click.Command):
+    """A command taking `[LEADING] SCRIPT [ARGS]...`: it refuses, before anything runs, a detrun option
+    written after SCRIPT that the script does not take, and parses options between LEADING and SCRIPT."""
+
+    def __init__(self, *args: object, leading: int = 0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.leading = leading  # positionals before SCRIPT: replay's TRACE
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from detrun.cli import option_placement as placement
+
+        specs = [placement.OptionSpec(tuple(p.opts + p.secondary_opts), not (p.is_flag or p.count))
+                 for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        line = placement.split_command_line(list(args), specs, self.leading)
+        if line.unknown is not None:
+            raise click.NoSuchOption(line.unknown, ctx=ctx)
+        rest = super().parse_args(ctx, line.reordered())
+        if line.script is not None and not ctx.resilient_parsing:
+            module = any(p.name is not None and ctx.params.get(p.name) for p in self.get_params(ctx)
+                         if isinstance(p, click.Option) and "-m" in p.opts)
+            misplaced = placement.misplaced_options(line, specs, _script_source(line.script, module))
+            if misplaced is not None:
+                fail(placement.misplaced_message(ctx.info_name or self.name or "", misplaced, line.script))
+        return rest
+
+
+def _script_source(name: str, module: bool) -> str | None:
+    """Return the text of the script (or -m module) about to run, or None if it cannot be found or read."""
+    from detrun.runner import Target, resolve
+
+    try:
+        with open(resolve(Target(name, (), module)).path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except (DetrunError, OSError):
         return None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from detrun.env.diff import flatten
-from detrun.env.fingerprint import UNAVAILABLE, fingerprint, probe
+from detrun.env.fingerprint import CUDA_DISTRIBUTIONS, UNAVAILABLE, cuda_unused_note, fingerprint, probe
 
 
 @click.command()
@@ -51,6 +51,13 @@ def env_command(as_json: bool, with_torch: bool, trace: str | None) -> None:
 def render(data: dict[str, Any]) -> str:
     """Return a fingerprint (plus optional torch facts) as aligned `key  value` lines."""
     flat = flatten(data)
+    cuda = data.get("cuda")
+    unused = cuda_unused_note(cuda) if isinstance(cuda, dict) else None
+    if unused is not None:
+        for name in CUDA_DISTRIBUTIONS:  # libraries found on disk that no framework here loads
+            value = flat.get(f"cuda.{name}")
+            if isinstance(value, str) and not value.startswith(UNAVAILABLE):
+                flat[f"cuda.{name}"] = f"not used: {unused} (version {value} installed)"
     width = max((len(k) for k in flat), default=0)
     lines = []
     section = None

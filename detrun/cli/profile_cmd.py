@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from detrun.cli.common import PLACEMENT_HELP, ScriptCommand
 from detrun.runner import Target
 
 HELP = """List every op SCRIPT runs that can make two runs differ bit for bit.
@@ -31,9 +32,6 @@ Without a GPU the CUDA column is a prediction from detrun's knowledge base
 the flagged ops' CUDA kernel names are listed too.
 
 \b
-detrun's options go before SCRIPT; everything after SCRIPT is passed to it.
-
-\b
 Examples:
   detrun profile train.py --epochs 1
   detrun profile --steps 20 --json profile.json train.py
@@ -49,7 +47,9 @@ status before the step limit, that status is passed through.
 
 @click.command(
     "profile",
+    cls=ScriptCommand,
     help=HELP,
+    epilog=PLACEMENT_HELP,
     short_help="List the nondeterministic ops a script runs, with call sites and patches.",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
                       "help_option_names": ["-h", "--help"]},

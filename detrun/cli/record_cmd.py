@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import SCRIPT_CONTEXT, make_target
+from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, make_target
 
 
-@click.command(context_settings=SCRIPT_CONTEXT)
+@click.command(cls=ScriptCommand, context_settings=SCRIPT_CONTEXT, epilog=PLACEMENT_HELP)
 @click.option("-o", "--output", default="trace.zst", show_default=True, metavar="FILE",
               help="Where to write the trace.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing trace file.")
@@ -31,7 +31,7 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
     """Run SCRIPT [ARGS]... as `python` would and record every source of nondeterminism.
 
     \b
-    Everything after SCRIPT goes to the script unchanged. The script's stdout,
+    Arguments after SCRIPT go to the script unchanged. The script's stdout,
     stderr and exit status are its own; detrun speaks on stderr, prefixed
     `detrun:`. It records the Python, NumPy and PyTorch RNG seeds (including
     ones taken from the clock), OS entropy (os.urandom, secrets, uuid4), the

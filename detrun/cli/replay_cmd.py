@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import SCRIPT_CONTEXT, fail, make_target
+from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, make_target
 
 
-@click.command(context_settings=SCRIPT_CONTEXT)
+@click.command(cls=ScriptCommand, leading=1, context_settings=SCRIPT_CONTEXT,
+               epilog=PLACEMENT_HELP + "\nOptions may also stand between TRACE and SCRIPT.")
 @click.option("-m", "--module", is_flag=True, help="SCRIPT is a module name (like `python -m`).")
 @click.option("--strict", is_flag=True, help="Stop the run at the first divergence (exit code 3).")
 @click.option("--json", "report_json", type=click.Path(dir_okay=False), metavar="FILE",

@@ -54,6 +54,7 @@ def render(summary: dict[str, Any]) -> str:
         + (f" (sha256 {str(script.get('sha256'))[:16]}…)" if script.get("sha256") else ""),
         f"argv       {summary['argv']}",
         f"hash seed  {_hash_seed(summary['settings'])}",
+        f"settings   {describe_settings(summary['settings'])}",
         f"python     {env.get('python', {}).get('version')} on {env.get('os', {}).get('system')} "
         f"{env.get('cpu', {}).get('machine')}",
         f"libraries  {libraries or 'none'}",
@@ -64,6 +65,8 @@ def render(summary: dict[str, Any]) -> str:
     for role, kinds in summary["events"].items():
         for kind, count in kinds.items():
             lines.append(f"  {role:<10} {kind:<24} {count}")
+    if any(role != "main" for role in summary["events"]):
+        lines.append(SEGMENT_LEGEND)
     return "\n".join(lines)
 
 
@@ -72,6 +75,23 @@ def _hash_seed(settings: dict[str, Any]) -> str:
     if settings.get("in_process"):
         return "the recording interpreter's own (recorded in-process by detrun.record())"
     return str(settings.get("hashseed"))
+
+
+# The trace segments other than `main` are DataLoader workers', named by dataloader.worker_entry.
+SEGMENT_LEGEND = ("  (main: the script's process; dlL.iE.wW: worker W of DataLoader #L, in creation order, "
+                  "during its epoch E, counted from 0)")
+
+
+def describe_settings(settings: dict[str, Any]) -> str:
+    """Return the recorded determinism policy, digest interval and kernel capture as one line."""
+    policy = settings.get("policy", "?")
+    ops = settings.get("policy_ops") or []
+    if policy == "minimal":
+        policy = f"minimal (patches for {', '.join(map(str, ops)) or 'no op'})"
+    every = settings.get("digest_every", 1)
+    digests = "every step" if every == 1 else f"every {every} steps"
+    return (f"policy {policy}; parameters digested {digests} (--digest-every {every}); "
+            f"CUDA kernel names for {settings.get('kernel_steps', 0)} step(s)")
 
 
 @click.command()
