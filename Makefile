@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per install set: `make demo` installs only what the demo needs, and a later `make test`
+# installs the rest (pip keeps what is already there).
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 EXAMPLE := examples/train_unseeded.py
 DEMO_DIR := out/demo
 
@@ -12,15 +15,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever pyproject.toml changes; torch==2.13.0 is the CPU wheel on this machine's disk.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[torch,tensorflow,test]'
-	touch $(STAMP)
+# The demo needs detrun and torch only.
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[torch]'
+	touch $(DEMO_STAMP)
 
-install: $(STAMP)
+# The tests need every extra: TensorFlow, and the trainers the verdict corpus runs.
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[torch,tensorflow,test]'
+	touch $(TEST_STAMP)
+
+install: $(TEST_STAMP)
 
 # Record the bundled unseeded example, replay it, and print the verdict.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	@mkdir -p $(DEMO_DIR)
 	@echo "== two plain runs (they differ):"
 	@$(BIN)/python $(EXAMPLE) | tail -1
@@ -30,11 +38,11 @@ demo: $(STAMP)
 	@echo "== detrun replay:"
 	@$(BIN)/detrun replay $(DEMO_DIR)/trace.zst $(EXAMPLE) | tail -1
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 # The in-process unit tests only (seconds): session, step clock, trace, Patcher, patches.
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 clean:
