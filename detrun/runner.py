@@ -102,14 +102,11 @@ def compile_script(path: str) -> types.CodeType:
 
 
 def syntax_error_of(resolved: ResolvedTarget) -> SyntaxError | None:
-    """Return the SyntaxError `python SCRIPT` would stop at before running anything, or None.
-
-    Scripts only: `python -m` compiles a module through the import system, which reports differently.
-    """
-    if resolved.target.is_module or os.path.isdir(resolved.target.name):
-        return None
+    """Return the SyntaxError the target's main file stops at before running anything, or None."""
+    name = resolved.target.name
+    plain_file = not resolved.target.is_module and not os.path.isdir(name)
     try:
-        compile_script(python_abspath(resolved.target.name))
+        compile_script(python_abspath(name) if plain_file else resolved.path)
     except SyntaxError as exc:
         return exc
     return None
