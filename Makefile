@@ -15,9 +15,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall whenever pyproject.toml changes; torch==2.13.0 is the CPU wheel on this machine's disk.
-# The demo needs detrun and torch only.
+# The demo needs detrun and torch only. --no-compile: byte-compiling all of torch's files takes most of
+# the install's time; python compiles the few modules the demo imports on first use.
 $(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[torch]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[torch]'
 	touch $(DEMO_STAMP)
 
 # The tests need every extra: TensorFlow, and the trainers the verdict corpus runs.
