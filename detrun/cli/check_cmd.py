@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import SCRIPT_CONTEXT, fail, make_target
+from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, make_target
 
 
-@click.command(context_settings=SCRIPT_CONTEXT)
+@click.command(cls=ScriptCommand, context_settings=SCRIPT_CONTEXT, epilog=PLACEMENT_HELP)
 @click.option("-n", "--runs", default=2, show_default=True, type=click.IntRange(min=2), metavar="N",
               help="Runs in all: one recording, then N-1 replays of it.")
 @click.option("--plain", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",

@@ -81,10 +81,11 @@ def test_replay_options_between_trace_and_script_and_after_the_script(tmp_path: 
     assert unknown.returncode == BAD_INPUT and "No such option" in unknown.stderr
 
 
-def test_profile_option_after_the_script_is_refused(tmp_path: Path) -> None:
+def test_profile_and_check_options_after_the_script_are_refused(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(IGNORES_ARGS)
     _refused(detrun("profile", "train.py", "--steps", "2", cwd=tmp_path), "--steps",
              "detrun profile --steps 2 train.py")
+    _refused(detrun("check", "train.py", "-n", "3", cwd=tmp_path), "-n", "detrun check -n 3 train.py")
 
 
 def test_an_option_the_script_defines_goes_to_the_script(tmp_path: Path) -> None:
@@ -118,7 +119,7 @@ def test_double_dash(tmp_path: Path) -> None:
 
 
 def test_help_states_the_placement_rule() -> None:
-    for command in ("record", "replay", "profile"):
+    for command in ("record", "replay", "profile", "check"):
         shown = " ".join(detrun(command, "--help").stdout.split())
         assert "Put -- before SCRIPT to pass everything after it unchecked" in shown, command
 
