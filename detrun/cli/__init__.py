@@ -4,17 +4,24 @@ from __future__ import annotations
 import click
 
 from detrun import __version__
-from detrun.cli.check_cmd import check_command
 from detrun.cli.common import DetrunGroup
-from detrun.cli.diff_cmd import diff_command
-from detrun.cli.env_cmd import env_command
-from detrun.cli.profile_cmd import profile_command
-from detrun.cli.record_cmd import record_command
-from detrun.cli.replay_cmd import replay_command
-from detrun.cli.show_cmd import show_command
 
 
-@click.group(cls=DetrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# Registered explicitly, by name and place, and imported only when invoked (or listed by --help):
+# `detrun record` starts without importing what show, env or profile need. test_cli_registry.py
+# imports every one of them, so a broken command is a failing test, never a silent "No such command".
+COMMANDS = {
+    "record": "detrun.cli.record_cmd:record_command",
+    "replay": "detrun.cli.replay_cmd:replay_command",
+    "show": "detrun.cli.show_cmd:show_command",
+    "profile": "detrun.cli.profile_cmd:profile_command",
+    "env": "detrun.cli.env_cmd:env_command",
+    "check": "detrun.cli.check_cmd:check_command",
+    "diff": "detrun.cli.diff_cmd:diff_command",
+}
+
+
+@click.group(cls=DetrunGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="detrun")
 def main() -> None:
     """Record and replay ML training runs bit for bit.
@@ -43,13 +50,3 @@ def main() -> None:
     check and diff: 0 identical, 3 differs, 5 unverified / nothing compared.
     """
 
-
-# Registered explicitly: a command whose module fails to import is a loud ImportError at start-up,
-# never a silent "No such command".
-main.add_command(record_command, "record")
-main.add_command(replay_command, "replay")
-main.add_command(show_command, "show")
-main.add_command(profile_command, "profile")
-main.add_command(env_command, "env")
-main.add_command(check_command, "check")
-main.add_command(diff_command, "diff")

@@ -1,8 +1,9 @@
 """What every command shares: one-line errors with their exit code, and the script/argument convention."""
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,7 +31,27 @@ def fail(message: str, code: int = ExitCode.BAD_INPUT) -> None:
 
 class DetrunGroup(click.Group):
     """A click group that turns DetrunError into one line and its exit code, and any other escaping
-    exception into one `internal error` line, a report file and exit 70."""
+    exception into one `internal error` line, a report file and exit 70.
+
+    `lazy_commands` maps a command's name to "module:attribute"; the module is imported only when
+    the command is invoked or listed (click's documented lazy-loading pattern).
+    """
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *self.lazy_commands]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        place = self.lazy_commands.get(cmd_name)
+        if place is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = place.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command), place
+        return command
 
     def invoke(self, ctx: click.Context) -> object:
         try:
