@@ -63,11 +63,12 @@ def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
     from detrun.runner import Runner, Target
     from detrun.trace import TraceWriter, read_trace
 
+    progress_fd = _progress_pipe(config)
     target = Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"])
     runner = Runner(target)
     if config["mode"] == "record":
         writer = TraceWriter(config["trace_tmp"], config["header"])
-        session = Session("record", writer=writer, quiet=config["quiet"],
+        session = Session("record", writer=writer, quiet=config["quiet"], progress_fd=progress_fd,
                           settings={**config["settings"], "trace_path": config["trace_path"],
                                     "force": config.get("force", False)})
     else:
@@ -76,7 +77,7 @@ def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
             print(f"detrun: warning: the trace is incomplete ({trace.end.get('reason') if trace.end else '?'}); "
                   "only its recorded part can be checked", file=sys.stderr)
         session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
-                          settings=config["settings"], verbose=config.get("verbose", False),
+                          progress_fd=progress_fd, settings=config["settings"], verbose=config.get("verbose", False),
                           report_json=config.get("report_json"),
                           ignore_output=tuple(config.get("ignore_output", ())))
         for cause in config.get("causes", []):  # environment differences, most likely first
@@ -90,6 +91,18 @@ def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
     session.scratch_dir = config.get("scratch_dir")
     session.install(all_sources())
     return runner, session
+
+
+def _progress_pipe(config: dict[str, Any]) -> int | None:
+    """Return the pipe to the launcher's progress line, kept from the script's own child processes."""
+    from detrun.progress_line import PROGRESS_FD_KEY
+
+    fd = config.get(PROGRESS_FD_KEY)
+    if not isinstance(fd, int):
+        return None
+    os.set_inheritable(fd, False)
+    os.set_blocking(fd, False)  # a full pipe drops an update; it never holds up the training
+    return fd
 
 
 def _follow_parent(config: dict[str, Any]) -> None:

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, NoReturn
 
+from detrun.progress_line import PROGRESS_FD_KEY, ProgressRelay
+
 
 
 CHILD_CONFIG_VAR = "DETRUN_CHILD_CONFIG"
@@ -88,31 +90,53 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
         else:
             child_env[key] = value
     preexec = _die_with_parent_linux()
-    watch_fds: tuple[int, ...] = ()
+    pass_fds: list[int] = []
     keep_alive = -1
     if preexec is None:
         # No PR_SET_PDEATHSIG here: the child watches a pipe whose only writer is this process, and
         # the kernel closes it whatever kills us.
         watch, keep_alive = os.pipe()
-        watch_fds = (watch,)
+        pass_fds.append(watch)
         config = {**config, "parent_pipe": watch}
+    # A terminal's progress line is drawn here, by the one process that sees every byte the script
+    # writes to it (detrun.progress_line says why).
+    relay = ProgressRelay.for_terminal(bool(config.get("quiet")))
+    if relay is not None:
+        pass_fds.append(relay.progress_write)
+        config = {**config, PROGRESS_FD_KEY: relay.progress_write}
     config = {**config, "parent_pid": os.getpid()}
     child_env[CHILD_CONFIG_VAR] = json.dumps(config)
     try:
         process = subprocess.Popen([sys.executable, "-m", "detrun._child"], env=child_env, preexec_fn=preexec,
-                                   pass_fds=watch_fds)
+                                   pass_fds=pass_fds, stdout=relay.child_stdout if relay else None,
+                                   stderr=relay.child_stderr if relay else None)
+    except BaseException:
+        if relay is not None:
+            relay.stop()
+        raise
     finally:
-        for fd in watch_fds:
-            os.close(fd)
+        if keep_alive >= 0:
+            os.close(pass_fds[0])
+    if relay is not None:
+        relay.started()
 
     def forward(signum: int, _frame: Any) -> None:
         process.send_signal(signum)
 
+    def interrupted(_signum: int, _frame: Any) -> None:
+        relay.interrupt()  # type: ignore[union-attr]
+
+    def resized(_signum: int, _frame: Any) -> None:
+        relay.resize()  # type: ignore[union-attr]
+
     # Ctrl-C reaches the whole foreground process group, so the child already has it; the parent
-    # only has to outlive the child to finish the trace. kill/SIGTERM is aimed at us: pass it on.
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    # only has to outlive the child to finish the trace (and erase the progress line at once, so
+    # that `^C` and the traceback start on a clean line). kill/SIGTERM is aimed at us: pass it on.
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if relay is None else interrupted),
                 signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
                 signal.SIGHUP: signal.signal(signal.SIGHUP, forward)}
+    if relay is not None:
+        previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resized)
     try:
         status = process.wait()
     finally:
@@ -120,6 +144,8 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
             signal.signal(signum, handler)
         if keep_alive >= 0:
             os.close(keep_alive)
+        if relay is not None:
+            relay.stop()
     return status
 
 def _die_with_parent_linux() -> Callable[[], None] | None:

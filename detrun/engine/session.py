@@ -22,6 +22,7 @@ from detrun.engine.import_watch import ImportWatcher, initialising
 from detrun.engine.replay_end import ReplayEnd
 from detrun.engine.step_clock import StepClock
 from detrun.engine.verdict import Divergence, Verdict
+from detrun.progress_line import ProgressPipe
 from detrun.runner import Outcome
 from detrun.trace import Trace, TraceWriter
 from detrun.trace.writer import publish
@@ -138,6 +139,7 @@ class Session(ChildSegments, ReplayEnd):
         verbose: bool = False,
         report_json: str | None = None,
         ignore_output: tuple[str, ...] = (),
+        progress_fd: int | None = None,
     ) -> None:
         assert mode in ("record", "replay")
         self.mode = mode
@@ -172,9 +174,10 @@ class Session(ChildSegments, ReplayEnd):
         self._failed_hooks: set[str] = set()
         self._watcher = ImportWatcher(self.hook_failed)
         self._uninstallers: list[Callable[[], None]] = []
-        self._progress = not quiet and sys.stderr.isatty()
+        # The progress line is drawn by the launcher, which sees every byte the script writes to the
+        # terminal (detrun.progress_line); this process only sends it the text. No pipe: no line.
+        self._progress = ProgressPipe(progress_fd) if progress_fd is not None and not quiet else None
         self._progress_due = 0.0
-        self._progress_shown = False
         self._on_stop: list[Callable[[], None]] = []
         # Differences that may explain a divergence (environment, pinned settings that could not
         # be pinned), most likely first; the verdict names the first one.
@@ -343,7 +346,7 @@ class Session(ChildSegments, ReplayEnd):
                       f"({self.trace.end.get('reason') if self.trace and self.trace.end else 'incomplete'}): "
                       "stopping the replay there", file=sys.stderr)
             raise RecordingEnded()
-        if self._progress:
+        if self._progress is not None:
             now = time.monotonic()
             if now >= self._progress_due:
                 self._progress_due = now + 0.5
@@ -366,15 +369,13 @@ class Session(ChildSegments, ReplayEnd):
         # A replay knows how many steps the recording made: `step 197/200`.
         total = self.trace.end.get("steps") if self.trace is not None and self.trace.end else None
         step = f"{self.steps}/{total}" if isinstance(total, int) and total > 0 else f"{self.steps}"
-        sys.stderr.write(f"\rdetrun: {self.mode}ing · step {step} · {detail}\x1b[K")
-        sys.stderr.flush()
-        self._progress_shown = True
+        assert self._progress is not None
+        self._progress.send(f"detrun: {self.mode}ing · step {step} · {detail}")
 
     def _clear_progress(self) -> None:
-        if self._progress_shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-            self._progress_shown = False
+        """Before detrun speaks on stderr: hide the progress line, and end the script's unfinished line."""
+        if self._progress is not None:
+            self._progress.fresh_line()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -411,6 +412,7 @@ class Session(ChildSegments, ReplayEnd):
 
     def detach(self) -> None:
         """Undo this session's hooks in a forked child without touching the parent's trace."""
+        self._progress = None  # the parent's progress line is not this process's
         self.writer = None  # the child's copy of the parent's writer must never write
         self._on_stop.clear()
         self._failed_hooks.add("uninstalling hooks")  # stay quiet about the parent's hooks
