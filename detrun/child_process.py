@@ -140,12 +140,12 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
     try:
         status = process.wait()
     finally:
+        if relay is not None:
+            relay.stop()  # still under our handlers: a second Ctrl-C here is no traceback of detrun's
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if keep_alive >= 0:
             os.close(keep_alive)
-        if relay is not None:
-            relay.stop()
     return status
 
 def _die_with_parent_linux() -> Callable[[], None] | None:

@@ -134,6 +134,8 @@ class ProgressRelay:
         self._fds: list[int] = []
         self._streams: dict[int, int] = {}  # pseudo-terminal master -> the launcher's descriptor it feeds
         self._held = b""  # stderr bytes that may be the start of FRESH_LINE
+        self._pending_text = b""  # a progress message not complete yet
+        self._open_streams: set[int] = set()
         self.child_stdout: int | None = None
         self.child_stderr = self._open_pty(2)
         stdout = _stat(1)
@@ -225,46 +227,56 @@ class ProgressRelay:
             selector.register(master, selectors.EVENT_READ)
         selector.register(self._progress_read, selectors.EVENT_READ)
         selector.register(self._wake_read, selectors.EVENT_READ)
-        pending = b""
-        open_streams = set(self._streams)
-        while open_streams:
-            if self._stopping_at is not None and time.monotonic() >= self._stopping_at:
-                break
-            stderr_read = False
-            for key, _ in selector.select(_POLL_SECONDS):
-                fd = key.fd
-                stderr_read = stderr_read or self._streams.get(fd) == 2
+        self._open_streams = set(self._streams)
+        failures = 0
+        try:
+            while self._open_streams and failures < 100:
+                if self._stopping_at is not None and time.monotonic() >= self._stopping_at:
+                    break
                 try:
-                    data = os.read(fd, 65536)
-                except OSError:  # a pseudo-terminal reports EIO once its last writer closed
-                    data = b""
-                if fd in self._streams:
-                    if not data:
-                        selector.unregister(fd)
-                        open_streams.discard(fd)
-                    else:
-                        with self._lock:
-                            self._forward(self._streams[fd], data)
-                elif fd == self._progress_read:
-                    *texts, pending = (pending + data).split(b"\n")
-                    if texts:
-                        self._text = texts[-1].decode(errors="replace")
-                    if not data:
-                        selector.unregister(fd)
-                        self._text = ""  # the child is gone: nothing more to show
-                # the wake pipe needs nothing but the read
-            with self._lock:
-                if self._held and not stderr_read:
-                    self._flush_held()  # bytes that looked like the marker's start, and were not
-                if self._resized:
-                    self._resized = False
-                    for master, target in self._streams.items():
-                        _copy_window_size(target, master)
-                if self._interrupted or not self._text:
-                    self._erase()
+                    self._pump_once(selector)
+                except Exception:  # noqa: BLE001 - a bug here must not stop the script's output
+                    failures += 1
+                    self._interrupted = True  # but it ends the progress line
+        finally:
+            selector.close()
+
+    def _pump_once(self, selector: selectors.BaseSelector) -> None:
+        """Wait for output, progress text or a wake-up (at most _POLL_SECONDS); pass it on; draw or erase."""
+        stderr_read = False
+        for key, _ in selector.select(_POLL_SECONDS):
+            fd = key.fd
+            stderr_read = stderr_read or self._streams.get(fd) == 2
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # a pseudo-terminal reports EIO once its last writer closed
+                data = b""
+            if fd in self._streams:
+                if not data:
+                    selector.unregister(fd)
+                    self._open_streams.discard(fd)
                 else:
-                    self._draw()
-        selector.close()
+                    with self._lock:
+                        self._forward(self._streams[fd], data)
+            elif fd == self._progress_read:
+                *texts, self._pending_text = (self._pending_text + data).split(b"\n")
+                if texts:
+                    self._text = texts[-1].decode(errors="replace")
+                if not data:
+                    selector.unregister(fd)
+                    self._text = ""  # the child is gone: nothing more to show
+            # the wake pipe needs nothing but the read
+        with self._lock:
+            if self._held and not stderr_read:
+                self._flush_held()  # bytes that looked like the marker's start, and were not
+            if self._resized:
+                self._resized = False
+                for master, target in self._streams.items():
+                    _copy_window_size(target, master)
+            if self._interrupted or not self._text:
+                self._erase()
+            else:
+                self._draw()
 
     def _forward(self, target: int, data: bytes) -> None:
         """Pass the script's bytes on, the progress line erased first."""

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 from typing import Callable
 
-from conftest import EXAMPLES, detrun_command
+from conftest import EXAMPLES, detrun, detrun_command
 from support.terminal_screen import Screen, run_on_terminal
 
 from detrun.progress_line import FRESH_LINE as FRESH_LINE_BYTES
@@ -39,10 +39,10 @@ def _stderr_through_a_terminal(args: list[str], cwd: Path) -> str:
 
 
 def test_progress_line_on_a_terminal(tmp_path: Path) -> None:
-    shown = _stderr_through_a_terminal(["record", EXAMPLE, "--steps", "2000"], tmp_path)
+    shown = _stderr_through_a_terminal(["record", EXAMPLE, "--steps", "300"], tmp_path)
     assert "\rdetrun: recording · step " in shown, shown[-500:]
-    assert "recorded 2000 steps" in shown
-    quiet = _stderr_through_a_terminal(["record", "-q", "--force", EXAMPLE, "--steps", "2000"], tmp_path)
+    assert "recorded 300 steps" in shown
+    quiet = _stderr_through_a_terminal(["record", "-q", "--force", EXAMPLE, "--steps", "300"], tmp_path)
     assert "detrun:" not in quiet, quiet[-500:]
 
 
@@ -157,6 +157,14 @@ def test_progress_line_with_stdout_piped_through_tee(tmp_path: Path) -> None:
     _assert_never_shares_a_line(screen, "detrun: recording")
     assert lines[:3] == ["epoch 0 done", "epoch 1 done", "epoch 2 done"], lines
     assert (tmp_path / "log.txt").read_text() == "epoch 0 done\nepoch 1 done\nepoch 2 done\n"
+
+
+def test_no_progress_line_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    (tmp_path / "train_epochs.py").write_text(EPOCHS_SCRIPT)
+    result = detrun("record", "train_epochs.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("detrun: recorded 120 steps") and "\r" not in result.stderr, result.stderr
+    assert result.stdout == "epoch 0 done\nepoch 1 done\nepoch 2 done\n"
 
 
 def test_ctrl_c_starts_the_traceback_on_a_clean_line(tmp_path: Path) -> None:
