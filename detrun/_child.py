@@ -77,8 +77,8 @@ def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
             print(f"detrun: warning: the trace is incomplete ({trace.end.get('reason') if trace.end else '?'}); "
                   "only its recorded part can be checked", file=sys.stderr)
         session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
-                          progress_fd=progress_fd, settings=config["settings"], verbose=config.get("verbose", False),
-                          report_json=config.get("report_json"),
+                          progress_fd=progress_fd, settings=config["settings"],
+                          verbose=config.get("verbose", False), report_json=config.get("report_json"),
                           ignore_output=tuple(config.get("ignore_output", ())))
         for cause in config.get("causes", []):  # environment differences, most likely first
             session.note_cause(cause)

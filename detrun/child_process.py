@@ -91,7 +91,7 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
             child_env[key] = value
     preexec = _die_with_parent_linux()
     pass_fds: list[int] = []
-    keep_alive = -1
+    watch = keep_alive = -1
     if preexec is None:
         # No PR_SET_PDEATHSIG here: the child watches a pipe whose only writer is this process, and
         # the kernel closes it whatever kills us.
@@ -115,28 +115,21 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
             relay.stop()
         raise
     finally:
-        if keep_alive >= 0:
-            os.close(pass_fds[0])
-    if relay is not None:
-        relay.started()
+        if watch >= 0:
+            os.close(watch)
 
     def forward(signum: int, _frame: Any) -> None:
         process.send_signal(signum)
 
-    def interrupted(_signum: int, _frame: Any) -> None:
-        relay.interrupt()  # type: ignore[union-attr]
-
-    def resized(_signum: int, _frame: Any) -> None:
-        relay.resize()  # type: ignore[union-attr]
-
     # Ctrl-C reaches the whole foreground process group, so the child already has it; the parent
-    # only has to outlive the child to finish the trace (and erase the progress line at once, so
+    # only has to outlive the child to finish the trace (and to erase the progress line at once, so
     # that `^C` and the traceback start on a clean line). kill/SIGTERM is aimed at us: pass it on.
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if relay is None else interrupted),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
-                signal.SIGHUP: signal.signal(signal.SIGHUP, forward)}
+    handlers: dict[signal.Signals, Any] = {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: forward,
+                                           signal.SIGHUP: forward}
     if relay is not None:
-        previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resized)
+        relay.started()
+        handlers.update(_relay_handlers(relay))
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         status = process.wait()
     finally:
@@ -147,6 +140,11 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
         if keep_alive >= 0:
             os.close(keep_alive)
     return status
+
+def _relay_handlers(relay: ProgressRelay) -> dict[signal.Signals, Callable[[int, Any], None]]:
+    """Return the launcher's signal handlers while the relay owns the terminal."""
+    return {signal.SIGINT: lambda _signum, _frame: relay.interrupt(),
+            signal.SIGWINCH: lambda _signum, _frame: relay.resize()}
 
 def _die_with_parent_linux() -> Callable[[], None] | None:
     """Return a preexec_fn that makes the child get SIGKILL when this process dies (Linux), or None.

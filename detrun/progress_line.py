@@ -32,7 +32,6 @@ child's descriptors are the launcher's own, exactly as before.
 """
 from __future__ import annotations
 
-import codecs
 import os
 import select
 import selectors
@@ -41,6 +40,8 @@ import sys
 import threading
 import time
 
+from detrun.terminal_line import LineTracker
+
 PROGRESS_FD_KEY = "progress_fd"
 FRESH_LINE = b"\x1b]detrun;fresh-line\x07"  # an OSC sequence: a terminal it leaked to would show nothing
 QUIET_SECONDS = 1.0  # the script must have been this quiet on the terminal before the line is drawn
@@ -48,74 +49,6 @@ _POLL_SECONDS = 0.2
 _CATCH_UP_SECONDS = 0.05
 _DRAIN_SECONDS = 2.0  # after the child exits, how long its children may still hold the terminal
 _ERASE = b"\r\x1b[K"
-
-
-class LineTracker:
-    """Follow the terminal's current line just far enough to know whether it is empty, cursor at its start."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._cursor = 0
-        self._ink: set[int] = set()  # columns holding a character other than a space
-        self._lost = False  # a cursor move we do not follow (nested bars): unknown until the next newline
-        self._escape = ""
-
-    @property
-    def blank(self) -> bool:
-        """Return whether the current line shows nothing and the cursor is at its start."""
-        return not self._lost and not self._escape and self._cursor == 0 and not self._ink
-
-    def feed(self, data: bytes) -> None:
-        """Consume bytes in the order the terminal gets them."""
-        for char in self._decoder.decode(data):
-            if self._escape:
-                self._escape_char(char)
-            elif char == "\x1b":
-                self._escape = char
-            elif char == "\n":
-                self._cursor, self._ink, self._lost = 0, set(), False
-            elif char == "\r":
-                self._cursor = 0
-            elif char == "\b":
-                self._cursor = max(0, self._cursor - 1)
-            elif char == "\t":
-                self._cursor = (self._cursor // 8 + 1) * 8
-            elif char >= " " and char != "\x7f":
-                if char == " ":
-                    self._ink.discard(self._cursor)
-                else:
-                    self._ink.add(self._cursor)
-                self._cursor += 1
-
-    def _escape_char(self, char: str) -> None:
-        sequence = self._escape + char
-        if len(sequence) == 2:
-            if char in "[]":
-                self._escape = sequence
-                return
-            self._escape = ""
-            if char in "78DEM":  # restore cursor, index, next line, reverse index: the cursor moved
-                self._lost = True
-            return
-        if sequence[1] == "]":  # OSC (a window title): ends with BEL or ESC backslash, shows nothing
-            self._escape = "" if char == "\x07" or sequence.endswith("\x1b\\") or len(sequence) > 512 else sequence
-            return
-        if not ("@" <= char <= "~") and len(sequence) <= 32:
-            self._escape = sequence
-            return
-        self._escape = ""
-        params = sequence[2:-1]
-        if char == "m":
-            return  # colours
-        if char == "K":
-            if params in ("", "0"):
-                self._ink = {column for column in self._ink if column < self._cursor}
-            elif params == "1":
-                self._ink = {column for column in self._ink if column > self._cursor}
-            elif params == "2":
-                self._ink = set()
-            return
-        self._lost = True  # cursor moves, line or screen erases: not worth following
 
 
 class ProgressRelay:
@@ -137,7 +70,20 @@ class ProgressRelay:
         self._pending_text = b""  # a progress message not complete yet
         self._open_streams: set[int] = set()
         self.child_stdout: int | None = None
-        self.child_stderr = self._open_pty(2)
+        try:
+            self.child_stderr = self._open_pty(2)
+            self._open_stdout()
+            self._progress_read, self.progress_write = os.pipe()
+            self._fds += [self._progress_read, self.progress_write]
+            self._wake_read, self._wake_write = os.pipe()
+            self._fds += [self._wake_read, self._wake_write]
+        except OSError:
+            self._close_all()
+            raise
+        os.set_blocking(self._wake_write, False)
+        self._thread = threading.Thread(target=self._pump, name="detrun-progress", daemon=True)
+
+    def _open_stdout(self) -> None:
         stdout = _stat(1)
         if stdout is not None and os.isatty(1) and stdout.st_rdev == os.fstat(2).st_rdev:
             self.child_stdout = self._open_pty(1)  # the same terminal: the relay must see these bytes too
@@ -146,11 +92,6 @@ class ProgressRelay:
             # passes these bytes on too, so that it knows when the script writes. A file (`> log`)
             # cannot, and is left alone: the script writing to it keeps no progress line away.
             self.child_stdout = self._open_pipe(1)
-        self._progress_read, self.progress_write = os.pipe()
-        self._wake_read, self._wake_write = os.pipe()
-        self._fds += [self._progress_read, self.progress_write, self._wake_read, self._wake_write]
-        os.set_blocking(self._wake_write, False)
-        self._thread = threading.Thread(target=self._pump, name="detrun-progress", daemon=True)
 
     @classmethod
     def for_terminal(cls, quiet: bool) -> ProgressRelay | None:
@@ -208,6 +149,9 @@ class ProgressRelay:
             self._erase()
             if not self._tracker.blank:
                 self._write(2, b"\n")  # a child that died mid-line: the launcher's own report starts afresh
+        self._close_all()
+
+    def _close_all(self) -> None:
         for fd in self._fds:
             try:
                 os.close(fd)
@@ -421,4 +365,4 @@ def _copy_window_size(source_fd: int, target_fd: int) -> None:
         pass
 
 
-__all__ = ["FRESH_LINE", "PROGRESS_FD_KEY", "QUIET_SECONDS", "LineTracker", "ProgressPipe", "ProgressRelay"]
+__all__ = ["FRESH_LINE", "PROGRESS_FD_KEY", "QUIET_SECONDS", "ProgressPipe", "ProgressRelay"]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from detrun.progress_line import FRESH_LINE, LineTracker, _marker_prefix_at_end
+from detrun.progress_line import FRESH_LINE, _marker_prefix_at_end
+from detrun.terminal_line import LineTracker
 
 
 def _after(*chunks: bytes) -> LineTracker:
