@@ -27,6 +27,13 @@ class LineTracker:
 
     def feed(self, data: bytes) -> None:
         """Consume bytes in the order the terminal gets them."""
+        newline = data.rfind(b"\n")
+        if newline >= 0:
+            # Only the last line matters, so a flood of output costs one line's work per read. A
+            # newline byte is never inside a UTF-8 character, and it ends any escape sequence too.
+            self._decoder.reset()
+            self._cursor, self._ink, self._lost, self._escape = 0, set(), False, ""
+            data = data[newline + 1:]
         for char in self._decoder.decode(data):
             if self._escape:
                 self._escape_char(char)
