@@ -28,7 +28,11 @@ detrun's lines is a line of its own. The marker travels in the stream itself bec
 keeps it in order with the script's last bytes.
 
 When stderr is not a terminal, or with -q, there is no relay and no progress line at all: the
-child's descriptors are the launcher's own, exactly as before.
+child's descriptors are the launcher's own, exactly as before. In-process blocks (detrun.api)
+have no launcher and show no progress line. Limits: stdout and stderr come through two channels,
+so what the script writes to both in the same instant may reach the terminal in either order (as
+it already could through the child's stdout tee); the relay's pseudo-terminals follow a resized
+terminal (SIGWINCH), the stdout tee's inside the child does not.
 """
 from __future__ import annotations
 
@@ -256,6 +260,7 @@ class ProgressRelay:
             if not data:
                 return
             self._write(1, data)
+            self._last_output = time.monotonic()
 
     def _flush_held(self) -> None:
         if self._held:
