@@ -208,8 +208,10 @@ class ProgressRelay:
                         self._forward(self._streams[fd], data)
             elif fd == self._progress_read:
                 *texts, self._pending_text = (self._pending_text + data).split(b"\n")
-                if texts:
-                    self._text = texts[-1].decode(errors="replace")
+                for text in texts:  # each in turn: a short run's only update may come with the "" after it
+                    self._text = text.decode(errors="replace")
+                    with self._lock:
+                        self._refresh()
                 if not data:
                     selector.unregister(fd)
                     self._text = ""  # the child is gone: nothing more to show
@@ -221,10 +223,13 @@ class ProgressRelay:
                 self._resized = False
                 for master, target in self._streams.items():
                     _copy_window_size(target, master)
-            if self._interrupted or not self._text:
-                self._erase()
-            else:
-                self._draw()
+            self._refresh()
+
+    def _refresh(self) -> None:
+        if self._interrupted or not self._text:
+            self._erase()
+        else:
+            self._draw()
 
     def _forward(self, target: int, data: bytes) -> None:
         """Pass the script's bytes on, the progress line erased first."""
