@@ -44,7 +44,7 @@ import sys
 import threading
 import time
 
-from detrun.terminal_line import LineTracker
+from detrun.terminal_line import LineTracker, copy_window_size
 
 PROGRESS_FD_KEY = "progress_fd"
 FRESH_LINE = b"\x1b]detrun;fresh-line\x07"  # an OSC sequence: a terminal it leaked to would show nothing
@@ -113,7 +113,7 @@ class ProgressRelay:
 
         master, slave = pty.openpty()
         self._fds += [master, slave]
-        _copy_window_size(target, slave)
+        copy_window_size(target, slave)
         tty.setraw(slave)  # bytes pass unchanged; the real terminal does its own \n -> \r\n
         self._streams[master] = target
         return slave
@@ -222,7 +222,7 @@ class ProgressRelay:
             if self._resized:
                 self._resized = False
                 for master, target in self._streams.items():
-                    _copy_window_size(target, master)
+                    copy_window_size(target, master)
             self._refresh()
 
     def _refresh(self) -> None:
@@ -361,18 +361,6 @@ def _marker_prefix_at_end(data: bytes) -> bytes:
         if FRESH_LINE.startswith(data[-size:]):
             return data[-size:]
     return b""
-
-
-def _copy_window_size(source_fd: int, target_fd: int) -> None:
-    """Give a pseudo-terminal a terminal's size, so progress bars draw the same width."""
-    try:
-        import fcntl
-        import termios
-
-        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, b"\0" * 8)
-        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
-    except OSError:
-        pass
 
 
 __all__ = ["FRESH_LINE", "PROGRESS_FD_KEY", "QUIET_SECONDS", "ProgressPipe", "ProgressRelay"]

@@ -85,4 +85,16 @@ class LineTracker:
         self._lost = True  # cursor moves, line or screen erases: not worth following
 
 
-__all__ = ["LineTracker"]
+def copy_window_size(source_fd: int, target_fd: int) -> None:
+    """Give a pseudo-terminal a terminal's size, so progress bars draw the same width."""
+    try:
+        import fcntl
+        import termios
+
+        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+__all__ = ["LineTracker", "copy_window_size"]

@@ -27,6 +27,7 @@ import threading
 import zlib
 from typing import TYPE_CHECKING, Any
 
+from detrun.terminal_line import copy_window_size
 from detrun.trace.registry import STDOUT as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ class StdoutSource:
             import tty
 
             self._read_fd, write_fd = pty.openpty()
-            _copy_window_size(self._saved_fd, write_fd)
+            copy_window_size(self._saved_fd, write_fd)
             tty.setraw(write_fd)  # bytes pass unchanged; the real terminal does its own \n -> \r\n
         else:
             self._read_fd, write_fd = os.pipe()
@@ -242,15 +243,3 @@ def compare_lines(recorded: dict[str, Any], lines: list[str], count: int, rest: 
     if recorded.get("rest", 0) != rest:
         return f"stdout differs after line {MAX_LINES}"
     return None
-
-
-def _copy_window_size(source_fd: int, target_fd: int) -> None:
-    """Give the pseudo-terminal the real terminal's size, so progress bars draw the same width."""
-    try:
-        import fcntl
-        import termios
-
-        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, b"\0" * 8)
-        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
-    except OSError:
-        pass
