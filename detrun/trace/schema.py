@@ -24,6 +24,11 @@ class SchemaError(ValueError):
         return SchemaError(self.problem, step + self.where)
 
 
+def _key_step(key: object) -> str:
+    """Return `.key` for a printable key, else `[repr]`: an error stays one line whatever a trace's keys hold."""
+    return f".{key}" if isinstance(key, str) and key.isprintable() else f"[{key!r}]"
+
+
 def _type_name(value: object) -> str:
     return "nil" if value is None else type(value).__name__
 
@@ -249,7 +254,7 @@ class MapOf(Schema):
             try:
                 self.value.check(item)
             except SchemaError as exc:
-                raise exc.inside(f".{key}") from None
+                raise exc.inside(_key_step(key)) from None
 
     def describe(self) -> str:
         return f"map of at most {self.max_len} entries"
@@ -283,7 +288,7 @@ class Record(Schema):
             try:
                 schema.check(item)
             except SchemaError as exc:
-                raise exc.inside(f".{key}") from None
+                raise exc.inside(_key_step(key)) from None
 
     def describe(self) -> str:
         return "map with fields " + ", ".join(self.fields) if self.fields else "map"
@@ -341,7 +346,7 @@ class Data(Schema):
                 try:
                     self.check(item, depth + 1)
                 except SchemaError as exc:
-                    raise exc.inside(f".{key}" if kind is dict else f"[{key}]") from None
+                    raise exc.inside(_key_step(key) if kind is dict else f"[{key}]") from None
             return
         raise self.fail(value)
 
