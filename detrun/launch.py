@@ -58,7 +58,7 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
 
 def record(target: Target, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 1, policy: str = "strict", profile_path: str | None = None,
-           kernel_steps: int = 2) -> int:
+           kernel_steps: int = 2, op_digests: int = 0, op_digest_every: int = 0) -> int:
     """Record one run of the target into `output`; return the script's exit status."""
     resolved = resolve(target)
     check_output(output, force)
@@ -87,6 +87,8 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "policy_ops": chosen_ops,
             "tf_op_determinism": policy != "off",
             "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
+            "op_digests": op_digests,  # op output digests: the first K optimizer steps ...
+            "op_digest_every": op_digest_every,  # ... and every Nth (0: none)
         },
     }
     assert tuple(header["settings"]) == RECORDED_SETTINGS, "replay passes on only RECORDED_SETTINGS"
@@ -103,8 +105,12 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
 def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool = False,
            allow_changed_args: bool = False, strict: bool = False, quiet: bool = False,
            pin_threads: bool = True, verbose: bool = False, report_json: str | None = None,
-           ignore_output: tuple[str, ...] = ()) -> int:
-    """Replay a trace; return the script's non-zero exit status, else the verdict's exit code."""
+           ignore_output: tuple[str, ...] = (), op_capture: tuple[int, str] | None = None) -> int:
+    """Replay a trace; return the script's non-zero exit status, else the verdict's exit code.
+
+    `op_capture` (detrun explain's): (S, path): digest every op of steps 1..S, with its call site,
+    write them to `path` (a scratch file of the caller's, never the trace's choice) and stop after step S.
+    """
     header = read_header(trace_path)
     recorded = header.get("script")
     recorded_args = header.get("argv", [])
@@ -138,6 +144,8 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         return 1
     settings: dict[str, Any] = {key: trace_settings[key] for key in RECORDED_SETTINGS if key in trace_settings}
     settings.update(hashseed=hashseed, thread_env=thread_env, pin_threads=pin_threads)
+    if op_capture is not None:
+        settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
     child_env: dict[str, str | None] = {"PYTHONHASHSEED": hashseed}
     if pin_threads:
         # Pin the thread environment the recording ran with (absent there means absent here).

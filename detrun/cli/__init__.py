@@ -18,6 +18,7 @@ COMMANDS = {
     "env": "detrun.cli.env_cmd:env_command",
     "check": "detrun.cli.check_cmd:check_command",
     "diff": "detrun.cli.diff_cmd:diff_command",
+    "explain": "detrun.cli.explain_cmd:explain_command",
 }
 
 
@@ -41,6 +42,7 @@ def main() -> None:
       detrun profile --steps 20 train.py     # nondeterministic ops and their patches
       detrun check --plain 2 train.py        # record + replay, judged criterion by criterion
       detrun diff a.zst b.zst --plot loss.png   # first differing step of two recordings
+      detrun explain trace.zst train.py      # the first op whose output differs, its line, its fix
 
     \b
     Exit codes: the script's own status passes through; 2 bad input (missing
@@ -48,5 +50,5 @@ def main() -> None:
     3 replay --strict stopped at a divergence; 4 profile --fail-on found an
     unpatched nondeterministic op; 70 internal error in detrun.
     check and diff: 0 identical, 3 differs, 5 unverified / nothing compared.
+    explain: 0 reproduced (nothing to explain), 3 diverged, 5 unverified.
     """
-

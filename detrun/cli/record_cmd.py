@@ -23,11 +23,18 @@ from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, mak
 @click.option("--kernel-steps", default=2, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="Record the CUDA kernel names launched in the first K optimizer steps (0: none; no-op "
                    "without CUDA).")
+@click.option("--op-digests", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="Digest the output of every aten op in the first K optimizer steps, so that a replay (and "
+                   "`detrun explain`) names the first op whose output differs. Off by default: it slows those "
+                   "steps down (see README).")
+@click.option("--op-digest-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Also digest every op of every Nth optimizer step (0: none beyond the first K).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary.")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def record_command(output: str, force: bool, module: bool, digest_every: int, policy: str, from_profile: str | None,
-           kernel_steps: int, quiet: bool, script: str, args: tuple[str, ...]) -> None:
+           kernel_steps: int, op_digests: int, op_digest_every: int, quiet: bool, script: str,
+           args: tuple[str, ...]) -> None:
     """Run SCRIPT [ARGS]... as `python` would and record every source of nondeterminism.
 
     \b
@@ -42,9 +49,10 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
     Examples:
       detrun record train.py --epochs 3
       detrun record -o runs/a.zst -m mypkg.train --lr 0.1
+      detrun record --op-digests 5 train.py     # for `detrun explain`
     """
     from detrun.launch import exit_like, record as record_run
 
     exit_like(record_run(make_target(script, args, module), output, force=force, quiet=quiet,
                          digest_every=digest_every, policy=policy, profile_path=from_profile,
-                         kernel_steps=kernel_steps))
+                         kernel_steps=kernel_steps, op_digests=op_digests, op_digest_every=op_digest_every))

@@ -193,6 +193,16 @@ KERNELS = _declare(
     "the CUDA kernel names launched in one of the first K optimizer steps (a growing string table)",
     "cuda_kernels")
 
+# --- op output digests of chosen steps (`record --op-digests K`, for `detrun explain`)
+
+OP_DIGESTS = _declare(
+    "op.digests", 1, OneOf(
+        Record(required={"step": STEP_COUNT, "skipped": Str(4096)}),
+        Record(required={"step": STEP_COUNT, "strings": ListOf(Str(4096), 1 << 20), "ops": PACKED_IDS,
+                         "digests": PACKED_IDS}, optional={"truncated": STEP_COUNT})),
+    "[step, op keys, 32-bit digest of each op's outputs] of the first K and every Nth optimizer step "
+    "(a growing string table); compared op by op on replay", "op_digests", streamed=True)
+
 # --- the DataLoader
 
 DL_EPOCH = _declare(
@@ -310,6 +320,9 @@ SETTINGS = Record(optional={
     "policy_ops": ListOf(NAME, 4096),
     "tf_op_determinism": Bool,
     "kernel_steps": Int(0, 1 << 20),
+    # Op output digests: the first `op_digests` optimizer steps, and every `op_digest_every`th (0: none).
+    "op_digests": Int(0, 1 << 20),
+    "op_digest_every": Int(0, (1 << 31) - 1),
     # Recorded by detrun.api in the recording's own process (no child, no script, no hash seed set).
     "in_process": Bool,
     # hash() of a fixed str in that process: which hash seed it ran with, without revealing it.

@@ -52,6 +52,8 @@ SAMPLES: dict[str, list[Any]] = {
     "policy": [{"policy": "strict", "patches": ["histc"], "flags": {"deterministic": True}}],
     "kernels": [{"step": 1, "strings": ["gemm", "aten::mm"], "kernels": [1, b"\x00"], "ops": [1, b"\x01"]},
                 {"step": 2, "skipped": "the script started a profiler"}],
+    "op.digests": [{"step": 1, "strings": ["aten::mm@cpu"], "ops": [1, b"\x00\x00"], "digests": [4, b"\x01\x02\x03\x04" * 2]},
+                   {"step": 2, "skipped": "the script's own dispatch mode was active"}],
     "dl.epoch": [[0, 0, 40, 12345, "BatchSampler"], [0, 1, None, None, "BatchSampler"]],
     "dl.indices": [[0, 0, 1, b"\x01\x02", False], [0, 0, 0, ["a", -1], True]],
     "dl.batch": [[0, 0, 0, [1, 2]]],

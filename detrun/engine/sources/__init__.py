@@ -38,6 +38,7 @@ def all_sources(in_process: bool = False) -> list[Source]:
         determinism_policy,
         final_state,
         interrupts,
+        op_digests,
         stdout_lines,
         tf_runtime,
         tf_steps,
@@ -57,6 +58,7 @@ def all_sources(in_process: bool = False) -> list[Source]:
         # set_num_threads tracking did when the flags source held it.
         thread_counts.ThreadsSource(),
         cuda_kernels.KernelSequence(),
+        op_digests.OpDigestSource(),
         dataloader.DataLoaderSource(),
         tf_runtime.TensorFlowSource(),
         child_processes.ChildProcessSource(),
