@@ -214,8 +214,9 @@ def explain(trace: str, target: Target | None, *, allow_changed_script: bool = F
     """Replay the trace, and if it diverges find the first op whose output differs, and why."""
     from detrun.child_process import scratch_directory
     from detrun.launch import replay
-    from detrun.trace import read_trace
+    from detrun.trace import read_header, read_trace
 
+    read_header(trace)  # a missing or damaged trace is one line and exit 2 before anything runs
     options = {"allow_changed_script": allow_changed_script, "allow_changed_args": allow_changed_args}
     with scratch_directory() as work:
         _say("replay 1: the verdict")
