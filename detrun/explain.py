@@ -65,6 +65,7 @@ class Explanation:
     step: int | None = None  # the divergent step
     op: FirstOp | None = None
     against: str = ""  # what the op was compared with: "the recording" or "the first replay"
+    nondeterministic_here: bool | None = None  # whether two replays on this machine differ (None: not compared)
     knowledge: list[str] = dataclasses.field(default_factory=list)
     patch: str | None = None
     environment: list[str] = dataclasses.field(default_factory=list)
@@ -84,7 +85,8 @@ class Explanation:
             op = {"name": self.op.name, "device": self.op.device, "step": self.op.step, "index": self.op.index + 1,
                   "site": self.op.site, "message": self.op.message}
         return {"status": self.status, "exit_code": self.exit_code, "verdict": self.verdict_line, "step": self.step,
-                "op": op, "compared_with": self.against or None, "knowledge_base": self.knowledge,
+                "op": op, "compared_with": self.against or None,
+                "nondeterministic_here": self.nondeterministic_here, "knowledge_base": self.knowledge,
                 "patch": self.patch, "environment": self.environment, "detail": self.detail}
 
 
@@ -233,24 +235,29 @@ def explain(trace: str, target: Target | None, *, allow_changed_script: bool = F
             return Explanation("unverified", line, detail="the replay did not diverge, so there is nothing to "
                                                           "explain; the verdict says what could not be checked")
         step = _divergent_step(report)
-        recorded = [s for s in decode_steps(read_trace(trace).of(OP_DIGESTS)) if s.step <= step]
+        recorded = [s for s in decode_steps(read_trace(trace).of(OP_DIGESTS)) if s.step <= step and s.skipped is None]
         _say(f"replay 2: every op of steps 1..{step} digested")
         first = _capture(trace, target, step, work, "capture1", **options)
-        if any(s.skipped is None for s in recorded):
-            op = first_op_difference(recorded, first, "the recording")
-            if op is not None:
-                return _with_knowledge(Explanation("differs from the recording", line, step, op, "the recording"))
+        against_recording = first_op_difference(recorded, first, "the recording")
         _say("replay 3: the same steps again, to compare the replays with each other")
         second = _capture(trace, target, step, work, "capture2", **options)
-    op = first_op_difference(first, second, "the first replay")
-    if op is not None:
-        return _with_knowledge(Explanation("nondeterministic op", line, step, op, "the first replay"))
-    if any(s.skipped is None for s in recorded):
+    between_replays = first_op_difference(first, second, "the first replay")
+    if against_recording is not None:
+        found = _with_knowledge(Explanation("differs from the recording", line, step, against_recording,
+                                            "the recording", nondeterministic_here=between_replays is not None))
+        return found if between_replays is not None else _environment(found, trace)
+    if between_replays is not None:
+        return _with_knowledge(Explanation("nondeterministic op", line, step, between_replays, "the first replay",
+                                           nondeterministic_here=True))
+    if any(s.step == step for s in recorded):
         return Explanation("not found", line, step, detail=(
-            f"every op of the captured steps up to {step} had the output the recording has, and two replays agree: "
-            "the divergence comes from outside the ops of the main thread (data prepared elsewhere, a checked value "
-            "computed another way)"))
-    return _environment(Explanation("environment", line, step), trace)
+            f"every op of steps 1..{step} the recording digested had the output recorded, and two replays agree: "
+            "the divergence comes from outside the ops of the main thread (data prepared in other threads or "
+            "processes, a checked value computed without torch ops)"))
+    found = _environment(Explanation("environment", line, step, nondeterministic_here=False), trace)
+    if recorded:
+        found.detail += f"; the recorded op digests of steps {recorded[0].step}..{recorded[-1].step} matched"
+    return found
 
 
 def _with_knowledge(explanation: Explanation) -> Explanation:
@@ -264,9 +271,8 @@ def _environment(explanation: Explanation, trace: str) -> Explanation:
 
     differences = [d for d in env_diff.compare_with_trace(trace) if d.impact == env_diff.BITS]
     explanation.environment = [d.describe() + (f" ({d.why})" if d.why else "") for d in differences[:MAX_ENVIRONMENT]]
-    explanation.detail = ("two replays on this machine ran every op of steps 1..{0} with the same outputs, but the "
-                          "recording differs: this machine is deterministic here; the recording differs: likely the "
-                          "environment").format(explanation.step)
+    explanation.detail = (f"two replays on this machine ran every op of steps 1..{explanation.step} with the same "
+                          "outputs: this machine is deterministic here; the recording differs: likely the environment")
     if not differences:
         explanation.detail += (" (no difference of the environment detrun fingerprints can change bits: look at "
                                "what it does not see, such as files the script reads)")
@@ -300,9 +306,12 @@ def render(explanation: Explanation) -> list[str]:
         source = linecache.getline(path, int(number)).strip() if number.isdigit() else ""
         lines.append(f"  at {_short_site(op.site)}" + (f": {source}" if source else ""))
     lines.append(f"  {op.message}")
-    if explanation.against == "the first replay":
+    if explanation.nondeterministic_here:
         lines.append("  two replays on this machine differ there: the op, or a value it is given, is "
                      "nondeterministic here")
+    elif explanation.detail:
+        lines.append(f"  {explanation.detail}")
+        lines += [f"  environment: {item}" for item in explanation.environment]
     lines += [f"  knowledge base: {fact}" for fact in explanation.knowledge]
     lines.append(f"  patch: {explanation.patch} (applied by `detrun record --policy strict`)" if explanation.patch
                  else "  patch: none in detrun for this op")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import detrun, python
 
 PLANTED = '''
@@ -68,6 +70,7 @@ def test_explain_names_the_planted_op_from_the_recorded_op_digests(workdir: Path
     assert op["site"] == f"{workdir / 'train.py'}:{_line('# PLANTED')}"
     assert f"train.py:{_line('# PLANTED')}: return h + (time.perf_counter_ns()" in stderr
     assert report["patch"] is None and report["knowledge_base"]
+    assert report["nondeterministic_here"] is True and "two replays on this machine differ there" in stderr
 
 
 def test_explain_without_op_digests_compares_two_replays(workdir: Path) -> None:
@@ -80,12 +83,20 @@ def test_explain_without_op_digests_compares_two_replays(workdir: Path) -> None:
     assert "two replays on this machine differ there" in stderr
 
 
-def test_explain_points_at_the_environment_when_two_replays_agree(workdir: Path) -> None:
+@pytest.mark.parametrize("op_digests", ["0", "4"])
+def test_explain_points_at_the_environment_when_two_replays_agree(workdir: Path, op_digests: str) -> None:
     (workdir / "train.py").write_text(PLANTED)
     env = {"TORCH_PLANTED_SHIFT": "0.001"}
-    assert detrun("record", "-q", "-o", "t.zst", "train.py", "env", cwd=workdir, env=env).returncode == 0
+    recorded = detrun("record", "-q", "--op-digests", op_digests, "-o", "t.zst", "train.py", "env", cwd=workdir,
+                      env=env)
+    assert recorded.returncode == 0, recorded.stderr
     code, report, stderr = _explain(workdir, "t.zst")
-    assert code == 3 and report["status"] == "environment" and report["op"] is None, stderr
+    assert code == 3 and report["nondeterministic_here"] is False, stderr
+    if op_digests == "0":
+        assert report["status"] == "environment" and report["op"] is None, stderr
+    else:  # the recording names the op; the two replays say it is the environment's doing
+        assert report["status"] == "differs from the recording", stderr
+        assert report["op"]["site"].endswith(f"train.py:{_line('# ENV')}")
     assert any("TORCH_PLANTED_SHIFT" in item for item in report["environment"]), report
     assert "this machine is deterministic here" in stderr
 
