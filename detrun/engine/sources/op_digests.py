@@ -260,6 +260,9 @@ class OpDigestSource:
             message = describe_difference(recorded, got, index)
             if got.sites is None:
                 message += "; `detrun explain` names its line"
+            if self._session.causes:
+                # The op is where it shows; an environment difference may be why: keep it in the verdict line.
+                message += f" (the environment differs too: {self._session.causes[0]})"
             self._session.mismatch(KIND, message, step=got.step)
 
     def _recorded(self, step: int) -> OpStep | None:
