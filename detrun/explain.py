@@ -4,11 +4,12 @@
    a replay that reproduced has nothing to explain.
 2. A replay with every op of steps 1..S digested, with the user's line of each op
    (engine/sources/op_digests.py writes them to a scratch file here and stops after step S).
-3. If the trace holds op digests (`record --op-digests K`) for steps up to S, the first op whose
-   output differs from the recording is the answer.
-4. Otherwise, or if those all matched, a second such replay: the first op whose output differs
-   between the two replays is nondeterministic on this machine. Two replays that agree point at
-   the environment: its differences from the recording that can change bits are named (env.diff).
+3. A second such replay.
+4. If the trace holds op digests (`record --op-digests K`) for steps up to S, the first op whose
+   output differs from the recording is the answer; otherwise the first op whose output differs
+   between the two replays, which is nondeterministic on this machine. Either way, two replays
+   that agree point at the environment: its differences from the recording that can change bits
+   are named (env.diff).
 
 The op is then looked up in the knowledge base (profiler/kb.py) and the patch registry
 (findings.lookup_patch). The verdict stays replay's; this module only explains it.

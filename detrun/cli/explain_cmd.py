@@ -22,15 +22,16 @@ def explain_command(module: bool, report_json: str | None, allow_changed_script:
 
     \b
     Replay 1 gives the verdict and the divergent step S (a replay that
-    reproduces has nothing to explain). Replay 2 digests the output of every
-    aten op of steps 1..S, with the user's line of each (backward ops are named
-    by the forward line that created them). Then:
+    reproduces has nothing to explain). Replays 2 and 3 digest the output of
+    every aten op of steps 1..S, with the user's line of each (backward ops
+    are named by the forward line that created them). Then:
       - a trace recorded with `record --op-digests K` is compared op by op:
         the first op whose output differs from the recording is named;
-      - otherwise replay 3 runs the same steps again: an op whose output
-        differs between the two replays is nondeterministic on this machine;
-        if they agree, this machine is deterministic there and the recording
-        differs: the environment differences that can change bits are named.
+      - an op whose output differs between replays 2 and 3 is
+        nondeterministic on this machine;
+      - replays that agree with each other but not with the recording mean
+        this machine is deterministic there: the environment differences
+        from the recording that can change bits are named.
     The op comes with what the knowledge base says of it and detrun's patch
     for it, if any. The script's stdout goes to scratch files, not the terminal.
 
