@@ -38,3 +38,11 @@ def test_one_changed_bit_changes_the_digest() -> None:
     before = source._resolve([source._digest(tensor)[0]])
     tensor.view(torch.int32)[17] ^= 1
     assert source._resolve([source._digest(tensor)[0]]) != before
+
+
+def test_the_first_k_steps_and_every_nth_are_captured_and_explain_takes_1_to_s() -> None:
+    source = OpDigestSource()
+    source._first, source._every = 2, 5
+    assert [step for step in range(1, 16) if source.wanted(step)] == [1, 2, 5, 10, 15]
+    source._until = 3  # explain's replays: steps 1..S, whatever the recording sampled
+    assert [step for step in range(1, 16) if source.wanted(step)] == [1, 2, 3]
