@@ -24,7 +24,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
-from detrun.errors import ExitCode
+from detrun.errors import ExitCode, TraceError
 from detrun.trace.op_codec import OpStep, decode_steps, describe_difference, first_difference, split_key
 from detrun.trace.registry import OP_DIGESTS
 
@@ -236,7 +236,11 @@ def explain(trace: str, target: Target | None, *, allow_changed_script: bool = F
             return Explanation("unverified", line, detail="the replay did not diverge, so there is nothing to "
                                                           "explain; the verdict says what could not be checked")
         step = _divergent_step(report)
-        recorded = [s for s in decode_steps(read_trace(trace).of(OP_DIGESTS)) if s.step <= step and s.skipped is None]
+        try:
+            recorded = [s for s in decode_steps(read_trace(trace).of(OP_DIGESTS))
+                        if s.step <= step and s.skipped is None]
+        except (ValueError, TypeError) as exc:
+            raise TraceError(f"{trace} is corrupt (its op digests: {exc})") from None
         _say(f"replay 2: every op of steps 1..{step} digested")
         first = _capture(trace, target, step, work, "capture1", **options)
         against_recording = first_op_difference(recorded, first, "the recording")
@@ -246,7 +250,12 @@ def explain(trace: str, target: Target | None, *, allow_changed_script: bool = F
     if against_recording is not None:
         found = _with_knowledge(Explanation("differs from the recording", line, step, against_recording,
                                             "the recording", nondeterministic_here=between_replays is not None))
-        return found if between_replays is not None else _environment(found, trace)
+        if between_replays is None:
+            return _environment(found, trace)
+        if (between_replays.step, between_replays.index) != (against_recording.step, against_recording.index):
+            site = f" at {_short_site(between_replays.site)}" if between_replays.site else ""
+            found.detail = f"two replays on this machine differ elsewhere: {between_replays.message}{site}"
+        return found
     if between_replays is not None:
         return _with_knowledge(Explanation("nondeterministic op", line, step, between_replays, "the first replay",
                                            nondeterministic_here=True))
@@ -307,7 +316,7 @@ def render(explanation: Explanation) -> list[str]:
         source = linecache.getline(path, int(number)).strip() if number.isdigit() else ""
         lines.append(f"  at {_short_site(op.site)}" + (f": {source}" if source else ""))
     lines.append(f"  {op.message}")
-    if explanation.nondeterministic_here:
+    if explanation.nondeterministic_here and not explanation.detail:
         lines.append("  two replays on this machine differ there: the op, or a value it is given, is "
                      "nondeterministic here")
     elif explanation.detail:

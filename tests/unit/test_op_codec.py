@@ -12,7 +12,8 @@ from detrun.trace.schema import SchemaError
 
 
 def _step(step: int, digests: list[int], ops: list[str] | None = None, sites: list[str] | None = None) -> OpStep:
-    ops = ops or [op_key("aten::mm", "cpu"), op_key("aten::add.Tensor", "cpu"), op_key("aten::tanh", "cpu")][:len(digests)]
+    keys = [op_key("aten::mm", "cpu"), op_key("aten::add.Tensor", "cpu"), op_key("aten::tanh", "cpu")]
+    ops = ops or keys[:len(digests)]
     return OpStep(step, ops, digests, sites)
 
 
