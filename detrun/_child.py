@@ -84,7 +84,7 @@ def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
             session.note_cause(cause)
         alias = config.get("main_script_alias")
         if alias and runner.code_filename is not None:  # the recorded script's content under another name
-            from detrun.engine.session import alias_main_script
+            from detrun.engine.call_sites import alias_main_script
 
             alias_main_script(runner.code_filename, alias)
     # Worker segments and reports go to the launcher's private directory, never to a trace's choice.

@@ -55,7 +55,7 @@ import tempfile
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Callable
 
-from detrun.engine.session import entry_point
+from detrun.engine.call_sites import entry_point
 from detrun.replay_result import DivergedError, ReplayResult, UnverifiedError, VerdictError
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ types it wrote (a trace from a stranger can hand `np.random.seed` nothing numpy 
 The header, the end record and the segment markers have schemas here too.
 
 Payload shapes follow the sources that write them (detrun/engine/sources/*.py). `site` is the
-`file:line` of the call (session.call_site). Ranges are those the consuming API accepts, so a
+`file:line` of the call (engine/call_sites.py). Ranges are those the consuming API accepts, so a
 value that passes is a value the program could have been given when recording.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import TorchStepSource
-from detrun.engine.session import call_site
+from detrun.engine.call_sites import call_site
 from detrun.engine.step_clock import Tick
 from detrun.env.diff import diff as diff_fingerprints
 from detrun.env.torch_facts import (

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from detrun.engine.patcher import Patcher
 from detrun.engine.compiler_frames import called_by_compiler
-from detrun.engine.session import call_site
+from detrun.engine.call_sites import call_site
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
     FS_LISTING as KIND,
     FS_WRITTEN as WRITTEN_KIND,
