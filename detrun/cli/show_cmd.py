@@ -90,8 +90,13 @@ def describe_settings(settings: dict[str, Any]) -> str:
         policy = f"minimal (patches for {', '.join(map(str, ops)) or 'no op'})"
     every = settings.get("digest_every", 1)
     digests = "every step" if every == 1 else f"every {every} steps"
+    first, sample = settings.get("op_digests", 0), settings.get("op_digest_every", 0)
+    if first or sample:
+        ops = f"op output digests for the first {first} step(s)" + (f" and every {sample}th" if sample else "")
+    else:
+        ops = "no op output digests (--op-digests 0)"
     return (f"policy {policy}; parameters digested {digests} (--digest-every {every}); "
-            f"CUDA kernel names for {settings.get('kernel_steps', 0)} step(s)")
+            f"CUDA kernel names for {settings.get('kernel_steps', 0)} step(s); {ops}")
 
 
 @click.command()

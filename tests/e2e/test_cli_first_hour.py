@@ -185,6 +185,7 @@ def test_show_names_the_policy_digest_interval_and_segments(tmp_path: Path) -> N
     assert detrun("record", "-q", "--digest-every", "5", "loader.py", cwd=tmp_path).returncode == 0
     shown = detrun("show", "trace.zst", cwd=tmp_path).stdout
     assert "policy strict; parameters digested every 5 steps (--digest-every 5)" in shown, shown
+    assert "no op output digests (--op-digests 0)" in shown, shown
     assert "dl0.i0.w0" in shown and "dlL.iE.wW: worker W of DataLoader #L" in shown, shown
 
 
