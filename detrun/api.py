@@ -140,6 +140,7 @@ class _Record(_Block):
         settings = {
             "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_NAMES},
             "digest_every": digest_every,
+            "digest_last_step": True,
             "policy": policy,
             "policy_ops": policy_ops(policy, profile),
             "tf_op_determinism": policy != "off",

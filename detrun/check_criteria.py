@@ -42,7 +42,7 @@ class TraceFacts:
     reason: str
     steps: int
     step_losses: int  # steps whose loss was a scalar (and so compared)
-    step_digests: int  # steps whose parameters were digested (every `digest_every`)
+    step_digests: int  # steps whose parameters were digested (`digest_every`: 0 auto, else every N)
     digest_every: int
     backward_losses: int
     final_items: int
@@ -170,7 +170,8 @@ def criteria(facts: TraceFacts, reports: Sequence[dict[str, Any] | None]) -> lis
     backward = _plural(facts.backward_losses, "backward() loss", "backward() losses")
     losses = (f"{facts.step_losses} step losses" + (f" and {backward}" if facts.backward_losses else "")
               + (f" ({without} steps had no scalar loss)" if without else ""))
-    every = f" (every {facts.digest_every} steps)" if facts.digest_every > 1 else ""
+    every = (" (auto: within 1% of the step time)" if facts.digest_every == 0
+             else f" (every {facts.digest_every} steps)" if facts.digest_every > 1 else "")
     final_digest = f"; final step digest {facts.final_digest:08x}" if facts.final_digest is not None else ""
     rows = [
         _row("loss at every step",
@@ -178,9 +179,9 @@ def criteria(facts: TraceFacts, reports: Sequence[dict[str, Any] | None]) -> lis
              _first(reports, lambda d: _step_part("loss")(d) or d.get("kind") == BACKWARD_LOSS),
              f"{losses}, bit for bit, in {replays}",
              _why(facts.step_losses + facts.backward_losses, "the recording holds no scalar loss")),
-        _row("parameters at every step", facts.step_digests > 0 and _checked_everywhere(reports, "steps"),
+        _row("parameters during training", facts.step_digests > 0 and _checked_everywhere(reports, "steps"),
              _first(reports, _step_part("parameters")),
-             f"{facts.step_digests} parameter digests{every}, a lane per parameter, in {replays}",
+             f"{facts.step_digests} of {facts.steps} steps digested{every}, a lane per parameter, in {replays}",
              _why(facts.step_digests, "the run made no optimizer step")),
         _row("final weights", facts.final_items > 0 and _checked_everywhere(reports, "final state"),
              _first(reports, lambda d: d.get("kind") == FINAL_STATE),

@@ -82,7 +82,8 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "hashseed": hashseed,
             "hashseed_from_user": user_hashseed is not None,
             "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_NAMES},
-            "digest_every": digest_every,
+            "digest_every": digest_every,  # 0: auto (engine/digest_cadence.py)
+            "digest_last_step": True,
             "policy": policy,
             "policy_ops": chosen_ops,
             "tf_op_determinism": policy != "off",

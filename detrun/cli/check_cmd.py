@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, make_target
+from detrun.cli.common import DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, make_target
 
 
 @click.command(cls=ScriptCommand, context_settings=SCRIPT_CONTEXT, epilog=PLACEMENT_HELP)
@@ -22,8 +22,8 @@ from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fai
               help="The determinism policy to record with (as in `detrun record --policy`).")
 @click.option("--from-profile", type=click.Path(dir_okay=False), metavar="PROFILE.json",
               help="With --policy minimal: the `detrun profile --json` output whose flagged ops to patch.")
-@click.option("--digest-every", default=1, show_default=True, type=click.IntRange(min=1), metavar="N",
-              help="Digest all parameters every N optimizer steps (the loss is compared at every step).")
+@click.option("--digest-every", default=1, show_default=True, type=DigestEveryType(), metavar="N|auto",
+              help=DIGEST_EVERY_HELP)
 @click.option("--ignore-output", multiple=True, metavar="REGEX",
               help="Mask what REGEX matches in stdout lines before comparing them (repeatable).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines from record and replay (the table stays).")
@@ -37,12 +37,12 @@ def check_command(runs: int, plain: int, report_json: str | None, keep: str | No
     \b
     Run 1 records; runs 2..N replay the recording. The runs are then judged
     by the criteria of Chen et al. (ICSE'22), one table row each:
-      loss at every step        the loss of every optimizer step and backward(), bit for bit
-      parameters at every step  a digest of every parameter after every optimizer step
-      final weights             every model, optimizer, weight and RNG state at exit
-      stdout (masked)           line by line, durations/rates/timestamps masked
+      loss at every step          the loss of every optimizer step and backward(), bit for bit
+      parameters during training  all parameters, at the steps the recording digested
+      final weights               every model, optimizer, weight and RNG state at exit
+      stdout (masked)             line by line, durations/rates/timestamps masked
       exit status
-      files written             not checked yet: detrun does not record file contents
+      files written               not checked yet: detrun does not record file contents
     A row detrun could not check says "not checked", never "holds". Each
     run's stdout goes to a file (see --keep), not to the terminal.
 

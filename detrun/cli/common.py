@@ -23,6 +23,29 @@ corrected command, unless the script's source mentions it (then the script
 takes it). Put -- before SCRIPT to pass everything after it unchecked."""
 
 
+class DigestEveryType(click.ParamType):
+    """`--digest-every`: `auto` (0: a cadence within a time budget) or a whole number N >= 1."""
+
+    name = "N|auto"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and value >= 0:
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return 0
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is neither 'auto' nor a whole number of steps >= 1", param, ctx)
+
+
+DIGEST_EVERY_HELP = ("Digest all parameters at each optimizer's first step and every N steps after (1: every "
+                     "step, which names the exact step and parameter of a divergence). 'auto' chooses N so "
+                     "that the digests take at most 1% of the step time; a divergence the loss does not show "
+                     "is then caught at most N steps late, and at the latest by a digest after the last step. "
+                     "The loss is checked at every step either way; a replay digests the steps the recording did.")
+
+
 def fail(message: str, code: int = ExitCode.BAD_INPUT) -> None:
     """Print one `detrun:` line on stderr and exit with the given code."""
     click.echo(f"detrun: error: {message}", err=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, make_target
+from detrun.cli.common import DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, make_target
 
 
 @click.command(cls=ScriptCommand, context_settings=SCRIPT_CONTEXT, epilog=PLACEMENT_HELP)
@@ -11,8 +11,8 @@ from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, mak
               help="Where to write the trace.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing trace file.")
 @click.option("-m", "--module", is_flag=True, help="Run a module (like `python -m`) instead of a script.")
-@click.option("--digest-every", default=1, show_default=True, type=click.IntRange(min=1), metavar="N",
-              help="Digest all parameters every N optimizer steps (the loss is checked at every step).")
+@click.option("--digest-every", default=1, show_default=True, type=DigestEveryType(), metavar="N|auto",
+              help=DIGEST_EVERY_HELP)
 @click.option("--policy", type=click.Choice(["strict", "minimal", "off"]), default="strict", show_default=True,
               help="Determinism policy applied when torch is imported: strict = deterministic algorithms, "
                    "cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG, every detrun patch; minimal = the same flags "

@@ -89,13 +89,14 @@ def describe_settings(settings: dict[str, Any]) -> str:
     if policy == "minimal":
         policy = f"minimal (patches for {', '.join(map(str, ops)) or 'no op'})"
     every = settings.get("digest_every", 1)
-    digests = "every step" if every == 1 else f"every {every} steps"
+    digests = ("within 1% of the step time, first 5 and last steps included" if every == 0
+               else "every step" if every == 1 else f"every {every} steps")
     first, sample = settings.get("op_digests", 0), settings.get("op_digest_every", 0)
     if first or sample:
         ops = f"op output digests for the first {first} step(s)" + (f" and every {sample}th" if sample else "")
     else:
         ops = "no op output digests (--op-digests 0)"
-    return (f"policy {policy}; parameters digested {digests} (--digest-every {every}); "
+    return (f"policy {policy}; parameters digested {digests} (--digest-every {every or 'auto'}); "
             f"CUDA kernel names for {settings.get('kernel_steps', 0)} step(s); {ops}")
 
 

@@ -214,6 +214,13 @@ class Session(ChildSegments, ReplayEnd):
             self._cursors[kind] = len(events)
         return events
 
+    def peek(self, kind: str, ahead: int = 0) -> Any:
+        """Return the recorded payload `ahead` events past the cursor without taking it, or MISSING."""
+        events = self.recorded(kind)
+        with self._lock:
+            index = self._cursors.get(kind, 0) + ahead
+            return events[index] if index < len(events) else MISSING
+
     def take(self, kind: str) -> Any:
         """Return the next recorded payload of a kind, or MISSING when the recording has no more."""
         events = self.recorded(kind)

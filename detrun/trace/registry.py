@@ -315,7 +315,8 @@ SETTINGS = Record(optional={
     "hashseed_from_user": Bool,
     # Only thread-count variables with numeric values; the launcher restores these into the child.
     "thread_env": MapOf(Str(64, r"[A-Z][A-Z0-9_]*_THREADS"), OneOf(Null, Str(32, r"[0-9, ]*")), 64),
-    "digest_every": Int(1, (1 << 31) - 1),
+    "digest_every": Int(0, (1 << 31) - 1),  # 0: auto (engine/digest_cadence.py)
+    "digest_last_step": Bool,
     "policy": Str(16, r"strict|minimal|off"),
     "policy_ops": ListOf(NAME, 4096),
     "tf_op_determinism": Bool,

@@ -54,7 +54,7 @@ def test_check_passes_an_unseeded_script_whose_plain_runs_differ(workdir: Path) 
     report = json.loads((workdir / "check.json").read_text())
     assert report["verdict"] == "REPRODUCED" and report["exit_code"] == 0
     rows = _rows(report)
-    for name in ("loss at every step", "parameters at every step", "final weights", "stdout (masked)", "exit status"):
+    for name in ("loss at every step", "parameters during training", "final weights", "stdout (masked)", "exit status"):
         assert rows[name]["checked"] and rows[name]["holds"], rows[name]
     assert "12 step losses" in str(rows["loss at every step"]["detail"])
     # Never a false pass: what detrun does not record is a row that says so.
@@ -77,9 +77,9 @@ def test_check_fails_on_noise_detrun_does_not_record(workdir: Path) -> None:
     report = json.loads((workdir / "check.json").read_text())
     assert report["verdict"] == "DIVERGED"
     rows = _rows(report)
-    assert rows["parameters at every step"]["holds"] is False
+    assert rows["parameters during training"]["holds"] is False
     # The noise lands after step 1's digest (taken at optimizer.step()), so step 2 is the first to differ.
-    assert "replay 1 at step 2: parameter" in str(rows["parameters at every step"]["detail"])
+    assert "replay 1 at step 2: parameter" in str(rows["parameters during training"]["detail"])
     assert rows["loss at every step"]["holds"] is False
     assert rows["final weights"]["holds"] is False and rows["stdout (masked)"]["holds"] is False
     line = result.stderr.strip().splitlines()[-1]

@@ -40,10 +40,10 @@ def test_a_step_divergence_fails_the_rows_of_what_differed() -> None:
     loss_only = {"kind": "step", "message": "loss recorded 1 got 2", "step": 3, "check": "state", "parts": ["loss"]}
     rows = _by_name(criteria(FACTS, [_report([loss_only], "DIVERGED")]))
     assert rows["loss at every step"].holds is False and rows["loss at every step"].step == 3
-    assert rows["parameters at every step"].holds is True
+    assert rows["parameters during training"].holds is True
     missing_steps = {"kind": "step", "message": "the replay made 4 optimizer steps", "step": 4, "check": "state"}
     rows = _by_name(criteria(FACTS, [_report([missing_steps], "DIVERGED")]))
-    assert rows["loss at every step"].holds is False and rows["parameters at every step"].holds is False
+    assert rows["loss at every step"].holds is False and rows["parameters during training"].holds is False
 
 
 def test_the_earliest_failure_names_the_verdict_and_a_later_replay_counts() -> None:
@@ -52,7 +52,7 @@ def test_the_earliest_failure_names_the_verdict_and_a_later_replay_counts() -> N
     reports = [_report(), _report([late, early], "DIVERGED")]
     rows = criteria(FACTS, reports)
     status, line = decide(FACTS, rows, reports, 3)
-    assert status == "DIVERGED" and line.startswith("DIVERGED: parameters at every step: replay 2 at step 2")
+    assert status == "DIVERGED" and line.startswith("DIVERGED: parameters during training: replay 2 at step 2")
 
 
 def test_unverified_when_a_replay_could_not_check_or_had_no_verdict() -> None:

@@ -3,8 +3,10 @@
 One event per optimizer step: `[optimizer_index, loss, digest, lanes]`.
 - `loss` is the float value of the tensor backward() was called on (exact: f32/f16/bf16 widen to
   f64 without rounding), or None for a non-scalar;
-- `digest` is a 32-bit digest over all of the optimizer's parameters, or None on steps between
-  digests (`digest_every`);
+- `digest` is a 32-bit digest over all of the optimizer's parameters, or None on steps the
+  recording did not digest (engine/digest_cadence.py: every N, or auto); a replay digests exactly
+  the steps its recording did, and with `digest_last_step` both digest the parameters after the
+  last step at the end (the trace end's `final_digest`);
 - `lanes` holds one byte per parameter (parameters beyond LANES fold onto lane i % LANES), so a
   divergence can be attributed to a parameter by name for about a byte per parameter and step.
 
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import gc
 import struct
+import time
 from typing import TYPE_CHECKING, Any
 
+from detrun.engine.digest_cadence import DigestCadence
 from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, word_view
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
@@ -39,7 +43,7 @@ SYNC_EVERY = 64
 
 
 class StepVerifier:
-    """Record or check a digest at every optimizer step."""
+    """Record or check the loss at every optimizer step and the parameters' digest at the chosen steps."""
 
     def __init__(self) -> None:
         self._session: Session | None = None
@@ -52,7 +56,9 @@ class StepVerifier:
         self._named: dict[int, list[str]] = {}  # optimizer index -> the names last recorded or checked
         self._views: dict[int, tuple[int, Any]] = {}
         self._pending: list[tuple[int, Any, Any, int, list[str]]] = []
-        self._digest_every = 1
+        self._cadence = DigestCadence(1)
+        self._digest_last_step = False
+        self._last_step: tuple[int, int, bool] | None = None  # (step, optimizer, digested) of the latest
         self._torch: Any = None
         self._add_reduce: Any = None
         self._uint64: Any = None
@@ -63,9 +69,11 @@ class StepVerifier:
         if self._session is not None:
             return
         self._session = session
-        self._digest_every = max(1, int(session.settings.get("digest_every", 1)))
+        self._cadence = DigestCadence(max(0, int(session.settings.get("digest_every", 1))))
+        # Traces from before the last-step digest end with the last digested step's digest.
+        self._digest_last_step = bool(session.settings.get("digest_last_step", False))
         session.when_imported("torch", self._hook)
-        session.on_stop(self.flush)
+        session.on_stop(self._finish)
 
     def _hook(self, torch: Any) -> None:
         if self._session is None or self._handle is not None:
@@ -149,10 +157,14 @@ class StepVerifier:
             self._names_event(index, names)
         loss = self._last_loss
         self._last_loss = None
-        digest_now = step % self._digest_every == 0
+        digest_now = self._digest_due(index)
+        self._last_step = (step, index, digest_now)
+        started = time.perf_counter()
         if params and params[0].is_cuda:
             torch = self._torch
             sums = torch.stack([device_word_sum(torch, p) for p in params]) if digest_now else None
+            if digest_now:
+                self._cadence.digested(index, time.perf_counter() - started)
             loss_value = _device_loss(torch, loss)
             self._pending.append((index, loss_value, sums, step, names))
             if len(self._pending) >= SYNC_EVERY:
@@ -160,7 +172,37 @@ class StepVerifier:
             return
         loss_value = _host_loss(loss)
         per_param = [self._word_sum(p) for p in params] if digest_now else None
+        if digest_now:
+            self._cadence.digested(index, time.perf_counter() - started)
         self._finish_step(step, index, loss_value, per_param, names)
+
+    def _digest_due(self, optimizer: int) -> bool:
+        """Return whether to digest the parameters now: the cadence's choice, or the recording's on replay."""
+        session = self._session
+        if session.recording:
+            return self._cadence.due(optimizer)
+        # Batched device steps are still pending: the event this step will be checked against is further on.
+        recorded = session.peek(KIND, ahead=len(self._pending))
+        return recorded is not MISSING and recorded[2] is not None
+
+    def _finish(self) -> None:
+        """Flush the batched steps, then digest the parameters after the last step if that step was not."""
+        self.flush()
+        session, last = self._session, self._last_step
+        if session is None or last is None or last[2] or not self._digest_last_step:
+            return
+        step, index, _digested = last
+        optimizer_id = next((key for key, value in self._optimizers.items() if value == index), None)
+        cached = self._params.get(optimizer_id) if optimizer_id is not None else None
+        if cached is None:
+            return
+        params = cached[1]
+        if params and params[0].is_cuda:
+            torch = self._torch
+            per_param = [s & _MASK64 for s in torch.stack([device_word_sum(torch, p) for p in params]).cpu().tolist()]
+        else:
+            per_param = [self._word_sum(p) for p in params]
+        session.last_digest = fold(per_param)
 
     def _names_event(self, index: int, names: list[str]) -> None:
         """Record the optimizer's parameter names (`detrun diff` names lanes with them), or check them."""
