@@ -49,6 +49,9 @@ MASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("duration", re.compile(r"(?<![\w.])[-+]?\d+(\.\d+)?(e[-+]?\d+)?\s?(ns|us|µs|ms|s|sec|secs|second|seconds|"
                             r"min|mins|minute|minutes|h|hr|hrs|hour|hours)(/\w+)?\b")),
     ("address", re.compile(r"0x[0-9a-fA-F]{8,}")),
+    # A progress bar's glyphs: rich (Lightning, Keras) fits the bar to the console width left over
+    # by the masked times and rates beside it, so its length varies with their widths.
+    ("progress bar", re.compile(r"[━╸╺╾╼█▏▎▍▌▋▊▉▐░▒▓]+")),
 )
 _CSI = re.compile(r"\x1b\[[0-9;?]*([@-~])")
 
