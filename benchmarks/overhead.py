@@ -1,5 +1,9 @@
 """Measure detrun's overhead: plain vs record vs replay, interleaved, medians and ratios side by side.
 
+Modes: `record`/`replay` with the defaults (parameters digested every step); `rec-auto`/`rep-auto`
+with `--digest-every auto` (digests within 1% of the step time); `rec-off`, the hooks alone
+(`--policy off`: no deterministic algorithms, no patches), which shows what the policy costs.
+
 Each workload prints its own loop time (`loop_seconds`), so interpreter and torch start-up, which
 detrun does not change per step, stay out of the ratio; whole-process wall times are shown too.
 Absolute times on a shared 2-core machine are noisy (the same run swings by 20-40% here): read
@@ -48,29 +52,38 @@ def measure(name: str, rounds: int) -> None:
     path = str(HERE / script)
     with tempfile.TemporaryDirectory() as work:
         trace = os.path.join(work, "trace.zst")
+        auto = os.path.join(work, "auto.zst")
         modes = {
             "plain": [sys.executable, path, *args],
             "record": [*DETRUN, "record", "-q", "--force", "-o", trace, path, *args],
             "replay": [*DETRUN, "replay", "-q", trace, path, *args],
+            # --digest-every auto: parameter digests within 1% of the step time.
+            "rec-auto": [*DETRUN, "record", "-q", "--force", "--digest-every", "auto", "-o", auto, path, *args],
+            "rep-auto": [*DETRUN, "replay", "-q", auto, path, *args],
+            # The hooks alone: no determinism policy (deterministic algorithms, patches) at all.
+            "rec-off": [*DETRUN, "record", "-q", "--force", "--policy", "off", "-o",
+                        os.path.join(work, "off.zst"), path, *args],
         }
-        timed(modes["record"], work)  # warm the file cache and give replay its first trace
+        timed(modes["record"], work)  # warm the file cache and give the replays their first traces
+        timed(modes["rec-auto"], work)
         loops: dict[str, list[float]] = {mode: [] for mode in modes}
         walls: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(rounds):
-            for mode, command in modes.items():  # interleaved: each round runs all three
+            for mode, command in modes.items():  # interleaved: each round runs every mode
                 loop, wall = timed(command, work)
                 loops[mode].append(loop)
                 walls[mode].append(wall)
-        size = os.path.getsize(trace)
+        size, auto_size = os.path.getsize(trace), os.path.getsize(auto)
     plain_loop, plain_wall = statistics.median(loops["plain"]), statistics.median(walls["plain"])
     print(f"\n{name}: {script} {' '.join(args)}  ({rounds} interleaved rounds, medians)")
     best_plain = min(loops["plain"])
-    print(f"{'mode':<8} {'loop s':>9} {'ratio':>7} {'best s':>9} {'ratio':>7} {'wall s':>9} {'ratio':>7}")
+    print(f"{'mode':<9} {'loop s':>9} {'ratio':>7} {'best s':>9} {'ratio':>7} {'wall s':>9} {'ratio':>7}")
     for mode in modes:
         loop, wall, best = statistics.median(loops[mode]), statistics.median(walls[mode]), min(loops[mode])
-        print(f"{mode:<8} {loop:9.3f} {loop / plain_loop:6.3f}x {best:9.3f} {best / best_plain:6.3f}x "
+        print(f"{mode:<9} {loop:9.3f} {loop / plain_loop:6.3f}x {best:9.3f} {best / best_plain:6.3f}x "
               f"{wall:9.3f} {wall / plain_wall:6.3f}x")
-    print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit})")
+    print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit}); "
+          f"with --digest-every auto {auto_size} bytes")
 
 
 def main() -> None:
