@@ -263,7 +263,7 @@ def _stdout_into(path: str) -> Iterator[None]:
         os.close(saved)
 
 
-def _read_report(path: str) -> dict[str, Any] | None:
+def read_replay_report(path: str) -> dict[str, Any] | None:
     """Return a replay's `--json` report, or None when the replay ended without writing one."""
     try:
         with open(path, encoding="utf-8") as handle:
@@ -340,7 +340,7 @@ def run_check(target: Target, *, runs: int = 2, plain: int = 0, keep: str | None
             report_path = os.path.join(work, f"replay{number - 1}.json")
             with _stdout_into(os.path.join(work, f"run{number}.stdout")):
                 replay(trace, target, quiet=quiet, report_json=report_path, ignore_output=ignore_output)
-            reports.append(_read_report(report_path))
+            reports.append(read_replay_report(report_path))
         plain_result = plain_runs(target, plain, work, ignore_output) if plain else None
     rows = criteria(facts, reports)
     status, line = decide(facts, rows, reports, runs)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import linecache
 import os
 import sys
@@ -193,15 +192,6 @@ def _capture(trace: str, target: Target | None, step: int, work: str, name: str,
     return steps
 
 
-def _read_report(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            report = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
-
-
 def _divergent_step(report: dict[str, Any]) -> int:
     """Return the step of the first divergence (the last step replayed when it was not at a step)."""
     for divergence in report.get("divergences") or []:
@@ -215,6 +205,7 @@ def _divergent_step(report: dict[str, Any]) -> int:
 def explain(trace: str, target: Target | None, *, allow_changed_script: bool = False,
             allow_changed_args: bool = False) -> Explanation:
     """Replay the trace, and if it diverges find the first op whose output differs, and why."""
+    from detrun.check_criteria import read_replay_report
     from detrun.child_process import scratch_directory
     from detrun.launch import replay
     from detrun.trace import read_header, read_trace
@@ -226,7 +217,7 @@ def explain(trace: str, target: Target | None, *, allow_changed_script: bool = F
         report_path = os.path.join(work, "replay.json")
         with _descriptors_into(os.path.join(work, "replay.stdout")):
             replay(trace, target, report_json=report_path, **options)
-        report = _read_report(report_path)
+        report = read_replay_report(report_path)
         if report is None:
             return Explanation("unverified", "no verdict", detail="the replay ended without a verdict")
         line = str(report.get("line", ""))

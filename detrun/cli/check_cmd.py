@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, make_target
+from detrun.cli.common import (
+    DIGEST_EVERY_HELP,
+    PLACEMENT_HELP,
+    SCRIPT_CONTEXT,
+    DigestEveryType,
+    ScriptCommand,
+    fail,
+    finish_report,
+    make_target,
+)
 
 
 @click.command(cls=ScriptCommand, context_settings=SCRIPT_CONTEXT, epilog=PLACEMENT_HELP)
@@ -56,7 +65,6 @@ def check_command(runs: int, plain: int, report_json: str | None, keep: str | No
       detrun check train.py --epochs 1
       detrun check -n 3 --plain 2 --json check.json train.py
     """
-    import json
     import re
 
     from detrun.check_criteria import render, run_check
@@ -71,12 +79,4 @@ def check_command(runs: int, plain: int, report_json: str | None, keep: str | No
     result = run_check(make_target(script, args, module), runs=runs, plain=plain, keep=keep, quiet=quiet,
                        policy=policy, profile_path=from_profile, digest_every=digest_every,
                        ignore_output=ignore_output)
-    for line in render(result):
-        click.echo(f"detrun: {line}", err=True)
-    if report_json:
-        try:
-            with open(report_json, "w", encoding="utf-8") as out:
-                json.dump(result.as_json(), out, indent=2)
-        except OSError as exc:
-            fail(f"cannot write {report_json}: {exc}")
-    raise SystemExit(result.exit_code)
+    finish_report(render(result), result, report_json)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Protocol
 
 import click
 
@@ -44,6 +45,25 @@ DIGEST_EVERY_HELP = ("Digest all parameters at each optimizer's first step and e
                      "that the digests take at most 1% of the step time; a divergence the loss does not show "
                      "is then caught at most N steps late, and at the latest by a digest after the last step. "
                      "The loss is checked at every step either way; a replay digests the steps the recording did.")
+
+
+class _JsonReport(Protocol):
+    exit_code: int
+
+    def as_json(self) -> dict[str, object]: ...
+
+
+def finish_report(lines: Iterable[str], result: _JsonReport, report_json: str | None) -> NoReturn:
+    """Print a command's report lines on stderr, write its `--json FILE`, and exit with its code."""
+    for line in lines:
+        click.echo(f"detrun: {line}", err=True)
+    if report_json:
+        try:
+            with open(report_json, "w", encoding="utf-8") as out:
+                json.dump(result.as_json(), out, indent=2)
+        except OSError as exc:
+            fail(f"cannot write {report_json}: {exc}")
+    sys.exit(int(result.exit_code))
 
 
 def fail(message: str, code: int = ExitCode.BAD_INPUT) -> None:

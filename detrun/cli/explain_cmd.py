@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, make_target
+from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, finish_report, make_target
 
 
 @click.command(cls=ScriptCommand, leading=1, context_settings=SCRIPT_CONTEXT,
@@ -45,9 +45,6 @@ def explain_command(module: bool, report_json: str | None, allow_changed_script:
       detrun record --op-digests 5 train.py && detrun explain trace.zst train.py
       detrun explain --json why.json trace.zst train.py
     """
-    import json
-    import sys
-
     from detrun.explain import explain, render
 
     try:
@@ -55,12 +52,4 @@ def explain_command(module: bool, report_json: str | None, allow_changed_script:
                          allow_changed_args=allow_changed_args)
     except RuntimeError as exc:
         fail(str(exc), 70)
-    for line in render(result):
-        click.echo(f"detrun: {line}", err=True)
-    if report_json:
-        try:
-            with open(report_json, "w", encoding="utf-8") as out:
-                json.dump(result.as_json(), out, indent=2)
-        except OSError as exc:
-            fail(f"cannot write {report_json}: {exc}")
-    sys.exit(result.exit_code)
+    finish_report(render(result), result, report_json)
