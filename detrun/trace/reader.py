@@ -267,7 +267,7 @@ class StreamedEvents(Sequence[Any]):
     """The payloads of one streamed kind and role, decoded from the file only as they are asked for.
 
     Sequential indexing (what a replay cursor does) costs one decode per event and constant
-    memory; going backwards restarts the walk.
+    memory; reading the same index again is free, going further back restarts the walk.
     """
 
     def __init__(self, trace: Trace, role: str, kind: str, count: int) -> None:
@@ -277,6 +277,7 @@ class StreamedEvents(Sequence[Any]):
         self._count = count
         self._walk: Iterator[Any] | None = None
         self._next = 0
+        self._last: Any = None  # the payload at self._next - 1: a peek then a take read it twice
 
     def __len__(self) -> int:
         return self._count
@@ -303,12 +304,15 @@ class StreamedEvents(Sequence[Any]):
             index += self._count
         if not 0 <= index < self._count:
             raise IndexError(index)
+        if self._walk is not None and index == self._next - 1:
+            return self._last
         if self._walk is None or index < self._next:
             self._walk, self._next = iter(self), 0
         payload = None
         while self._next <= index:
             payload = next(self._walk)
             self._next += 1
+        self._last = payload
         return payload
 
 

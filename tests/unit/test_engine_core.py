@@ -122,6 +122,22 @@ def test_trace_round_trip_keeps_every_value_and_order(tmp_path: Path) -> None:
     assert trace.end is not None and trace.end["counts"] == {"py.seed": 2, "step": 2}
 
 
+def test_a_replay_cursor_that_peeks_then_takes_decodes_each_step_once(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from detrun.trace.reader import StreamedEvents
+
+    path = tmp_path / "t.zst"
+    _write(path, [("step", [0, float(i), i, b"\x01"]) for i in range(200)], {"complete": True, "steps": 200})
+    steps = read_trace(str(path)).of("step")
+    assert isinstance(steps, StreamedEvents)
+    walks = []
+    original_iter = StreamedEvents.__iter__
+    monkeypatch.setattr(StreamedEvents, "__iter__", lambda self: (walks.append(1), original_iter(self))[1])
+    for i in range(200):  # what the step check does: peek (digest now?), then take
+        assert steps[i][2] == i and steps[i][2] == i
+    assert len(walks) == 1  # one pass over the file, not one per step
+
+
 def test_trace_without_end_record_is_refused_and_salvage_marks_it_incomplete(tmp_path: Path) -> None:
     partial = tmp_path / "t.partial"
     writer = TraceWriter(str(partial), {"script": {}, "settings": {}})
