@@ -263,11 +263,14 @@ class _EventReader:
         return declared
 
 
+_RECENT = 128  # how many of the last payloads read a StreamedEvents keeps
+
+
 class StreamedEvents(Sequence[Any]):
     """The payloads of one streamed kind and role, decoded from the file only as they are asked for.
 
     Sequential indexing (what a replay cursor does) costs one decode per event and constant
-    memory; reading the same index again is free, going further back restarts the walk.
+    memory; reading one of the last _RECENT indices again is free, going further back restarts the walk.
     """
 
     def __init__(self, trace: Trace, role: str, kind: str, count: int) -> None:
@@ -277,7 +280,9 @@ class StreamedEvents(Sequence[Any]):
         self._count = count
         self._walk: Iterator[Any] | None = None
         self._next = 0
-        self._last: Any = None  # the payload at self._next - 1: a peek then a take read it twice
+        # The last payloads read, by index: a peek then a take read one twice, and a replay checking
+        # batched device steps takes up to SYNC_EVERY (64) events behind the ones it peeked at.
+        self._recent: dict[int, Any] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -304,15 +309,17 @@ class StreamedEvents(Sequence[Any]):
             index += self._count
         if not 0 <= index < self._count:
             raise IndexError(index)
-        if self._walk is not None and index == self._next - 1:
-            return self._last
+        if index in self._recent:
+            return self._recent[index]
         if self._walk is None or index < self._next:
             self._walk, self._next = iter(self), 0
+            self._recent.clear()
         payload = None
         while self._next <= index:
             payload = next(self._walk)
+            self._recent[self._next] = payload
+            self._recent.pop(self._next - _RECENT, None)
             self._next += 1
-        self._last = payload
         return payload
 
 

@@ -90,3 +90,36 @@ def test_keras_in_process_replays_although_tensorflow_ran_before_the_block(tmp_p
     script.write_text(KERAS)
     out = run([sys.executable, str(script)], env={"TRACE": str(tmp_path / "trace.zst")})
     assert out.stdout.split() == ["True", "True", "REPRODUCED"], out.stderr[-2000:]
+
+
+# The function imports torch and numpy itself: the recorded block found neither imported, but its
+# replay, in the same process, finds both imported and their generators moved on.
+IMPORTS_INSIDE = '''
+import detrun
+
+
+def train():
+    import numpy as np
+    import torch
+
+    model = torch.nn.Linear(4, 1)  # unseeded init
+    noise = float(np.random.rand())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = ((model(torch.randn(8, 4)) - noise) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return [round(v, 8) for v in model.weight.flatten().tolist()]
+
+
+result = detrun.check(train)  # first: the recorded block finds neither library imported
+print(result.verdict, result.reason)
+print(train() != train())  # the check can fail: two plain calls differ
+'''
+
+
+def test_check_of_a_function_that_imports_torch_itself_reproduces(tmp_path: Path) -> None:
+    (tmp_path / "inside.py").write_text(IMPORTS_INSIDE)
+    out = run([sys.executable, "inside.py"], cwd=tmp_path).stdout.splitlines()
+    assert out[0].startswith("REPRODUCED") and out[1] == "True", out

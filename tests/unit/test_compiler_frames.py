@@ -17,12 +17,17 @@ def _function_in(filename: str, body: str) -> types.FunctionType:
     return namespace["probe"]  # type: ignore[return-value]
 
 
-INDUCTOR = os.path.join(os.sep, "venv", "site-packages", "torch", "_inductor", "codecache.py")
-FX = os.path.join(os.sep, "venv", "site-packages", "torch", "fx", "_symbolic_trace.py")
+TORCH = os.path.join(os.sep, "venv", "site-packages", "torch")
+INDUCTOR = os.path.join(TORCH, "_inductor", "codecache.py")
+FX = os.path.join(TORCH, "fx", "_symbolic_trace.py")
+WRAPPER = os.path.join(TORCH, "_dynamo", "eval_frame.py")  # torch._disable_dynamo runs user code here
 
 
 @pytest.fixture
 def compiler_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_torch = types.ModuleType("torch")
+    fake_torch.__file__ = os.path.join(TORCH, "__init__.py")
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
     monkeypatch.setitem(sys.modules, "torch._dynamo", types.ModuleType("torch._dynamo"))
 
 
@@ -38,6 +43,15 @@ def test_torch_fx_and_the_user_are_not_the_compiler(compiler_loaded: None) -> No
     assert probe(lambda: inside_compiler(skip=1)) is False
     assert inside_compiler() is False
     assert called_by_compiler() is False
+
+
+def test_a_users_folder_named_like_a_compiler_and_dynamo_s_wrappers_are_not_the_compiler(
+        compiler_loaded: None) -> None:
+    user = _function_in(os.path.join(os.sep, "home", "me", "triton", "torch", "_inductor", "train.py"), "inner()")
+    assert user(lambda: inside_compiler(skip=1)) is False
+    assert user(lambda: called_by_compiler(skip=1)) is False
+    wrapper = _function_in(WRAPPER, "inner()")  # e.g. torch.utils.checkpoint(fn) building a module
+    assert wrapper(lambda: inside_compiler(skip=1)) is False
 
 
 def test_only_the_nearest_caller_counts_for_called_by_compiler(compiler_loaded: None) -> None:

@@ -52,6 +52,19 @@ class BlockRngStateSource:
         """Nothing to undo: the states set belong to the replayed run, as every value fed back does."""
 
 
+def found_imported(session: Session, module_name: str, imported_before: bool) -> bool:
+    """Return whether the block found a library imported: this process's answer when recording, the recording's on replay.
+
+    A replay in the recording's own process (`detrun.check(fn)` where fn imports torch) finds the
+    library imported although the recorded block did not: it must then replay the import-time
+    seeds, as the recording made them, rather than rely on states that were never recorded.
+    """
+    if session.recording:
+        return imported_before
+    recorded = session.recorded(KIND)
+    return bool(recorded) and isinstance(recorded[0], dict) and module_name in recorded[0]
+
+
 def _capture() -> dict[str, Any]:
     """Return the states of the global generators of the libraries imported so far."""
     import random

@@ -113,7 +113,7 @@ class FinalStateSource:
         def __setstate__(obj: Any, state: dict[str, Any]) -> None:
             original(obj, state)
             try:
-                held = source._held.get(obj)
+                held = source._held.get(obj) if getattr(type(obj), "__hash__", None) is not None else None
                 if held is not None:
                     held[:] = [obj.state]
             except Exception as exc:  # noqa: BLE001 - never change what the program does
@@ -135,7 +135,10 @@ class FinalStateSource:
             name = type(obj).__qualname__
             self._items[index] = (f"{what}#{index}:{name}", weakref.ref(obj), None, f"{what} #{index} ({name})")
         if what == "optimizer":
-            self._held[obj] = held
+            try:
+                self._held[obj] = held
+            except TypeError:  # a subclass with __eq__ but no __hash__: its reloaded state goes unseen
+                pass
         finalizer = weakref.finalize(obj, self._died, index, held)
         finalizer.atexit = False  # at exit the session is gone; _finish digests what is still alive
         self._finalizers.append(finalizer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.patcher import ImportTimeSource
+from detrun.engine.sources.block_rng_state import found_imported
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
     NP_DEFAULT_RNG as RNG_KIND,
     NP_SEED as SEED_KIND,
@@ -75,5 +76,5 @@ class NumpySource(ImportTimeSource):
         # numpy seeded its global RandomState from OS entropy at import; reseed it through the hook
         # so that the recording holds the seed. In an in-process block that finds numpy imported,
         # the state is whatever earlier code left, and block_rng_state records it exactly.
-        if not (session.settings.get("in_process") and self.imported_before):
+        if not (session.settings.get("in_process") and found_imported(session, "numpy", self.imported_before)):
             np.random.seed()

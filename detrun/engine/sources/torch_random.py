@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import ImportTimeSource
+from detrun.engine.sources.block_rng_state import found_imported
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
     TORCH_CUDA_SEED as CUDA_SEED_KIND,
     TORCH_GENERATOR_SEED as GENERATOR_SEED_KIND,
@@ -38,13 +39,15 @@ class TorchSource(ImportTimeSource):
                 session.hook_failed(where, exc)
                 return fallback()
 
-        if not (session.settings.get("in_process") and self.imported_before):
+        in_process = bool(session.settings.get("in_process"))
+        if not (in_process and found_imported(session, "torch", self.imported_before)):
             # torch seeds its default generators with a constant; record it so a replay is anchored
             # even if a library changed it at import time. (An in-process block that finds torch
             # imported finds the generators wherever earlier code left them: block_rng_state
             # records their exact states instead.)
             initial = session.exchange(INITIAL_KIND, torch.initial_seed(), "torch import")
-            if initial != torch.initial_seed():
+            # In process, a replay may find torch imported and its generator moved on since.
+            if initial != torch.initial_seed() or in_process:
                 original_manual_seed(initial)
 
         # Mirrors torch.random.manual_seed (torch 2.x): the value may come from the clock.

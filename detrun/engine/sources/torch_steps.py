@@ -157,10 +157,13 @@ class StepVerifier:
             self._names_event(index, names)
         loss = self._last_loss
         self._last_loss = None
+        on_device = bool(params) and params[0].is_cuda
+        if not on_device and self._pending:
+            self.flush()  # a host step is checked at once: the batched device steps before it go first
         digest_now = self._digest_due(index)
         self._last_step = (step, index, digest_now)
         started = time.perf_counter()
-        if params and params[0].is_cuda:
+        if on_device:
             torch = self._torch
             sums = torch.stack([device_word_sum(torch, p) for p in params]) if digest_now else None
             if digest_now:
