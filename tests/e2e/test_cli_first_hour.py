@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SCRIPTS, detrun, detrun_command, python, verdict
+from support.terminal_screen import stderr_through_a_terminal
 
 BAD_INPUT = 2
 
@@ -201,23 +201,7 @@ def test_env_says_cuda_libraries_are_unused_on_a_cpu_build() -> None:
 def test_replay_progress_shows_the_recorded_step_count(tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text(TRAINS)  # the first step's progress is shown at once
     assert detrun("record", "-q", "train.py", cwd=tmp_path).returncode == 0
-    master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    process = subprocess.Popen([*detrun_command(), "replay", "trace.zst"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=slave, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO once the child side is closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    process.wait(timeout=120)
-    os.close(master)
-    shown = b"".join(chunks).decode(errors="replace")
+    shown = stderr_through_a_terminal([*detrun_command(), "replay", "trace.zst"], tmp_path, timeout=120)
     assert re.search(r"replaying · step [123]/3 ·", shown), shown[-500:]
 
 

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import os
-import pty
 import re
 import shlex
-import subprocess
 import textwrap
 from pathlib import Path
 from typing import Callable
 
 from conftest import EXAMPLES, detrun, detrun_command
-from support.terminal_screen import Screen, run_on_terminal
+from support.terminal_screen import Screen, run_on_terminal, stderr_through_a_terminal
 
 from detrun.progress_line import FRESH_LINE as FRESH_LINE_BYTES
 
@@ -20,22 +18,7 @@ EXAMPLE = str(EXAMPLES / "train_unseeded.py")
 
 def _stderr_through_a_terminal(args: list[str], cwd: Path) -> str:
     """Run detrun with stderr on a pseudo-terminal and return what it wrote there."""
-    master, slave = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
-    process = subprocess.Popen([*detrun_command(), *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=slave, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO once the child side is closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    process.wait(timeout=300)
-    os.close(master)
-    return b"".join(chunks).decode(errors="replace")
+    return stderr_through_a_terminal([*detrun_command(), *args], cwd)
 
 
 def test_progress_line_on_a_terminal(tmp_path: Path) -> None:

@@ -143,3 +143,23 @@ def run_on_terminal(args: list[str], *, cwd: str, env: dict[str, str], timeout: 
             process.kill()
             process.wait()
         os.close(master)
+
+
+def stderr_through_a_terminal(argv: list[str], cwd: object, timeout: float = 300) -> str:
+    """Run argv with stderr on a pseudo-terminal (stdout discarded); return what it wrote there."""
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=slave, env=env)  # type: ignore[arg-type]
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO once the child side is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    process.wait(timeout=timeout)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
