@@ -83,7 +83,7 @@ def test_check_fails_on_noise_detrun_does_not_record(workdir: Path) -> None:
     assert rows["loss at every step"]["holds"] is False
     assert rows["final weights"]["holds"] is False and rows["stdout (masked)"]["holds"] is False
     line = result.stderr.strip().splitlines()[-1]
-    assert re.match(r"detrun: DIVERGED: (loss|parameters) at every step: replay 1 at step 2: ", line), line
+    assert re.match(r"detrun: DIVERGED: (loss at every step|parameters during training): replay 1 at step 2: ", line), line
 
 
 def test_check_refuses_bad_input(workdir: Path) -> None:
