@@ -110,7 +110,7 @@ def decode_steps(payloads: Iterable[Any]) -> list[StepKernels]:
     return steps
 
 
-def first_difference(recorded: Sequence[str], got: Sequence[str]) -> int | None:
+def first_difference(recorded: Sequence[object], got: Sequence[object]) -> int | None:
     """Return the index of the first differing element (or where the shorter one ends); None if equal."""
     for index, (a, b) in enumerate(zip(recorded, got)):
         if a != b:

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from detrun.trace.format import pack_indices, unpack_indices
 from detrun.trace.kernel_codec import StringTable
+from detrun.trace.kernel_codec import first_difference as first_element_difference
 
 MAX_OPS = 1_000_000  # per step; beyond this the list is cut (and says so)
 MASK32 = (1 << 32) - 1
@@ -118,10 +119,7 @@ def decode_steps(payloads: Iterable[Any]) -> list[OpStep]:
 
 def first_difference(recorded: OpStep, got: OpStep) -> int | None:
     """Return the index of the first op whose key or digest differs (or where the shorter step ends); None if equal."""
-    for index, (a, b, x, y) in enumerate(zip(recorded.ops, got.ops, recorded.digests, got.digests)):
-        if a != b or x != y:
-            return index
-    return None if len(recorded.ops) == len(got.ops) else min(len(recorded.ops), len(got.ops))
+    return first_element_difference(list(zip(recorded.ops, recorded.digests)), list(zip(got.ops, got.digests)))
 
 
 def describe_op(key: str) -> str:
