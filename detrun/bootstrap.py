@@ -124,4 +124,8 @@ def _decide() -> tuple[list[str], dict[str, Any]] | None:
     }
     if config["mode"] == "replay":
         child.update(trace_path=config["trace_path"], strict=False, ignore_output=config.get("ignore_output", []))
+        # A merged multi-node trace: this node's ranks ran with this node's hash seed (validated by the launcher).
+        seed = config.get("node_hashseeds", {}).get(str(claimed.node_rank))
+        if seed is not None:
+            os.environ["PYTHONHASHSEED"] = seed
     return options, child

@@ -212,7 +212,10 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
         # The trace never chooses what runs: the user types the command, which must be the recorded one.
         raise TargetRefused(f"{trace_path} recorded a command; replay it by giving the command: "
                             f"detrun replay {shell_words([trace_path])} -- {shell_words(list(recorded))}")
-    if list(command) != list(recorded) and not allow_changed_args:
+    # A merged multi-node trace holds every node's command (each has its own --node_rank).
+    recorded_commands = [list(recorded), *(list(c) for c in as_dict(header.get("node_commands")).values()
+                                           if is_arg_list(c))]
+    if list(command) not in recorded_commands and not allow_changed_args:
         raise ArgsChanged(f"the command differs from the recorded one ({shell_words(list(recorded))}); "
                           "pass --allow-changed-args to replay anyway")
     trace_settings = header.get("settings")
@@ -232,9 +235,13 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
                   "scratch_dir": scratch, "verbose": verbose,
                   "report_json": os.path.abspath(report_json) if report_json else None,
                   "ignore_output": list(ignore_output)}
+        # A merged multi-node trace: each node's ranks ran with their node's hash seed.
+        node_hashseeds = {str(node): validated_hashseed(seed, trace_path)
+                          for node, seed in as_dict(header.get("node_hashseeds")).items()}
         boot_env = bootstrap.prepare(scratch, {"mode": "replay", "command": True, "settings": settings,
                                                "trace_path": os.path.abspath(trace_path),
-                                               "ignore_output": list(ignore_output)})
+                                               "ignore_output": list(ignore_output),
+                                               "node_hashseeds": node_hashseeds})
         return run_child(config, {**child_env, **boot_env})
 
 def main_script_alias(target: Target, sha256: str, recorded: dict[str, Any]) -> str | None:

@@ -335,9 +335,10 @@ def _hashseed_ok(value: str) -> bool:
     return int(value) <= (1 << 32) - 1  # PYTHONHASHSEED's own range
 
 
+HASHSEED = Check(Str(10, r"[0-9]{1,10}"), _hashseed_ok, "hashseed must be in [0, 4294967295]")
 SETTINGS = Record(optional={
     # Python refuses to start on any other value, before detrun could say why.
-    "hashseed": Check(Str(10, r"[0-9]{1,10}"), _hashseed_ok, "hashseed must be in [0, 4294967295]"),
+    "hashseed": HASHSEED,
     "hashseed_from_user": Bool,
     # Only thread-count variables with numeric values; the launcher restores these into the child.
     "thread_env": MapOf(Str(64, r"[A-Z][A-Z0-9_]*_THREADS"), OneOf(Null, Str(32, r"[0-9, ]*")), 64),
@@ -371,7 +372,10 @@ HEADER = Record(
         "argv": ListOf(Str(1 << 16), 1 << 16),
         "command": ListOf(Str(1 << 16), 1 << 16),  # `detrun record -- COMMAND`: the command, as typed
         "cwd": Str(4096),
-        "node_envs": MapOf(Str(16, r"[0-9]{1,6}"), ENV_FINGERPRINT, 4096),  # `detrun merge`: each node's env by node rank
+        # `detrun merge`: each node's environment and hash seed, by node rank
+        "node_envs": MapOf(Str(16, r"[0-9]{1,6}"), ENV_FINGERPRINT, 4096),
+        "node_hashseeds": MapOf(Str(16, r"[0-9]{1,6}"), HASHSEED, 4096),
+        "node_commands": MapOf(Str(16, r"[0-9]{1,6}"), ListOf(Str(1 << 16), 1 << 16), 4096),
         "settings": SETTINGS,
     })
 END_RECORD = Record(optional={
