@@ -30,10 +30,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def torchrun(port: int, *extra: str, nproc: int = 2) -> list[str]:
+def torchrun(port: int, *extra: str, nproc: int = 2, script: str = DDP) -> list[str]:
     """Return a torchrun command line (as `python -m torch.distributed.run`, the launcher's own module)."""
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={port}", *extra, DDP]
+            f"--master_port={port}", *extra, script]
 
 
 def rank_weights(stdout: str) -> dict[int, str]:
@@ -118,6 +118,20 @@ def test_two_nodes_on_one_machine_record_merge_and_replay(tmp_path: Path) -> Non
         assert verdict(stderr).startswith("detrun: REPRODUCED (8 steps"), stderr[-2000:]
         weights.update(rank_weights(stdout))
     assert weights == {**rank_weights(recorded[0][1]), **rank_weights(recorded[1][1])}
+
+
+def test_fsdp2_fully_shard_ranks_digest_their_own_shards(tmp_path: Path) -> None:
+    pytest.importorskip("torch.distributed.fsdp", reason="this torch has no FSDP2")
+    port = free_port()
+    command = torchrun(port, script=str(SCRIPTS / "fsdp2_gloo.py"))
+    plain = [run(command, cwd=tmp_path) for _ in range(2)]
+    assert all(r.returncode == 0 for r in plain), plain[0].stderr[-3000:]
+    assert rank_weights(plain[0].stdout) != rank_weights(plain[1].stdout)
+    recorded = detrun("record", "--", *command, cwd=tmp_path)
+    assert recorded.returncode == 0 and "detrun: warning" not in recorded.stderr, recorded.stderr[-3000:]
+    replayed = detrun("replay", "trace.zst", "--", *command, cwd=tmp_path)
+    assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (6 steps"), replayed.stderr[-2000:]
+    assert rank_weights(replayed.stdout) == rank_weights(recorded.stdout)
 
 
 LIGHTNING_DDP = '''
