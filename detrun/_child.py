@@ -31,6 +31,10 @@ def main() -> None:
     try:
         config = json.loads(raw)
         _follow_parent(config)
+        from detrun.bootstrap import hide
+
+        # The script sees python's own environment and sys.path; its child processes get the bootstrap back.
+        config["settings"]["child_env"] = hide(os.environ, sys.path)
         runner, session = _setup(config)
     except DetrunError as exc:
         _fail(exc)
@@ -70,7 +74,11 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
     if config.get("command") is not None:
         # `detrun record -- COMMAND`: this process runs the command and merges what its processes record;
         # it runs none of the user's code, so it installs no source and records under its own role.
-        runner = CommandRunner(list(config["command"]))
+        from detrun.bootstrap import child_environment
+
+        hidden = config["settings"].get("child_env") or {}
+        runner = CommandRunner(list(config["command"]),
+                               env=child_environment(hidden, os.environ) if hidden else None)
         role, sources = "launcher", []
     else:
         runner = Runner(Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"]))
