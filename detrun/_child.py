@@ -113,7 +113,7 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
 def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
     """Open the session of one process of a launched command (a rank), under its role (detrun.bootstrap)."""
     from detrun.engine.process_roles import ProcessKey
-    from detrun.engine.process_segments import check_world
+    from detrun.engine.process_segments import check_world, topology_cause
     from detrun.errors import TargetRefused
     from detrun.engine.session import Session
     from detrun.engine.sources import all_sources
@@ -139,6 +139,9 @@ def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
             raise
         session = Session("replay", trace=trace.of_process(key.role), quiet=True, role=key.role, settings=settings,
                           ignore_output=tuple(config.get("ignore_output", ())))
+        for cause in [topology_cause(trace, key), *config.get("causes", [])]:
+            if cause:
+                session.note_cause(cause)
     session.process_key = key
     session.scratch_dir = config.get("scratch_dir")
     session.install(all_sources())
