@@ -174,6 +174,8 @@ class ProcessSegments:
         nodes = {k.node_rank for k in replayed.values() if k.node_rank is not None}
         found: list[Divergence] = []
         for role, key in sorted(recorded.items(), key=lambda item: _natural(item[0])):
+            if not is_role(role):
+                continue  # no process of ours ever takes such a name (the trace's names are only matched)
             if nodes and key.get("node_rank") is not None and key.get("node_rank") not in nodes:
                 continue
             label = ProcessKey(**{k: key.get(k) for k in ProcessKey.__dataclass_fields__}).label or role
