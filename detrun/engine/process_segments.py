@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.bootstrap import PROCESSES_DIR
@@ -21,6 +22,9 @@ from detrun.engine.verdict import Divergence
 from detrun.errors import TargetRefused
 from detrun.trace.format import DECLARE_KIND, FIRST_USER_KIND
 from detrun.trace.registry import PROCESS_END
+
+# How long the process that owns the trace waits for ranks its script started to exit.
+RANK_EXIT_TIMEOUT = 120.0
 
 if TYPE_CHECKING:
     from detrun.engine.verdict import ReplayFacts
@@ -77,6 +81,7 @@ class ProcessSegments:
     facts: Callable[[], ReplayFacts]
     _final_checks: Callable[..., None]
 
+    rank_processes: list[Any]
     # Set for a rank's own session (detrun._child); None in the process that owns the trace.
     process_key: ProcessKey | None = None
     # The owner's sums over its ranks' reports (replay).
@@ -114,6 +119,19 @@ class ProcessSegments:
                        "steps": facts.steps, "events_used": facts.events_used, "final_digest": facts.final_digest},
                       out)
         os.replace(self.settings["process_report"] + ".partial", self.settings["process_report"])
+
+    def wait_for_ranks(self, timeout: float = RANK_EXIT_TIMEOUT) -> None:
+        """Wait for the ranks the script started itself to exit, so that their segments or reports are complete.
+
+        Lightning's rank 0 may end before the ranks it launched; a rank still running at the deadline
+        is merged as it stands (its segment incomplete, or its report missing: the verdict says so).
+        """
+        deadline = time.monotonic() + timeout
+        for process in self.rank_processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - a rank that outlives the deadline is reported as unfinished
+                continue
 
     def _processes_dir(self) -> str | None:
         return os.path.join(self.scratch_dir, PROCESSES_DIR) if self.scratch_dir else None

@@ -141,6 +141,10 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         self.missing_processes: list[str] = []
         self.incomplete_processes: list[str] = []
         self.process_summaries: dict[str, dict[str, int]] = {}
+        # The real stdout while the stdout source tees fd 1 (ranks the script starts write there).
+        self.unteed_stdout_fd: int | None = None
+        # Ranks the script started itself (Lightning's DDP): waited for before their segments are merged.
+        self.rank_processes: list[Any] = []
 
     # ----------------------------------------------------------------- shared services
 
@@ -397,6 +401,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         if self.process_key is not None:  # a rank: its segment or report; the launcher's session decides
             self.finish_process(outcome)
             return None
+        self.wait_for_ranks()
         if self.recording:
             self.merge_process_segments()
             self._finish_record(outcome)

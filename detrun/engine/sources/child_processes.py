@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from detrun.bootstrap import child_environment
 from detrun.engine.patcher import Patcher
+from detrun.engine.process_roles import key_from_env
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
@@ -50,15 +51,23 @@ class ChildProcessSource:
             return
         source = self
 
-        # Mirrors subprocess.Popen._execute_child (CPython 3.10-3.13, POSIX): env is its 8th argument.
+        # Mirrors subprocess.Popen._execute_child (CPython 3.10-3.13, POSIX): env is its 8th argument,
+        # then startupinfo, creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, ...
         def _execute_child(process: Any, args: Any, executable: Any, preexec_fn: Any, close_fds: Any,
                            pass_fds: Any, cwd: Any, env: Any, *rest: Any) -> Any:
-            if source._session is not None:
+            session = source._session
+            rank = False
+            if session is not None:
                 try:
                     env = child_environment(hidden, os.environ if env is None else env)
+                    rank = key_from_env(env) is not None
+                    rest = _rank_stdout(session, env, rest) if rank else rest
                 except Exception as exc:  # noqa: BLE001 - never change what the program does
-                    source._session.hook_failed("the subprocess hook", exc)
-            return original(process, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, *rest)
+                    session.hook_failed("the subprocess hook", exc)
+            result = original(process, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, *rest)
+            if rank and session is not None:
+                session.rank_processes.append(process)  # its segment or report is merged once it exits
+            return result
 
         _execute_child.__detrun_original__ = original  # type: ignore[attr-defined]
         self._patcher.setattr(popen, "_execute_child", _execute_child)
@@ -88,6 +97,21 @@ class ChildProcessSource:
 
         start.__doc__ = original.__doc__
         self._patcher.setattr(base, "start", start)
+
+
+_C2PREAD, _C2PWRITE = 5, 6  # positions in _execute_child's arguments after env
+
+
+def _rank_stdout(session: Session, env: dict[str, str], rest: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Give a rank the script starts the real stdout, not this process's checked copy of it.
+
+    A rank records and checks its own stdout; through the tee its lines would also reach this
+    process's check, interleaved with its own in an order that differs between runs.
+    """
+    if (session.unteed_stdout_fd is None or len(rest) <= _C2PWRITE
+            or rest[_C2PREAD] != -1 or rest[_C2PWRITE] != -1):
+        return rest  # not a rank, or its stdout is redirected already
+    return (*rest[:_C2PWRITE], session.unteed_stdout_fd, *rest[_C2PWRITE + 1:])
 
 
 def _describe(process: Any) -> str | None:

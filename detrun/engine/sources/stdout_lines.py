@@ -165,11 +165,15 @@ class StdoutSource:
             self._read_fd, write_fd = os.pipe()
         os.dup2(write_fd, 1)
         os.close(write_fd)
+        # A rank the script starts (Lightning's DDP) checks its own stdout: it writes to the real one.
+        session.unteed_stdout_fd = self._saved_fd
         self._thread = threading.Thread(target=self._pump, name="detrun-stdout", daemon=True)
         self._thread.start()
         session.on_stop(self._finish)
 
     def uninstall(self) -> None:
+        if self._session is not None:
+            self._session.unteed_stdout_fd = None
         self._restore()
         self._session = None
 
