@@ -58,7 +58,8 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
 
 def record(target: Target, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 1, policy: str = "strict", profile_path: str | None = None,
-           kernel_steps: int = 2, op_digests: int = 0, op_digest_every: int = 0) -> int:
+           kernel_steps: int = 2, op_digests: int = 0, op_digest_every: int = 0,
+           keep_inputs: int = 1 << 30) -> int:
     """Record one run of the target into `output`; return the script's exit status."""
     resolved = resolve(target)
     check_output(output, force)
@@ -90,6 +91,7 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
             "op_digests": op_digests,  # op output digests: the first K optimizer steps ...
             "op_digest_every": op_digest_every,  # ... and every Nth (0: none)
+            "keep_inputs": keep_inputs,  # bytes of overwritten inputs kept beside the trace
         },
     }
     assert tuple(header["settings"]) == RECORDED_SETTINGS, "replay passes on only RECORDED_SETTINGS"

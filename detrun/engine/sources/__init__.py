@@ -36,6 +36,8 @@ def all_sources(in_process: bool = False) -> list[Source]:
         cuda_kernels,
         dataloader,
         determinism_policy,
+        file_inputs,
+        file_outputs,
         final_state,
         interrupts,
         op_digests,
@@ -63,6 +65,8 @@ def all_sources(in_process: bool = False) -> list[Source]:
         tf_runtime.TensorFlowSource(),
         child_processes.ChildProcessSource(),
         *([] if in_process else [interrupts.InterruptSource(), stdout_lines.StdoutSource()]),
+        # Not in blocks: a notebook's files are not one run's inputs and outputs.
+        *([] if in_process else [file_inputs.FileInputSource(), file_outputs.FileOutputSource()]),
         torch_steps.StepVerifier(),
         tf_steps.TFStepVerifier(),
         # After the step verifiers: its digests at the end run after theirs are flushed.
