@@ -72,6 +72,16 @@ SAMPLES: dict[str, list[Any]] = {
     "stdout": [{"lines": ["loss 0.5"], "count": 1, "rest": 0}],
     "signal": [[3, 4, 15, 1]],
     "fs.written": [["/tmp/out"]],
+    "file.input": [{"path": "data/train.csv", "read": 1, "size": 1024, "mtime_ns": 1_700_000_000_000_000_000,
+                    "sha256": "3f" * 32, "sampled": False, "lines": b"\x01\x00\x00\x00", "step": 1},
+                   {"path": "/data/shard0.bin", "read": 3, "size": 2**31, "mtime_ns": -1, "sha256": "9c" * 32,
+                    "sampled": True}],
+    "file.kept": [{"path": "runs/last.pt", "read": 1, "sha256": "ab" * 32, "kept": True}],
+    "file.output": [{"path": "runs/last.pt", "version": 2, "size": 2431, "format": "torch",
+                     "tensors": [["conv1.weight", "float32[4, 1, 2]:00000000000000ff"]]},
+                    {"path": "runs/log.csv", "version": 1, "size": 40, "format": "text", "lines": b"\x00" * 8,
+                     "text": ["epoch,loss", "0,0.5"]},
+                    {"path": "out.bin", "version": 1, "size": 3, "format": "bytes", "sha256": "01" * 32}],
 }
 WORKER_KINDS = ("os.entropy", "py.seed", "np.seed", "torch.initial_seed", "torch.manual_seed", "fs.listing")
 
