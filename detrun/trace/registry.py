@@ -311,7 +311,7 @@ FILE_KEPT = _declare(
     "file_inputs", fed_back=True)
 FILE_OUTPUT = _declare(
     "file.output", 1, Record(required={"path": FILE_PATH, "version": STEP_COUNT, "size": U63, "format": NAME},
-                             optional={"sha256": SHA256, "tensors": ListOf(Tuple(Str(4096), Str(4096)), 1 << 20),
+                             optional={"sha256": SHA256, "appended": Bool, "tensors": ListOf(Tuple(Str(4096), Str(4096)), 1 << 20),
                                        "lines": Bytes(1 << 22), "text": ListOf(Str(1 << 12), 1 << 12)}),
     "a file the program wrote, one per version: checkpoints by tensor, text by masked line, others by sha256 "
     "(checked)", "file_outputs")

@@ -80,7 +80,7 @@ SAMPLES: dict[str, list[Any]] = {
     "file.output": [{"path": "runs/last.pt", "version": 2, "size": 2431, "format": "torch",
                      "tensors": [["conv1.weight", "float32[4, 1, 2]:00000000000000ff"]]},
                     {"path": "runs/log.csv", "version": 1, "size": 40, "format": "text", "lines": b"\x00" * 8,
-                     "text": ["epoch,loss", "0,0.5"]},
+                     "text": ["epoch,loss", "0,0.5"], "appended": True},
                     {"path": "out.bin", "version": 1, "size": 3, "format": "bytes", "sha256": "01" * 32}],
 }
 WORKER_KINDS = ("os.entropy", "py.seed", "np.seed", "torch.initial_seed", "torch.manual_seed", "fs.listing")

@@ -12,6 +12,9 @@ A digest compares checkpoints by tensor, text by masked line and other files by 
 in the recording: a tensor or a text line that differs is an output check that differed
 (`output runs/last.pt: tensor 'conv1.weight' differs`); a differing opaque binary file, a
 checkpoint's non-tensor value (a timestamp), or a file only one of the runs wrote is a cause.
+A file opened for appending that existed before (a log earlier runs wrote) is compared from where
+the run started appending; one that the recording created but the replay found (the recording's
+own, as a replay in place does) or the other way round is a cause, not a divergence.
 
 Only files under the run's directory are outputs: files elsewhere (the temporary directory's
 random names, a cache) are not compared. Not seen: files written by DataLoader workers or other
@@ -197,6 +200,8 @@ class FileOutputSource:
         _local.busy = True
         try:
             digest = digest_file(absolute, self._offsets.get(absolute, 0))
+            if absolute in self._offsets:
+                digest["appended"] = True
         except OSError:
             return  # removed or unreadable: nothing to compare
         except Exception as exc:  # noqa: BLE001
@@ -218,6 +223,12 @@ class FileOutputSource:
             session.count_check("output files")
             return
         message, trusted = difference
+        if bool(recorded.get("appended")) != bool(digest.get("appended")):
+            # The script appends to a log it found, or creates it: which depends on what earlier runs left.
+            trusted = False
+            message += (f" (the recording {'appended to' if recorded.get('appended') else 'created'} it, the replay "
+                        f"{'appended to' if digest.get('appended') else 'created'} it: replay in a copy of the "
+                        "directory as it was before the recording)")
         if trusted:
             session.count_check("output files")
             session.diverge(FILE_OUTPUT, f"output {name}: {message}", check="output")
