@@ -108,7 +108,8 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
 def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool = False,
            allow_changed_args: bool = False, strict: bool = False, quiet: bool = False,
            pin_threads: bool = True, verbose: bool = False, report_json: str | None = None,
-           ignore_output: tuple[str, ...] = (), op_capture: tuple[int, str] | None = None) -> int:
+           ignore_output: tuple[str, ...] = (), op_capture: tuple[int, str] | None = None,
+           outputs_dir: str | None = None, outputs_in_place: bool = False) -> int:
     """Replay a trace; return the script's non-zero exit status, else the verdict's exit code.
 
     `op_capture` (detrun explain's): (S, path): digest every op of steps 1..S, with its call site,
@@ -146,7 +147,9 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         report_syntax_error(error)
         return 1
     settings: dict[str, Any] = {key: trace_settings[key] for key in RECORDED_SETTINGS if key in trace_settings}
-    settings.update(hashseed=hashseed, thread_env=thread_env, pin_threads=pin_threads)
+    settings.update(hashseed=hashseed, thread_env=thread_env, pin_threads=pin_threads,
+                    # The user's options, never the trace's: where the replay's written files go.
+                    outputs_dir=os.path.abspath(outputs_dir) if outputs_dir else None, outputs_in_place=outputs_in_place)
     if op_capture is not None:
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
     child_env: dict[str, str | None] = {"PYTHONHASHSEED": hashseed}

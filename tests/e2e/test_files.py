@@ -39,9 +39,15 @@ def test_a_resumed_run_replays_twice_from_the_checkpoint_it_overwrote(project: P
     # The resumed recording overwrote the checkpoint it started from; the version it read is kept.
     assert (project / "runs" / "last.pt").read_bytes() != started_from
     assert [p.read_bytes() for p in (project / "resumed.zst.inputs").iterdir()] == [started_from]
-    for _ in range(2):
-        line = _replay("resumed.zst", project)
+    recorded_files = {name: (project / "runs" / name).read_bytes() for name in ("last.pt", "log.csv")}
+    for options in ((), ("--outputs-dir", "replayed")):
+        line = _replay("resumed.zst", project, *options)
         assert line.startswith("detrun: REPRODUCED") and "written files" in line, line
+        # The replay wrote both files again, and put the recording's back.
+        assert {name: (project / "runs" / name).read_bytes() for name in recorded_files} == recorded_files
+    assert sorted(p.name for p in (project / "replayed" / "runs").iterdir()) == ["last.pt", "log.csv"]
+    replayed_log = (project / "replayed" / "runs" / "log.csv").read_bytes()  # the recording's, and its rows
+    assert replayed_log.startswith(recorded_files["log.csv"]) and len(replayed_log) > len(recorded_files["log.csv"])
 
     shown = detrun("show", "resumed.zst", cwd=project).stdout
     assert "data/train.csv" in shown and "runs/last.pt" in shown and "kept beside the trace" in shown, shown

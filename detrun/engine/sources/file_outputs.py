@@ -33,6 +33,7 @@ from detrun.engine.checkpoint_digest import digest_file, first_difference
 from detrun.engine.compiler_frames import called_by_compiler
 from detrun.engine.file_fingerprint import SKIPPED_SUFFIXES, library_prefixes, trace_path
 from detrun.engine.patcher import Patcher
+from detrun.engine.replay_backups import ReplayBackups
 from detrun.trace.registry import FILE_OUTPUT
 
 if TYPE_CHECKING:
@@ -58,10 +59,11 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
             if isinstance(path, int):
                 return
             if isinstance(mode, str):
-                source.opened(path, any(c in mode for c in "wx+") or "a" in mode, appending="a" in mode)
+                source.opened(path, any(c in mode for c in "wax+"), appending="a" in mode, replacing="w" in mode)
             else:
                 writing = isinstance(flags, int) and bool(flags & _WRITE_FLAGS)
-                source.opened(path, writing, appending=writing and bool(flags & os.O_APPEND))
+                source.opened(path, writing, appending=writing and bool(flags & os.O_APPEND),
+                              replacing=writing and bool(flags & os.O_TRUNC))
         elif event in _MOVES:
             source.moved(args[0], args[1])
         else:
@@ -85,6 +87,7 @@ class FileOutputSource:
         self._versions: dict[str, int] = {}  # path -> versions digested
         self._recorded: dict[tuple[str, int], dict[str, Any]] = {}
         self._compared: set[tuple[str, int]] = set()
+        self._backups: ReplayBackups | None = None
 
     def install(self, session: Session) -> None:
         global _active, _hook_added
@@ -100,6 +103,8 @@ class FileOutputSource:
         if not session.recording:
             for payload in session.take_all(FILE_OUTPUT):
                 self._recorded[(payload["path"], payload["version"])] = payload
+            if session.scratch_dir and not session.settings.get("outputs_in_place"):
+                self._backups = ReplayBackups(session.scratch_dir, self._cwd)
         session.on_stop(self._finish)
         session.when_imported("torch", self._hook_torch)
         _active = self
@@ -122,7 +127,7 @@ class FileOutputSource:
             return None
         return absolute
 
-    def opened(self, path: Any, writing: bool, appending: bool = False) -> None:
+    def opened(self, path: Any, writing: bool, appending: bool = False, replacing: bool = False) -> None:
         """Digest the previous version of a path the program reopens; note a new version when it writes."""
         absolute = self._program_path(path)
         if absolute is None:
@@ -130,6 +135,7 @@ class FileOutputSource:
         if absolute in self._pending and not appending:
             self._digest(absolute)
         if writing:
+            self._save_recordings(absolute, content_needed=not replacing)
             with self._lock:
                 if appending and absolute not in self._pending and absolute not in self._versions:
                     # A log that earlier runs wrote: this run's output is what it appends.
@@ -146,6 +152,10 @@ class FileOutputSource:
         before, after = self._program_path(source_path), self._program_path(destination)
         if after is not None and after in self._pending:
             self._digest(after)
+        if before is not None:
+            self._save_recordings(before, content_needed=True)
+        if after is not None:
+            self._save_recordings(after, content_needed=False)
         with self._lock:
             if before is not None and before in self._pending:
                 self._pending.discard(before)
@@ -155,6 +165,8 @@ class FileOutputSource:
     def removed(self, path: Any) -> None:
         """A removed file was a scratch file: nothing of it is left to compare."""
         absolute = self._program_path(path)
+        if absolute is not None:
+            self._save_recordings(absolute, content_needed=True)
         with self._lock:
             self._pending.discard(absolute)  # type: ignore[arg-type]
 
@@ -170,6 +182,9 @@ class FileOutputSource:
             if path is not None:
                 try:
                     source.opened(path, False)  # digest the version this call replaces
+                    absolute = source._program_path(path)
+                    if absolute is not None:
+                        source._save_recordings(absolute, content_needed=False)
                 except Exception as exc:  # noqa: BLE001
                     if source.session is not None:
                         source.session.hook_failed("torch.save (file outputs)", exc)
@@ -185,6 +200,19 @@ class FileOutputSource:
         save.__doc__ = original.__doc__
         save.__wrapped__ = original  # type: ignore[attr-defined]
         self._patcher.setattr(torch, "save", save)
+
+    def _save_recordings(self, absolute: str, content_needed: bool) -> None:
+        """On replay, save the file about to change so that the recording's version is put back at the end."""
+        if self._backups is None:
+            return
+        _local.busy = True
+        try:
+            self._backups.before_change(absolute, content_needed)
+        except OSError as exc:
+            if self.session is not None:
+                self.session.hook_failed(f"saving {trace_path(absolute, self._cwd)} before the replay changes it", exc)
+        finally:
+            _local.busy = False
 
     def _digest(self, absolute: str) -> None:
         """Digest one finished version of a written file; record it, or compare it with the recording's."""
@@ -242,9 +270,26 @@ class FileOutputSource:
         session = self.session
         if session is None or session.recording:
             return
+        self._put_back(session)
         missing = sorted(key for key in self._recorded if key not in self._compared)
         if missing and (session.trace is None or session.trace.complete):
             name, version = missing[0]
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
             session.mismatch(FILE_OUTPUT, f"the recording wrote {name}"
                              + (f" (version {version})" if version > 1 else "") + f", the replay did not{more}")
+
+    def _put_back(self, session: Session) -> None:
+        """Restore the recording's files the replay changed; hand the replay's to --outputs-dir."""
+        if self._backups is None:
+            return
+        outputs_dir = session.settings.get("outputs_dir")
+        _local.busy = True
+        try:
+            moved, failed = self._backups.restore(outputs_dir if isinstance(outputs_dir, str) else None)
+        finally:
+            _local.busy = False
+        if failed:
+            print(f"detrun: warning: could not put back {len(failed)} file(s) the replay changed: "
+                  f"{', '.join(trace_path(p, self._cwd) for p in failed[:3])}", file=sys.stderr)
+        if moved and not session.quiet:
+            print(f"detrun: the replay's {moved} written file(s) are in {outputs_dir}", file=sys.stderr)
