@@ -27,7 +27,8 @@ def all_sources(in_process: bool = False) -> list[Source]:
 
     `in_process` (detrun.api's `with` blocks) leaves out the two that own process-wide things a
     block does not: file descriptor 1 (a notebook's output is not written there) and the signal
-    handlers (Ctrl-C ends the block with KeyboardInterrupt, as without detrun).
+    handlers (Ctrl-C ends the block with KeyboardInterrupt, as without detrun); nor the file checks,
+    since a notebook's files are not one run's inputs and outputs.
     """
     from detrun.engine.sources import (
         backend_flags,
