@@ -32,6 +32,7 @@ from detrun.engine.line_mask import MASK, mask_line
 
 TEXT_LIMIT = 16 << 20
 KEPT_TEXT_LINES = 200
+MAX_TEXT_LINES = 500_000  # the `file.output` schema takes 1M line crcs; longer text is compared by sha256
 MAX_TENSORS = 100_000
 _SERIALIZATION_ID = ".data/serialization_id"
 VALUE_MARK = "value:"
@@ -186,11 +187,14 @@ def _text_or_bytes(path: str, size: int, offset: int) -> dict[str, Any]:
         except UnicodeDecodeError:
             pass
         else:
-            lines = _mask_columns([mask_line(line) for line in text.splitlines()], header)
+            split = text.splitlines()
+            if len(split) > MAX_TEXT_LINES:
+                return {"format": "bytes", "sha256": hashlib.sha256(data).hexdigest()}
+            lines = _mask_columns([mask_line(line) for line in split], header)
             digest: dict[str, Any] = {"format": "text", "lines": struct.pack(
                 f"<{len(lines)}I", *(zlib.crc32(line.encode()) for line in lines))}
             if len(lines) <= KEPT_TEXT_LINES:
-                digest["text"] = [line[:4096] for line in lines]
+                digest["text"] = [line[:1000] for line in lines]  # the schema's 4096 bytes, in any script
             return digest
     sha = hashlib.sha256(data) if data else _file_sha(path, offset)
     return {"format": "bytes", "sha256": sha.hexdigest()}

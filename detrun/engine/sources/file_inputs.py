@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from detrun.engine.session import Session
 
 DEFAULT_KEEP_BYTES = 1 << 30
+MAX_FILES = 50_000  # distinct input paths followed (a dataset of small files: 10 MB of trace)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _REPLACING = {"os.rename": 1, "os.replace": 1, "os.remove": 0, "os.unlink": 0}  # event -> index of the path replaced
 _active: FileInputSource | None = None
@@ -152,6 +153,8 @@ class FileInputSource:
     def _program_path(self, path: Any) -> str | None:
         """Return the absolute path of a file the program itself opened, or None for everything else."""
         absolute = os.path.abspath(os.fsdecode(os.fspath(path)))
+        if not absolute.isprintable() or len(absolute) > 4000:
+            return None  # a name a trace cannot hold as text (undecodable bytes, control characters)
         if absolute.startswith(self._ignored) or absolute.endswith(SKIPPED_SUFFIXES) or absolute in self._own_files:
             return None
         if called_by_compiler(skip=3):
@@ -171,6 +174,8 @@ class FileInputSource:
         if absolute in self._written:
             return None
         with self._lock:
+            if absolute not in self._reads and len(self._reads) >= MAX_FILES:
+                return None  # the same first MAX_FILES paths are checked in record and replay
             read = self._reads[absolute] = self._reads.get(absolute, 0) + 1
         if self.session is not None and self.session.recording:
             self._record_read(absolute, read)

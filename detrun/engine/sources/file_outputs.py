@@ -39,6 +39,7 @@ from detrun.trace.registry import FILE_OUTPUT
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
+MAX_FILES = 10_000  # distinct written paths followed
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _MOVES = ("os.rename", "os.replace")
 _REMOVES = ("os.remove", "os.unlink")
@@ -121,6 +122,8 @@ class FileOutputSource:
     def _program_path(self, path: Any) -> str | None:
         """Return the absolute path of a file the program writes under its directory, else None."""
         absolute = os.path.abspath(os.fsdecode(os.fspath(path)))
+        if not absolute.isprintable() or len(absolute) > 4000:
+            return None  # a name a trace cannot hold as text (undecodable bytes, control characters)
         if not absolute.startswith(self._cwd.rstrip(os.sep) + os.sep) or absolute.startswith(self._ignored):
             return None
         if absolute.endswith(SKIPPED_SUFFIXES) or absolute in self._own_files or called_by_compiler(skip=3):
@@ -136,6 +139,8 @@ class FileOutputSource:
             self._digest(absolute)
         if writing:
             self._save_recordings(absolute, content_needed=not replacing)
+            if absolute not in self._pending and len(self._versions) + len(self._pending) >= MAX_FILES:
+                return  # the same first MAX_FILES paths are compared in record and replay
             with self._lock:
                 if appending and absolute not in self._pending and absolute not in self._versions:
                     # A log that earlier runs wrote: this run's output is what it appends.
