@@ -37,6 +37,7 @@ def all_sources(in_process: bool = False) -> list[Source]:
         cuda_kernels,
         dataloader,
         determinism_policy,
+        distributed,
         file_inputs,
         file_outputs,
         final_state,
@@ -65,6 +66,7 @@ def all_sources(in_process: bool = False) -> list[Source]:
         dataloader.DataLoaderSource(),
         tf_runtime.TensorFlowSource(),
         child_processes.ChildProcessSource(),
+        distributed.DistributedSource(),
         *([] if in_process else [interrupts.InterruptSource(), stdout_lines.StdoutSource()]),
         # Not in blocks: a notebook's files are not one run's inputs and outputs.
         *([] if in_process else [file_inputs.FileInputSource(), file_outputs.FileOutputSource()]),
