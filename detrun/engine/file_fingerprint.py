@@ -122,10 +122,13 @@ def trace_path(absolute: str, cwd: str) -> str:
 
 
 def library_prefixes() -> tuple[str, ...]:
-    """Return the directories whose files are the interpreter's and libraries', never the program's data."""
+    """Return the directories whose files are the interpreter's, the libraries' and the system's, never data.
+
+    /etc is the system's configuration (time zone, MIME types, os-release) that libraries read.
+    """
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sysconfig.get_paths()["stdlib"],
              sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-             os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "/proc", "/sys", "/dev"}
+             os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "/proc", "/sys", "/dev", "/etc"}
     try:
         roots.update(site.getsitepackages())
         roots.add(site.getusersitepackages())
