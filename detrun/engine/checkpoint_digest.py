@@ -9,16 +9,19 @@ everything else by sha256:
   imported torch itself; each tensor's dtype, shape and word sum (engine/digests.py), each other
   leaf by its repr. Without torch (or when weights_only refuses it): by zip member, the
   serialization id left out;
-- a .keras archive and any other zip: by member, a JSON member without its `date_saved`;
+- a Keras .keras archive: its weights (.h5) by dataset and config.json, when the program imported
+  h5py (Keras does); an .h5 file by dataset, likewise; any other zip by member, a JSON member
+  without its `date_saved`;
 - .npy/.npz: numpy.load(allow_pickle=False), only when the program imported numpy;
 - safetensors: its JSON header and each tensor's byte range, parsed here (safetensors not imported);
 - text (UTF-8 without NUL, up to TEXT_LIMIT): the crc32 of each masked line, the lines themselves
   for short files;
-- anything else (h5 files too): sha256.
+- anything else: sha256.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import struct
@@ -35,6 +38,7 @@ KEPT_TEXT_LINES = 200
 MAX_TEXT_LINES = 500_000  # the `file.output` schema takes 1M line crcs; longer text is compared by sha256
 MAX_TENSORS = 100_000
 _SERIALIZATION_ID = ".data/serialization_id"
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 VALUE_MARK = "value:"
 # A CSV column whose name says it holds a duration or a rate (`epoch_time`, `elapsed`, `samples_per_sec`).
 _TIMING_COLUMN = re.compile(r"(?i)time|duration|elapsed|runtime|seconds|per_s|speed|throughput|timestamp|date")
@@ -55,6 +59,8 @@ def digest_file(path: str, offset: int = 0) -> dict[str, Any]:
         digest = _numpy_digest(path)
     elif len(head) == 8 and path.endswith(".safetensors"):
         digest = _safetensors_digest(path, struct.unpack("<Q", head)[0], size)
+    elif head.startswith(_HDF5_SIGNATURE):
+        digest = _hdf5_digest(path)
     if digest is None:
         digest = _text_or_bytes(path, size, min(offset, size))
     digest["size"] = size - min(offset, size)
@@ -83,11 +89,43 @@ def _zip_digest(path: str) -> dict[str, Any] | None:
             return _items("torch", _leaves(torch, loaded, ""))
     try:
         with zipfile.ZipFile(path) as archive:
-            return _items("zip", ((info.filename, _member_digest(archive, info.filename))
-                                  for info in archive.infolist()
-                                  if not info.filename.endswith(_SERIALIZATION_ID)))
+            names = [info.filename for info in archive.infolist() if not info.filename.endswith(_SERIALIZATION_ID)]
+            weights = [name for name in names if name.endswith(".h5")]
+            if path.endswith(".keras") and weights and "h5py" in sys.modules:
+                # A Keras archive: its weights file by dataset; config.json compared too, metadata.json
+                # (the Keras version and the save date) left out.
+                items = [(f"{name}:{dataset}", digest) for name in weights
+                         for dataset, digest in _hdf5_items(io.BytesIO(archive.read(name)))]
+                items += [(name, _member_digest(archive, name)) for name in names
+                          if name not in weights and name != "metadata.json"]
+                return _items("keras", iter(items))
+            return _items("zip", ((name, _member_digest(archive, name)) for name in names))
     except (zipfile.BadZipFile, OSError, ValueError):
         return None
+
+
+def _hdf5_digest(path: str) -> dict[str, Any] | None:
+    if "h5py" not in sys.modules:  # only when the program imported it (Keras does, to save .h5)
+        return None
+    try:
+        return _items("hdf5", iter(_hdf5_items(path)))
+    except Exception:  # noqa: BLE001 - a file h5py cannot read: compare its bytes
+        return None
+
+
+def _hdf5_items(source: Any) -> list[tuple[str, str]]:
+    """Return (dataset name, dtype, shape and digest of its values) for every dataset of an HDF5 file."""
+    h5py = sys.modules["h5py"]
+    items: list[tuple[str, str]] = []
+    with h5py.File(source, "r") as handle:
+        def visit(name: str, node: Any) -> None:
+            if isinstance(node, h5py.Dataset):
+                values = node[()]
+                data = values.tobytes() if hasattr(values, "tobytes") else repr(values).encode()
+                items.append((name, f"{node.dtype.str}{list(node.shape)}:"
+                                    f"{hashlib.blake2b(data, digest_size=8).hexdigest()}"))
+        handle.visititems(visit)
+    return items
 
 
 def _is_torch_zip(path: str) -> bool:

@@ -137,3 +137,19 @@ def test_replay_backups_put_the_recordings_files_back(tmp_path: Path) -> None:
     assert (run / "last.pt").read_bytes() == b"recorded" and (run / "log.csv").read_text() == "row 1\n"
     assert not (run / "new.txt").exists() and (tmp_path / "out" / "new.txt").exists()
     assert (tmp_path / "out" / "last.pt").read_bytes() == b"replayed"
+
+
+def test_hdf5_weights_are_compared_by_dataset(tmp_path: Path) -> None:
+    import h5py
+
+    path = tmp_path / "model.weights.h5"
+
+    def save(kernel: float) -> dict:
+        with h5py.File(path, "w") as out:
+            out.create_dataset("layers/dense/vars/0", data=np.full((2, 2), kernel, np.float32))
+            out.create_dataset("layers/dense/vars/1", data=np.zeros(2, np.float32))
+        return digest_file(str(path))
+
+    recorded = save(1.0)
+    assert recorded["format"] == "hdf5" and first_difference(recorded, save(1.0)) is None
+    assert first_difference(recorded, save(1.5)) == ("tensor 'layers/dense/vars/0' differs", True)
