@@ -80,6 +80,14 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
             source.session.hook_failed("the file input hook", exc)
 
 
+
+def _from_compiler() -> bool:
+    """Return whether a JIT compiler's cache work opened the file (the hook's caller is 4 frames up)."""
+    try:
+        return called_by_compiler(skip=4)
+    except ValueError:  # an open with no Python frame above the hook (a C thread)
+        return False
+
 class _Version:
     """One version of an input: recorded, or awaiting its fingerprint in the background."""
 
@@ -157,7 +165,7 @@ class FileInputSource:
             return None  # a name a trace cannot hold as text (undecodable bytes, control characters)
         if absolute.startswith(self._ignored) or absolute.endswith(SKIPPED_SUFFIXES) or absolute in self._own_files:
             return None
-        if called_by_compiler(skip=3):
+        if _from_compiler():
             return None
         return absolute
 

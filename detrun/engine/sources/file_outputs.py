@@ -74,6 +74,14 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
             source.session.hook_failed("the file output hook", exc)
 
 
+
+def _from_compiler() -> bool:
+    """Return whether a JIT compiler's cache work opened the file (the hook's caller is 4 frames up)."""
+    try:
+        return called_by_compiler(skip=4)
+    except ValueError:  # an open with no Python frame above the hook (a C thread)
+        return False
+
 class FileOutputSource:
     """Digest each version of each file the program writes; compare them on replay."""
 
@@ -126,7 +134,7 @@ class FileOutputSource:
             return None  # a name a trace cannot hold as text (undecodable bytes, control characters)
         if not absolute.startswith(self._cwd.rstrip(os.sep) + os.sep) or absolute.startswith(self._ignored):
             return None
-        if absolute.endswith(SKIPPED_SUFFIXES) or absolute in self._own_files or called_by_compiler(skip=3):
+        if absolute.endswith(SKIPPED_SUFFIXES) or absolute in self._own_files or _from_compiler():
             return None
         return absolute
 
