@@ -64,14 +64,29 @@ def test_a_resumed_run_replays_twice_from_the_checkpoint_it_overwrote(project: P
     assert "restore the version it read (sha256 " in line and "beyond record --keep-inputs" in line, line
 
 
+NUMPY_TRAIN = """\
+import numpy as np
+rows = np.loadtxt("data/train.csv", delimiter=",")
+x, y = rows[:, :2], rows[:, 2]
+w = np.random.randn(2)  # unseeded
+for _ in range(50):
+    w -= 0.5 * x.T @ (1 / (1 + np.exp(-(x @ w))) - y) / len(y)
+print(f"w {w[0]:.6f} {w[1]:.6f}")
+"""
+
+
 def test_a_changed_line_of_the_csv_is_the_likely_cause(project: Path) -> None:
-    assert detrun("record", "-q", "train.py", cwd=project).returncode == 0
+    (project / "fit.py").write_text(NUMPY_TRAIN)
+    assert python("fit.py", cwd=project).stdout != python("fit.py", cwd=project).stdout
+    assert detrun("record", "-q", "fit.py", cwd=project).returncode == 0
+    unchanged = verdict(detrun("replay", "trace.zst", "fit.py", cwd=project).stderr)
+    assert unchanged.startswith("detrun: REPRODUCED") and "departed" not in unchanged, unchanged
     csv = project / "data" / "train.csv"
     lines = csv.read_text().splitlines(keepends=True)
     lines[5] = "0.9999,0.0001,1\n"
     csv.write_text("".join(lines))
-    line = _replay("trace.zst", project)
-    assert line.startswith("detrun: DIVERGED at step "), line
+    line = verdict(detrun("replay", "trace.zst", "fit.py", cwd=project).stderr)
+    assert line.startswith("detrun: DIVERGED"), line
     assert "likely cause: data/train.csv changed since the recording (sha256 " in line, line
     assert line.endswith(", 1 line differs)"), line
 
