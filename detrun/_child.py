@@ -31,6 +31,10 @@ def main() -> None:
     try:
         config = json.loads(raw)
         _follow_parent(config)
+        from detrun.bootstrap import hide
+
+        # The script sees python's own environment and sys.path; its child processes get the bootstrap back.
+        config["settings"]["child_env"] = hide(os.environ, sys.path)
         runner, session = _setup(config)
     except DetrunError as exc:
         _fail(exc)
@@ -70,7 +74,11 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
     if config.get("command") is not None:
         # `detrun record -- COMMAND`: this process runs the command and merges what its processes record;
         # it runs none of the user's code, so it installs no source and records under its own role.
-        runner = CommandRunner(list(config["command"]))
+        from detrun.bootstrap import child_environment
+
+        hidden = config["settings"].get("child_env") or {}
+        runner = CommandRunner(list(config["command"]),
+                               env=child_environment(hidden, os.environ) if hidden else None)
         role, sources = "launcher", []
     else:
         runner = Runner(Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"]))
@@ -105,7 +113,7 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
 def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
     """Open the session of one process of a launched command (a rank), under its role (detrun.bootstrap)."""
     from detrun.engine.process_roles import ProcessKey
-    from detrun.engine.process_segments import check_world
+    from detrun.engine.process_segments import check_world, topology_cause
     from detrun.errors import TargetRefused
     from detrun.engine.session import Session
     from detrun.engine.sources import all_sources
@@ -131,6 +139,9 @@ def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
             raise
         session = Session("replay", trace=trace.of_process(key.role), quiet=True, role=key.role, settings=settings,
                           ignore_output=tuple(config.get("ignore_output", ())))
+        for cause in [topology_cause(trace, key), *config.get("causes", [])]:
+            if cause:
+                session.note_cause(cause)
     session.process_key = key
     session.scratch_dir = config.get("scratch_dir")
     session.install(all_sources())

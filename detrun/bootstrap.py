@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Mapping, MutableMapping
 
 BOOT_VAR = "DETRUN_BOOT"  # the bootstrap config's path, inherited by every process of the command
 PROCESSES_DIR = "procs"  # in the scratch directory: role claims, segments, reports
@@ -73,6 +73,37 @@ def prepare(scratch: str, config: dict[str, Any]) -> dict[str, str]:
         json.dump({**config, "scratch_dir": scratch}, f)
     existing = os.environ.get("PYTHONPATH")
     return {BOOT_VAR: config_path, "PYTHONPATH": boot_dir + (os.pathsep + existing if existing else "")}
+
+
+def hide(environ: MutableMapping[str, str], path: list[str]) -> dict[str, str]:
+    """Take the bootstrap out of the script's view (os.environ, sys.path); return the variables its children need.
+
+    The user's code sees the environment and sys.path plain `python` gives it; the variables come
+    back only in the environment of the processes it starts (engine.sources.child_processes), so a
+    launcher the script runs (Lightning's DDP) still starts its ranks under detrun.
+    """
+    config_path = environ.pop(BOOT_VAR, None)
+    if config_path is None:
+        return {}
+    boot_dir = os.path.join(os.path.dirname(config_path), "boot")
+    entries = environ.get("PYTHONPATH", "").split(os.pathsep)
+    if entries and entries[0] == boot_dir:
+        rest = os.pathsep.join(entries[1:])
+        if rest:
+            environ["PYTHONPATH"] = rest
+        else:
+            environ.pop("PYTHONPATH", None)
+    path[:] = [entry for entry in path if entry != boot_dir]
+    return {BOOT_VAR: config_path, "PYTHONPATH": boot_dir}
+
+
+def child_environment(hidden: dict[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """Return a child's environment with the bootstrap put back in front of its PYTHONPATH."""
+    merged = dict(env)
+    merged[BOOT_VAR] = hidden[BOOT_VAR]
+    existing = merged.get("PYTHONPATH")
+    merged["PYTHONPATH"] = hidden["PYTHONPATH"] + (os.pathsep + existing if existing else "")
+    return merged
 
 
 def boot() -> None:

@@ -250,15 +250,16 @@ class Runner:
 class CommandRunner:
     """Run a command (a launcher such as torchrun, a shell script) as a child process and wait for it."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
         self.command = command
+        self.env = env  # this process's environment plus detrun's bootstrap (detrun.bootstrap.hide)
 
     def run(self) -> Outcome:
         """Run the command to its end; return its exit status as a shell sees it (128+N for a signal)."""
         import subprocess
 
         try:
-            process = subprocess.Popen(self.command)
+            process = subprocess.Popen(self.command, env=self.env)
         except OSError as exc:
             raise ScriptNotFound(f"cannot run {self.command[0]}: {exc.strerror or exc}") from None
 

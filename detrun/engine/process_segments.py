@@ -40,6 +40,16 @@ def check_world(trace: Trace, key: ProcessKey, path: str) -> None:
         raise TargetRefused(f"{path} has no recording of {key.label or key.role} (it recorded: {roles})")
 
 
+def topology_cause(trace: Trace, key: ProcessKey) -> str | None:
+    """Return how this rank's place differs from the recorded one (nodes, ranks per node), or None."""
+    recorded = trace.process_keys().get(key.role, {})
+    then, now = recorded.get("local_world_size"), key.local_world_size
+    if then is None or now is None or then == now:
+        return None
+    return (f"the topology differs: recorded {recorded.get('world_size', '?')} ranks as {then} per node, "
+            f"replay {now} per node (another topology may reduce in another order)")
+
+
 def _natural(role: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", role)]
 
@@ -164,6 +174,8 @@ class ProcessSegments:
         nodes = {k.node_rank for k in replayed.values() if k.node_rank is not None}
         found: list[Divergence] = []
         for role, key in sorted(recorded.items(), key=lambda item: _natural(item[0])):
+            if not is_role(role):
+                continue  # no process of ours ever takes such a name (the trace's names are only matched)
             if nodes and key.get("node_rank") is not None and key.get("node_rank") not in nodes:
                 continue
             label = ProcessKey(**{k: key.get(k) for k in ProcessKey.__dataclass_fields__}).label or role

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SCRIPTS, detrun, detrun_command, python, run, verdict
+from conftest import EXAMPLES, SCRIPTS, detrun, detrun_command, python, run, verdict
 
 pytest.importorskip("torch.distributed")
 torch = pytest.importorskip("torch")
@@ -22,6 +22,7 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
     pytest.skip("this torch has no gloo backend", allow_module_level=True)
 
 DDP = str(SCRIPTS / "ddp_gloo.py")
+EXAMPLES_TRAIN = EXAMPLES / "train_unseeded.py"
 
 
 def free_port() -> int:
@@ -183,3 +184,15 @@ def test_lightning_ddp_ranks_are_recorded_through_plain_detrun_record(tmp_path: 
     assert replayed.returncode == 0, replayed.stderr[-3000:]
     assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (4 steps"), replayed.stderr[-2000:]
     assert rank_weights(replayed.stdout) == rank_weights(recorded.stdout)
+
+
+def test_a_shell_script_command_records_the_python_it_runs_as_main(tmp_path: Path) -> None:
+    script = tmp_path / "run.sh"
+    script.write_text(f"#!/bin/sh\n'{sys.executable}' -c 'print(1)'\n'{sys.executable}' '{EXAMPLES_TRAIN}'\n")
+    script.chmod(0o755)
+    recorded = detrun("record", "--", "./run.sh", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    assert "recorded 1 process(es)" in recorded.stderr and "main: 200 steps" in recorded.stderr, recorded.stderr
+    replayed = detrun("replay", "trace.zst", "--", "./run.sh", cwd=tmp_path)
+    assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (200 steps"), replayed.stderr[-2000:]
+    assert replayed.stdout == recorded.stdout

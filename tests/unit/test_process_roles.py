@@ -79,3 +79,22 @@ def test_the_bootstrap_leaves_other_processes_alone_and_chains_to_an_existing_si
     out = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('THEIRS_RAN'))"],
                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+
+
+def test_a_killed_ranks_flushed_events_are_kept_and_its_end_says_so(tmp_path: Path) -> None:
+    from detrun.engine.process_segments import _salvage_segment
+    from detrun.trace import TraceWriter, read_trace
+
+    segment = TraceWriter(str(tmp_path / "rank1.seg.partial"), segment="rank1")
+    segment.event("process", {"role": "rank1", "rank": 1, "world_size": 2})
+    segment.event("py.seed", ["train.py:3", 42])
+    segment.flush()  # what a rank killed by SIGKILL leaves: flushed chunks, no end
+    _salvage_segment(str(tmp_path / "rank1.seg.partial"), str(tmp_path / "rank1.seg"), "rank1")
+    main = TraceWriter(str(tmp_path / "trace.zst"), {"settings": {}})
+    main.append_segments([str(tmp_path / "rank1.seg")])
+    main.close({"complete": True, "exit_status": 0})
+    trace = read_trace(str(tmp_path / "trace.zst"))
+    assert trace.of("py.seed", "rank1") == [["train.py:3", 42]]
+    rank = trace.of_process("rank1")
+    assert not rank.complete and "died before it finished" in rank.end["reason"]
+    assert trace.process_keys() == {"rank1": {"role": "rank1", "rank": 1, "world_size": 2}}
