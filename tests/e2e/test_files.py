@@ -29,7 +29,7 @@ def _replay(trace: str, cwd: Path, *args: str, **kwargs: object) -> str:
     return verdict(replayed.stderr)
 
 
-def test_a_resumed_run_replays_twice_from_the_checkpoint_it_overwrote(project: Path) -> None:
+def test_a_resumed_run_replays_from_the_checkpoint_it_overwrote_and_checks_the_one_it_writes(project: Path) -> None:
     # The can-fail side: two plain runs train differently (nothing is seeded).
     assert python("train.py", cwd=project).stdout != python("train.py", cwd=project).stdout
     assert detrun("record", "-q", "-o", "first.zst", "train.py", cwd=project).returncode == 0
@@ -53,6 +53,10 @@ def test_a_resumed_run_replays_twice_from_the_checkpoint_it_overwrote(project: P
     assert "data/train.csv" in shown and "runs/last.pt" in shown and "kept beside the trace" in shown, shown
     summary = json.loads(detrun("show", "--json", "resumed.zst", cwd=project).stdout)
     assert {entry["path"] for entry in summary["inputs"]} == {"data/train.csv", "runs/last.pt"}
+
+    # The model trains identically; only the saved copy of its weights is perturbed.
+    line = _replay("resumed.zst", project, env={"PERTURB": "1"})
+    assert line.startswith("detrun: DIVERGED: output runs/last.pt: tensor 'conv1.weight' differs"), line
 
     # Without a kept copy the replay cannot start where the recording did: it says what to restore.
     unkept = detrun("record", "-q", "--keep-inputs", "0", "-o", "unkept.zst", "train.py", "--resume", cwd=project)
@@ -89,11 +93,3 @@ def test_a_changed_line_of_the_csv_is_the_likely_cause(project: Path) -> None:
     assert line.startswith("detrun: DIVERGED"), line
     assert "likely cause: data/train.csv changed since the recording (sha256 " in line, line
     assert line.endswith(", 1 line differs)"), line
-
-
-def test_a_checkpoint_written_differently_is_an_output_divergence(project: Path) -> None:
-    assert detrun("record", "-q", "train.py", cwd=project).returncode == 0
-    assert _replay("trace.zst", project).startswith("detrun: REPRODUCED")
-    # The model trains identically; only the saved copy of its weights is perturbed.
-    line = _replay("trace.zst", project, env={"PERTURB": "1"})
-    assert line.startswith("detrun: DIVERGED: output runs/last.pt: tensor 'conv1.weight' differs"), line
