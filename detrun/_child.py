@@ -100,7 +100,8 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
         for cause in config.get("causes", []):  # environment differences, most likely first
             session.note_cause(cause)
         alias = config.get("main_script_alias")
-        if alias and isinstance(runner, Runner) and runner.code_filename is not None:  # the recorded script's content under another name
+        # The recorded script's content under another name.
+        if alias and isinstance(runner, Runner) and runner.code_filename is not None:
             from detrun.engine.call_sites import alias_main_script
 
             alias_main_script(runner.code_filename, alias)
@@ -114,9 +115,9 @@ def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
     """Open the session of one process of a launched command (a rank), under its role (detrun.bootstrap)."""
     from detrun.engine.process_roles import ProcessKey
     from detrun.engine.process_segments import check_world, topology_cause
-    from detrun.errors import TargetRefused
     from detrun.engine.session import Session
     from detrun.engine.sources import all_sources
+    from detrun.errors import TargetRefused
     from detrun.runner import Runner, Target
     from detrun.trace import TraceWriter, read_trace
     from detrun.trace.registry import PROCESS
