@@ -60,7 +60,7 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
 def record(target: Target | None, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 1, policy: str = "strict", profile_path: str | None = None,
            kernel_steps: int = 2, op_digests: int = 0, op_digest_every: int = 0,
-           command: list[str] | None = None) -> int:
+           command: list[str] | None = None, keep_inputs: int = 1 << 30) -> int:
     """Record one run of the target (or of a launcher `command`) into `output`; return its exit status."""
     resolved = resolve(target) if target is not None else None
     check_output(output, force)
@@ -94,6 +94,7 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
             "op_digests": op_digests,  # op output digests: the first K optimizer steps ...
             "op_digest_every": op_digest_every,  # ... and every Nth (0: none)
             "nccl_env": nccl_env,  # env/collectives.py: pinned for every rank, so reductions repeat
+            "keep_inputs": keep_inputs,  # bytes of overwritten inputs kept beside the trace
         },
     }
     assert tuple(header["settings"]) == RECORDED_SETTINGS, "replay passes on only RECORDED_SETTINGS"
@@ -115,7 +116,8 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
            allow_changed_args: bool = False, strict: bool = False, quiet: bool = False,
            pin_threads: bool = True, verbose: bool = False, report_json: str | None = None,
            ignore_output: tuple[str, ...] = (), op_capture: tuple[int, str] | None = None,
-           command: list[str] | None = None) -> int:
+           command: list[str] | None = None, outputs_dir: str | None = None,
+           outputs_in_place: bool = False) -> int:
     """Replay a trace; return the script's non-zero exit status, else the verdict's exit code.
 
     `op_capture` (detrun explain's): (S, path): digest every op of steps 1..S, with its call site,
@@ -157,6 +159,9 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         report_syntax_error(error)
         return 1
     settings, child_env = _replay_settings(trace_settings, hashseed, thread_env, refused, pin_threads)
+    # The user's options, never the trace's: where the replay's written files go.
+    settings.update(outputs_dir=os.path.abspath(outputs_dir) if outputs_dir else None,
+                    outputs_in_place=outputs_in_place)
     if op_capture is not None:
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
     differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")),

@@ -1,10 +1,29 @@
 """`detrun record`: run a script under a recording session and write its trace."""
 from __future__ import annotations
 
+import re
+
 import click
 
 from detrun.cli.common import (DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand,
                                launcher_command, make_target)
+
+
+class SizeType(click.ParamType):
+    """A byte count written the way people write it: 2GB, 500MB, 0."""
+
+    name = "SIZE"
+    _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+              "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in self._UNITS:
+            self.fail(f"{value!r} is not a size (write it like 2GB, 500MB or 0)", param, ctx)
+        return int(float(match.group(1)) * self._UNITS[unit])
 
 
 @click.command(cls=ScriptCommand, context_settings=SCRIPT_CONTEXT, epilog=PLACEMENT_HELP)
@@ -30,11 +49,15 @@ from detrun.cli.common import (DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HEL
                    "steps down (see README).")
 @click.option("--op-digest-every", default=0, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="Also digest every op of every Nth optimizer step (0: none beyond the first K).")
+@click.option("--keep-inputs", default="1GB", show_default=True, type=SizeType(), metavar="SIZE",
+              help="When the run overwrites or removes a file it read (a resumed checkpoint), keep the version "
+                   "it read in TRACE.inputs/ beside the trace, up to SIZE in all, so that replays read that "
+                   "version; beyond it, a replay names the file to restore and its sha256 (0: keep none).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no summary.")
 @click.argument("script")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def record_command(output: str, force: bool, module: bool, digest_every: int, policy: str, from_profile: str | None,
-           kernel_steps: int, op_digests: int, op_digest_every: int, quiet: bool, script: str,
+           kernel_steps: int, op_digests: int, op_digest_every: int, keep_inputs: int, quiet: bool, script: str,
            args: tuple[str, ...]) -> None:
     """Run SCRIPT [ARGS]... as `python` would (or a launcher COMMAND) and record every source of nondeterminism.
 
@@ -44,7 +67,9 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
     `detrun:`. It records the Python, NumPy and PyTorch RNG seeds (including
     ones taken from the clock), OS entropy (os.urandom, secrets, uuid4), the
     hash seed, thread counts, and a digest of the parameters and the loss at
-    every optimizer step.
+    every optimizer step. It fingerprints the files the script reads and
+    digests the files it writes under the current directory, so that a replay
+    names a changed data file and compares checkpoints tensor by tensor.
 
     \b
     \b
@@ -67,4 +92,4 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
     exit_like(record_run(None if command else make_target(script, args, module), output, force=force, quiet=quiet,
                          digest_every=digest_every, policy=policy, profile_path=from_profile,
                          kernel_steps=kernel_steps, op_digests=op_digests, op_digest_every=op_digest_every,
-                         command=command))
+                         keep_inputs=keep_inputs, command=command))

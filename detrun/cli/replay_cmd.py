@@ -20,12 +20,19 @@ from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fai
 @click.option("--allow-changed-args", is_flag=True, help="Replay with arguments other than the recorded ones.")
 @click.option("--no-pin-threads", is_flag=True,
               help="Use this machine's thread counts instead of the recorded ones (a divergence then names them).")
+@click.option("--outputs-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Move the files the replay wrote into DIR (under their paths relative to the current "
+                   "directory) once they are compared. Without it they are removed: either way the recording's "
+                   "checkpoints and logs are put back as they were before the replay.")
+@click.option("--in-place", is_flag=True,
+              help="Leave the files the replay wrote where the script wrote them, over the recording's.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress line and no environment report (the verdict stays).")
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.argument("script", required=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def replay_command(module: bool, strict: bool, report_json: str | None, verbose: bool, ignore_output: tuple[str, ...],
-                   allow_changed_script: bool, allow_changed_args: bool, no_pin_threads: bool, quiet: bool,
+                   allow_changed_script: bool, allow_changed_args: bool, no_pin_threads: bool,
+                   outputs_dir: str | None, in_place: bool, quiet: bool,
                    trace: str, script: str | None, args: tuple[str, ...]) -> None:
     """Re-run a recorded script, feeding back every recorded value, and check its state and output.
 
@@ -41,7 +48,11 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
       detrun: DIVERGED at step 137: parameter 'fc.weight' differs ...; likely cause: ...
       detrun: UNVERIFIED (why, and what to do)
     A recorded event the replay does not match (a listing with other files, a
-    seed taken at another line) is a likely cause, never the verdict itself.
+    seed taken at another line, a changed data file) is a likely cause, never
+    the verdict itself. The files the script writes under the current
+    directory are compared with the recording's (checkpoints tensor by
+    tensor, text line by line); then the recording's files are put back, so
+    a replay never leaves its own checkpoints and logs in their place.
 
     \b
     Exit status: the script's own when it is not 0; otherwise 0 REPRODUCED,
@@ -62,6 +73,8 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
 
     from detrun.launch import exit_like, replay as replay_run
 
+    if outputs_dir is not None and in_place:
+        fail("--outputs-dir and --in-place exclude each other: the replay's files go to DIR, or stay in place")
     for pattern in ignore_output:
         try:
             re.compile(pattern)
@@ -72,4 +85,5 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
                          allow_changed_script=allow_changed_script,
                          allow_changed_args=allow_changed_args, strict=strict, quiet=quiet,
                          pin_threads=not no_pin_threads, verbose=verbose, report_json=report_json,
-                         ignore_output=ignore_output, command=command))
+                         ignore_output=ignore_output, outputs_dir=outputs_dir, outputs_in_place=in_place,
+                         command=command))

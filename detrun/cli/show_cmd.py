@@ -8,7 +8,7 @@ import click
 from detrun.engine.session import format_bytes
 from detrun.replay_inputs import shell_words
 from detrun.trace import Trace
-from detrun.trace.registry import BACKENDS_SET, STEP
+from detrun.trace.registry import BACKENDS_SET, FILE_INPUT, FILE_KEPT, FILE_OUTPUT, STEP
 
 
 def summarize(trace: Trace) -> dict[str, Any]:
@@ -42,7 +42,23 @@ def summarize(trace: Trace) -> dict[str, Any]:
         # Backend flag changes the script made: where, at which optimizer step, and what changed
         # (the reader checked every payload against its schema, so each is [step, site, api, flags]).
         "backend_changes": [{"step": c[0], "site": c[1], "call": c[2], "flags": c[3]} for c in trace.of(BACKENDS_SET)],
+        "inputs": _inputs(trace),
+        "outputs": [{"path": o["path"], "version": o["version"], "format": o["format"], "size": o["size"]}
+                    for o in trace.of(FILE_OUTPUT)],
     }
+
+
+def _inputs(trace: Trace) -> list[dict[str, Any]]:
+    """Return the files the run read, each version with its fingerprint and whether a copy was kept."""
+    kept = {(k["path"], k["read"]): k for k in trace.of(FILE_KEPT)}
+    inputs = []
+    for payload in sorted(trace.of(FILE_INPUT), key=lambda p: (p["path"], p["read"])):
+        entry = {key: payload[key] for key in ("path", "read", "size", "sha256", "sampled")}
+        overwritten = kept.get((payload["path"], payload["read"]))
+        if overwritten is not None:
+            entry["overwritten"] = {"sha256": overwritten["sha256"], "kept": overwritten["kept"]}
+        inputs.append(entry)
+    return inputs
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -70,6 +86,22 @@ def render(summary: dict[str, Any]) -> str:
         *_process_lines(summary.get("processes") or []),
         "events",
     ]
+    lines.pop()  # "events" comes after the files
+    lines.append(f"inputs     {len(summary['inputs'])} file version(s) read" + (":" if summary["inputs"] else ""))
+    for entry in summary["inputs"][:MAX_SHOWN]:
+        overwritten = entry.get("overwritten")
+        note = "" if overwritten is None else (
+            "; overwritten by the run, kept beside the trace" if overwritten["kept"] else
+            f"; overwritten by the run, not kept (sha256 {overwritten['sha256']})")
+        lines.append(f"  {entry['path']}  {format_bytes(entry['size'])}  sha256 {entry['sha256'][:12]}…"
+                     f"{' (sampled)' if entry['sampled'] else ''}{note}")
+    if len(summary["inputs"]) > MAX_SHOWN:
+        lines.append(f"  … {len(summary['inputs']) - MAX_SHOWN} more (--json lists them all)")
+    outputs = summary["outputs"]
+    lines.append(f"outputs    {len(outputs)} written file version(s)"
+                 + (f": {', '.join(sorted({o['path'] for o in outputs})[:5])}" if outputs else "")
+                 + (" …" if len({o['path'] for o in outputs}) > 5 else ""))
+    lines.append("events")
     for role, kinds in summary["events"].items():
         for kind, count in kinds.items():
             lines.append(f"  {role:<10} {kind:<24} {count}")
@@ -99,6 +131,8 @@ def _hash_seed(settings: dict[str, Any]) -> str:
         return "the recording interpreter's own (recorded in-process by detrun.record())"
     return str(settings.get("hashseed"))
 
+
+MAX_SHOWN = 20
 
 # The trace segments other than `main` are DataLoader workers', named by dataloader.worker_entry.
 SEGMENT_LEGEND = ("  (main: the script's process; rankR: rank R of a launched command; dlL.iE.wW: worker W of "

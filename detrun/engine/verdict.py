@@ -86,7 +86,8 @@ def likely_cause(facts: ReplayFacts, first: Divergence | None = None) -> str | N
 # How each check reads in the verdict line: (one, many).
 _CHECK_WORDS = {"losses": ("backward() loss", "backward() losses"), "stdout lines": ("stdout line", "stdout lines"),
                 "final state": ("final state", "final states"), "exit status": ("exit status", "exit statuses"),
-                "batches": ("batch", "batches")}
+                "batches": ("batch", "batches"),
+                "output files": ("written file", "written files")}
 
 
 def _checks_text(facts: ReplayFacts) -> str:

@@ -320,6 +320,28 @@ DDP_CONFIG = _declare(
     "the bucketing and synchronisation settings of each DistributedDataParallel the run built (compared)",
     "distributed")
 
+# --- files the program reads and writes (file_inputs, file_outputs)
+
+SHA256 = Str(64, r"[0-9a-f]{64}")
+FILE_PATH = Str(4096)
+FILE_INPUT = _declare(
+    "file.input", 1, Record(required={"path": FILE_PATH, "read": STEP_COUNT, "size": U63, "mtime_ns": I64,
+                                      "sha256": SHA256, "sampled": Bool},
+                            optional={"lines": Bytes(1 << 20), "step": STEP_COUNT}),
+    "a file the program opened for reading: its read ordinal (the first open is 1), size, mtime and sha256 "
+    "(sampled for large files), one per version seen; checked when the replay opens it", "file_inputs")
+FILE_KEPT = _declare(
+    "file.kept", 1, Record(required={"path": FILE_PATH, "read": STEP_COUNT, "sha256": SHA256, "kept": Bool}),
+    "an input the run overwrote or removed after reading it: the full sha256 of the version it read, and whether "
+    "a copy is kept in the `<trace>.inputs/` directory (named by that sha256) for the replay to read",
+    "file_inputs", fed_back=True)
+FILE_OUTPUT = _declare(
+    "file.output", 1, Record(required={"path": FILE_PATH, "version": STEP_COUNT, "size": U63, "format": NAME},
+                             optional={"sha256": SHA256, "appended": Bool, "tensors": ListOf(Tuple(Str(4096), Str(4096)), 1 << 20),
+                                       "lines": Bytes(1 << 22), "text": ListOf(Str(1 << 12), 1 << 12)}),
+    "a file the program wrote, one per version: checkpoints by tensor, text by masked line, others by sha256 "
+    "(checked)", "file_outputs")
+
 # ------------------------------------------------------------------ header, end record, segments
 
 # Child processes write their events in segments named after their role (`dl0.i1.w2`).
@@ -358,6 +380,8 @@ SETTINGS = Record(optional={
     # `detrun record -- COMMAND`: the collective-algorithm variables the launcher pinned for every rank
     # (strict policy); replay pins them again, after checking each against engine.collectives' list.
     "nccl_env": MapOf(Str(64, r"NCCL_[A-Z0-9_]+"), Str(64, r"[A-Za-z0-9_,^:.\-]*"), 16),
+    # How many bytes of overwritten inputs a recording keeps beside its trace (record --keep-inputs).
+    "keep_inputs": Int(0, 1 << 62),
 })
 ENV_FINGERPRINT = Record(optional={name: MapOf(NAME, DATA, 4096) for name in ("python", "os", "cpu", "libraries")},
                          extra=DATA)

@@ -78,6 +78,16 @@ SAMPLES: dict[str, list[Any]] = {
                      "hook_failures": []}],
     "dist.init": [{"backend": "gloo", "rank": 1, "world_size": 2, "nccl_version": None, "site": "ddp.py:9"}],
     "ddp.config": [{"bucket_bytes_cap": 26214400, "gradient_as_bucket_view": False}],
+    "file.input": [{"path": "data/train.csv", "read": 1, "size": 1024, "mtime_ns": 1_700_000_000_000_000_000,
+                    "sha256": "3f" * 32, "sampled": False, "lines": b"\x01\x00\x00\x00", "step": 1},
+                   {"path": "/data/shard0.bin", "read": 3, "size": 2**31, "mtime_ns": -1, "sha256": "9c" * 32,
+                    "sampled": True}],
+    "file.kept": [{"path": "runs/last.pt", "read": 1, "sha256": "ab" * 32, "kept": True}],
+    "file.output": [{"path": "runs/last.pt", "version": 2, "size": 2431, "format": "torch",
+                     "tensors": [["conv1.weight", "float32[4, 1, 2]:00000000000000ff"]]},
+                    {"path": "runs/log.csv", "version": 1, "size": 40, "format": "text", "lines": b"\x00" * 8,
+                     "text": ["epoch,loss", "0,0.5"], "appended": True},
+                    {"path": "out.bin", "version": 1, "size": 3, "format": "bytes", "sha256": "01" * 32}],
 }
 WORKER_KINDS = ("os.entropy", "py.seed", "np.seed", "torch.initial_seed", "torch.manual_seed", "fs.listing")
 

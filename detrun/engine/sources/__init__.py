@@ -27,7 +27,8 @@ def all_sources(in_process: bool = False) -> list[Source]:
 
     `in_process` (detrun.api's `with` blocks) leaves out the two that own process-wide things a
     block does not: file descriptor 1 (a notebook's output is not written there) and the signal
-    handlers (Ctrl-C ends the block with KeyboardInterrupt, as without detrun).
+    handlers (Ctrl-C ends the block with KeyboardInterrupt, as without detrun); nor the file checks,
+    since a notebook's files are not one run's inputs and outputs.
     """
     from detrun.engine.sources import (
         backend_flags,
@@ -37,6 +38,8 @@ def all_sources(in_process: bool = False) -> list[Source]:
         dataloader,
         determinism_policy,
         distributed,
+        file_inputs,
+        file_outputs,
         final_state,
         interrupts,
         op_digests,
@@ -65,6 +68,8 @@ def all_sources(in_process: bool = False) -> list[Source]:
         child_processes.ChildProcessSource(),
         distributed.DistributedSource(),
         *([] if in_process else [interrupts.InterruptSource(), stdout_lines.StdoutSource()]),
+        # Not in blocks: a notebook's files are not one run's inputs and outputs.
+        *([] if in_process else [file_inputs.FileInputSource(), file_outputs.FileOutputSource()]),
         torch_steps.StepVerifier(),
         tf_steps.TFStepVerifier(),
         # After the step verifiers: its digests at the end run after theirs are flushed.

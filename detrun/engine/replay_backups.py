@@ -1,0 +1,72 @@
+"""A replay leaves the recording's files as they were: what it overwrites is put back when it ends.
+
+A replay runs the script where it was recorded, so it writes the same checkpoints and logs over
+the recording's. Redirecting its writes elsewhere would change what the script sees (its
+`os.path.exists("runs/last.pt")` checks, its listings), so the script writes in place, as without
+detrun, and detrun puts the recording's files back at the end: before the replay first overwrites,
+truncates, renames onto or removes an existing file under the run's directory, that file is moved
+(or, when the script still needs its content, copied) into detrun's private scratch directory; at
+the end, after the replay's files were compared, each is moved to `replay --outputs-dir` (or
+deleted), and the recording's version returns. Files the replay created are removed the same way.
+
+A replay killed before it ends (SIGKILL) cannot put anything back: its files stay, as they would
+without detrun.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+
+class ReplayBackups:
+    """Save the files a replay is about to change; restore them, and hand the replay's own to a directory."""
+
+    def __init__(self, scratch_dir: str, cwd: str) -> None:
+        self._dir = os.path.join(scratch_dir, "replaced")
+        self._cwd = cwd
+        self._saved: dict[str, str | None] = {}  # absolute path -> its saved version, None: it did not exist
+
+    def before_change(self, absolute: str, content_needed: bool) -> None:
+        """Save a file the replay is about to change, once; `content_needed`: copy it, the script reads on."""
+        if absolute in self._saved:
+            return
+        if not os.path.lexists(absolute):
+            self._saved[absolute] = None
+            return
+        if not os.path.isfile(absolute) or os.path.islink(absolute):
+            return  # a directory or a link: left to the script
+        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        backup = os.path.join(self._dir, str(len(self._saved)))
+        if not content_needed:
+            try:
+                os.rename(absolute, backup)  # the script replaces it anyway: no copy on the same file system
+                self._saved[absolute] = backup
+                return
+            except OSError:
+                pass
+        shutil.copy2(absolute, backup)
+        self._saved[absolute] = backup
+
+    def restore(self, outputs_dir: str | None) -> tuple[int, list[str]]:
+        """Put the recording's files back; move the replay's to `outputs_dir` (or remove them).
+
+        Return how many of the replay's files were handed over, and the paths that could not be restored.
+        """
+        moved, failed = 0, []
+        for absolute, backup in self._saved.items():
+            try:
+                if os.path.isfile(absolute):
+                    if outputs_dir is not None:
+                        relative = os.path.relpath(absolute, self._cwd)
+                        target = os.path.join(outputs_dir, relative)
+                        os.makedirs(os.path.dirname(target), exist_ok=True)
+                        shutil.move(absolute, target)
+                        moved += 1
+                    else:
+                        os.remove(absolute)
+                if backup is not None:
+                    shutil.move(backup, absolute)
+            except OSError:
+                failed.append(absolute)
+        self._saved.clear()
+        return moved, failed
