@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import EXAMPLES, detrun, python, verdict, weights_sha
+from detrun.trace import read_trace
 
 EXAMPLE = str(EXAMPLES / "train_unseeded.py")
 
@@ -29,7 +30,8 @@ def test_plain_runs_differ_and_replays_reproduce(workdir: Path) -> None:
 
 
 def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
-    assert detrun("record", "-q", EXAMPLE, cwd=workdir).returncode == 0
+    # Every step digested: the exact step and parameter (the default cadence is the next test's).
+    assert detrun("record", "-q", "--digest-every", "1", EXAMPLE, cwd=workdir).returncode == 0
     result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": "137"})
     line = verdict(result.stderr)
     assert "REPRODUCED" not in result.stderr
@@ -40,6 +42,19 @@ def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
     assert strict.returncode == 3
     assert "DIVERGED at step 50: parameter 'fc2.weight'" in strict.stderr
     assert "weights sha256" not in strict.stdout  # it stopped there
+
+
+def test_default_cadence_names_the_first_step_whose_loss_differs(workdir: Path) -> None:
+    # auto digests steps 1-5 and then within 1% of the step time, never step 137 of 200 here; a
+    # weight nudged before step 137's update first shows in the loss of step 138.
+    assert detrun("record", "-q", EXAMPLE, cwd=workdir).returncode == 0
+    digested = [i + 1 for i, e in enumerate(read_trace(str(workdir / "trace.zst")).of("step")) if e[2] is not None]
+    assert digested[:5] == [1, 2, 3, 4, 5] and 137 not in digested and len(digested) < 100, digested
+    result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": "137"})
+    line = verdict(result.stderr)
+    assert result.returncode == 3 and line.startswith("detrun: DIVERGED at step 138: loss recorded "), line
+    last = max(step for step in digested if step < 138)
+    assert f"not digested at this step (last digested at step {last}): record with --digest-every 1" in line, line
 
 
 def test_replay_without_recorded_optimizer_steps_is_unverified(workdir: Path) -> None:

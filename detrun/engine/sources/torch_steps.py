@@ -59,6 +59,7 @@ class StepVerifier:
         self._cadence = DigestCadence(1)
         self._digest_last_step = False
         self._last_step: tuple[int, int, bool] | None = None  # (step, optimizer, digested) of the latest
+        self._last_digested_step: int | None = None  # for the message of a loss that differs between digests
         self._torch: Any = None
         self._add_reduce: Any = None
         self._uint64: Any = None
@@ -237,7 +238,10 @@ class StepVerifier:
 
     def _finish_step(self, step: int, index: int, loss: float | None, per_param: list[int] | None,
                      names: list[str]) -> None:
-        record_or_check_step(self._session, KIND, step, index, loss, per_param, names)
+        record_or_check_step(self._session, KIND, step, index, loss, per_param, names,
+                             last_digested=self._last_digested_step)
+        if per_param is not None:
+            self._last_digested_step = step
 
     # ------------------------------------------------------------ digests
 
@@ -268,11 +272,13 @@ class StepVerifier:
 
 
 def record_or_check_step(session: Session, kind: str, step: int, index: int, loss: float | None,
-                         per_param: list[int] | None, names: list[str], noun: str = "parameter") -> None:
+                         per_param: list[int] | None, names: list[str], noun: str = "parameter",
+                         last_digested: int | None = None) -> None:
     """Write one step event, or compare it with the recorded one and report what differs.
 
     Shared by the torch and TensorFlow verifiers: `per_param` holds the 64-bit word sums of the
-    parameters (None on steps between digests), `names` their names, `noun` what to call them.
+    parameters (None on steps between digests), `names` their names, `noun` what to call them,
+    `last_digested` the latest earlier step whose parameters were digested.
     """
     if per_param is None:
         digest, lanes = None, b""
@@ -305,6 +311,12 @@ def record_or_check_step(session: Session, kind: str, step: int, index: int, los
     if not _same_float(rec_loss, loss):
         problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
         parts.append("loss")
+        if rec_digest is None and len(parts) == 1:
+            # The honest bound of a cadence: the loss names the first step whose state differs, but
+            # not which parameter; no digest of this step exists to compare with.
+            last = f" (last digested at step {last_digested})" if last_digested is not None else ""
+            problems.append(f"the {noun}s were not digested at this step{last}: record with --digest-every 1 "
+                            f"to name the exact step and {noun}")
     if problems:
         session.diverge(kind, "; ".join(problems), step=step, parts=tuple(parts))
 
