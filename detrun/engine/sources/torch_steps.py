@@ -20,13 +20,13 @@ checked, a batch at a time. The 64-bit sums are folded into the event's 32-bit d
 """
 from __future__ import annotations
 
-import gc
 import struct
 import time
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.digest_cadence import DigestCadence
 from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, word_view
+from detrun.engine.parameter_names import ModuleRegistry, parameter_names
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
@@ -63,6 +63,7 @@ class StepVerifier:
         self._torch: Any = None
         self._add_reduce: Any = None
         self._uint64: Any = None
+        self._registry = ModuleRegistry()  # parameter names without a scan of every object
 
     # ------------------------------------------------------------ install / uninstall
 
@@ -86,6 +87,7 @@ class StepVerifier:
         self._add_reduce = numpy.add.reduce
         self._uint64 = numpy.uint64
         self._session.clock.subscribe("digests", self._on_tick, "the optimizer step digest")
+        self._registry.install(torch, self._session.hook_failed)
         self._handle = self._on_tick
         original_backward = torch.autograd.backward
         verifier = self
@@ -110,6 +112,7 @@ class StepVerifier:
         if self._handle is not None and self._session is not None:
             self._session.clock.unsubscribe(self._on_tick)
         self._handle = None
+        self._registry.uninstall()
         if self._patched_backward is not None:
             module, original = self._patched_backward
             module.backward = original
@@ -264,7 +267,7 @@ class StepVerifier:
         cached = self._params.get(key)
         if cached is not None and len(cached[1]) == len(params):
             return cached[0], params
-        names = _parameter_names(self._torch, optimizer, params)
+        names = parameter_names(self._torch, optimizer, params, self._registry)
         self._params[key] = (names, params)
         return names, params
 
@@ -353,27 +356,3 @@ def _attribute(recorded: bytes, got: bytes, names: list[str]) -> str:
         return f"parameter '{suspects[0]}' differs"
     shown = ", ".join(f"'{n}'" for n in suspects[:6])
     return f"parameters {shown}{' …' if len(suspects) > 6 else ''} differ"
-
-
-def _parameter_names(torch: Any, optimizer: Any, params: list[Any]) -> list[str]:
-    """Name parameters after the modules that own them, looked up once per optimizer."""
-    by_id: dict[int, str] = {}
-    for group in optimizer.param_groups:  # torch >= 2.6 keeps names when given named_parameters()
-        for name, param in zip(group.get("param_names", ()), group["params"]):
-            by_id[id(param)] = name
-    if len(by_id) < len(params):
-        wanted = {id(p) for p in params}
-        # Modules reachable from the garbage collector: the model the user built, wherever it lives.
-        # type() rather than isinstance(): isinstance consults __class__, which some lazy module
-        # proxies answer with a warning the user would see.
-        module_type = torch.nn.Module
-        modules = [obj for obj in gc.get_objects() if issubclass(type(obj), module_type)]
-        # Prefer the outermost modules so names read 'encoder.fc.weight' rather than 'weight'.
-        modules.sort(key=lambda m: -sum(1 for _ in m.modules()))
-        for module in modules:
-            for name, param in module.named_parameters():
-                if id(param) in wanted and id(param) not in by_id:
-                    by_id[id(param)] = name
-            if len(by_id) >= len(params):
-                break
-    return [by_id.get(id(p), f"param[{i}]{tuple(p.shape)}") for i, p in enumerate(params)]
