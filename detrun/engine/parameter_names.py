@@ -15,6 +15,7 @@ import weakref
 from typing import Any, Callable
 
 _MAX_DEPTH = 64  # a module nesting deeper than this is named from the scan
+_PRUNE_AT = 100_000  # notes kept before those of collected modules are dropped (a loop building modules)
 
 
 class ModuleRegistry:
@@ -25,6 +26,7 @@ class ModuleRegistry:
         # since an id is reused once its object is gone.
         self._holders: dict[int, tuple[weakref.ref[Any], str]] = {}
         self._handles: list[Any] = []
+        self._prune_at = _PRUNE_AT
 
     def install(self, torch: Any, on_error: Callable[[str, BaseException], None]) -> None:
         """Register the global parameter and submodule registration hooks (torch >= 2.0)."""
@@ -52,10 +54,20 @@ class ModuleRegistry:
                 return
             try:
                 holders[id(child)] = (weakref.ref(holder), name)
+                if len(holders) > self._prune_at:
+                    self._prune()
+            except TypeError:  # a holder without weak references: the scan names its parameters
+                pass
             except Exception as exc:  # noqa: BLE001 - never change what the user's program does
                 on_error("noting parameter names", exc)
 
         return note
+
+    def _prune(self) -> None:
+        """Drop the notes of collected modules; keep the table's growth amortised."""
+        for key in [key for key, (holder, _name) in self._holders.items() if holder() is None]:
+            del self._holders[key]
+        self._prune_at = max(_PRUNE_AT, 2 * len(self._holders))
 
     def name(self, param: Any) -> str | None:
         """Return the parameter's dotted name from its outermost noted module, or None if not noted."""

@@ -57,3 +57,18 @@ def test_a_model_built_before_the_hooks_is_named_by_the_scan() -> None:
         assert parameter_names(torch, optimizer, params, registry) == ["fc.weight", "fc.bias", "param[2](3,)"]
     finally:
         registry.uninstall()
+
+
+def test_notes_of_collected_modules_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(names_module, "_PRUNE_AT", 50)
+    registry = ModuleRegistry()
+    registry.install(torch, lambda where, exc: None)
+    try:
+        kept = Encoder()
+        for _ in range(200):  # a loop that builds and drops modules: 400 notes without pruning
+            nn.Linear(2, 2)
+        assert len(registry._holders) <= 60
+        # The live model's notes survive the pruning.
+        assert [registry.name(p) for p in (kept.fc.weight, kept.blocks[0].weight)] == ["fc.weight", "blocks.0.weight"]
+    finally:
+        registry.uninstall()
