@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from detrun.engine.session import Session
     from detrun.errors import DetrunError
-    from detrun.runner import Runner
+    from detrun.runner import CommandRunner, Runner
 
 
 def main() -> None:
@@ -31,6 +31,10 @@ def main() -> None:
     try:
         config = json.loads(raw)
         _follow_parent(config)
+        from detrun.bootstrap import hide
+
+        # The script sees python's own environment and sys.path; its child processes get the bootstrap back.
+        config["settings"]["child_env"] = hide(os.environ, sys.path)
         runner, session = _setup(config)
     except DetrunError as exc:
         _fail(exc)
@@ -56,19 +60,32 @@ def main() -> None:
     outcome.finish()
 
 
-def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
+def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
     """Open the record or replay session the config describes and install every source's hooks."""
     from detrun.engine.session import Session
     from detrun.engine.sources import all_sources
-    from detrun.runner import Runner, Target
+    from detrun.runner import CommandRunner, Runner, Target
     from detrun.trace import TraceWriter, read_trace
 
     progress_fd = _progress_pipe(config)
-    target = Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"])
-    runner = Runner(target)
+    if config.get("process") is not None:
+        return _setup_process(config)
+    runner: Runner | CommandRunner
+    if config.get("command") is not None:
+        # `detrun record -- COMMAND`: this process runs the command and merges what its processes record;
+        # it runs none of the user's code, so it installs no source and records under its own role.
+        from detrun.bootstrap import child_environment
+
+        hidden = config["settings"].get("child_env") or {}
+        runner = CommandRunner(list(config["command"]),
+                               env=child_environment(hidden, os.environ) if hidden else None)
+        role, sources = "launcher", []
+    else:
+        runner = Runner(Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"]))
+        role, sources = "main", all_sources()
     if config["mode"] == "record":
         writer = TraceWriter(config["trace_tmp"], config["header"])
-        session = Session("record", writer=writer, quiet=config["quiet"], progress_fd=progress_fd,
+        session = Session("record", writer=writer, quiet=config["quiet"], progress_fd=progress_fd, role=role,
                           settings={**config["settings"], "trace_path": config["trace_path"],
                                     "force": config.get("force", False)})
     else:
@@ -76,20 +93,62 @@ def _setup(config: dict[str, Any]) -> tuple[Runner, Session]:
         if not trace.complete and not config["quiet"]:
             print(f"detrun: warning: the trace is incomplete ({trace.end.get('reason') if trace.end else '?'}); "
                   "only its recorded part can be checked", file=sys.stderr)
-        session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"],
+        session = Session("replay", trace=trace, strict=config["strict"], quiet=config["quiet"], role=role,
                           progress_fd=progress_fd, settings=config["settings"],
                           verbose=config.get("verbose", False), report_json=config.get("report_json"),
                           ignore_output=tuple(config.get("ignore_output", ())))
         for cause in config.get("causes", []):  # environment differences, most likely first
             session.note_cause(cause)
         alias = config.get("main_script_alias")
-        if alias and runner.code_filename is not None:  # the recorded script's content under another name
+        if alias and isinstance(runner, Runner) and runner.code_filename is not None:  # the recorded script's content under another name
             from detrun.engine.call_sites import alias_main_script
 
             alias_main_script(runner.code_filename, alias)
     # Worker segments and reports go to the launcher's private directory, never to a trace's choice.
     session.scratch_dir = config.get("scratch_dir")
+    session.install(sources)
+    return runner, session
+
+
+def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
+    """Open the session of one process of a launched command (a rank), under its role (detrun.bootstrap)."""
+    from detrun.engine.process_roles import ProcessKey
+    from detrun.engine.process_segments import check_world, topology_cause
+    from detrun.errors import TargetRefused
+    from detrun.engine.session import Session
+    from detrun.engine.sources import all_sources
+    from detrun.runner import Runner, Target
+    from detrun.trace import TraceWriter, read_trace
+    from detrun.trace.registry import PROCESS
+
+    process = config["process"]
+    key = ProcessKey(**process["key"])
+    runner = Runner(Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"]))
+    settings = {**config["settings"], "process_segment": process["segment"], "process_report": process["report"]}
+    if config["mode"] == "record":
+        writer = TraceWriter(process["segment"] + ".partial", segment=key.role)
+        session = Session("record", writer=writer, quiet=True, role=key.role, settings=settings)
+    else:
+        trace = read_trace(config["trace_path"])
+        try:
+            check_world(trace, key, config["trace_path"])
+        except TargetRefused as exc:
+            # The launcher's session says it again as the run's last line (the launcher's own errors follow ours).
+            with open(process["report"].removesuffix(".report.json") + ".refused", "w", encoding="utf-8") as note:
+                note.write(str(exc))
+            raise
+        session = Session("replay", trace=trace.of_process(key.role), quiet=True, role=key.role, settings=settings,
+                          ignore_output=tuple(config.get("ignore_output", ())))
+        for cause in [topology_cause(trace, key), *config.get("causes", [])]:
+            if cause:
+                session.note_cause(cause)
+    session.process_key = key
+    session.scratch_dir = config.get("scratch_dir")
     session.install(all_sources())
+    if session.recording:
+        session.emit(PROCESS, key.as_dict())
+    else:
+        session.take(PROCESS)  # check_world matched it to this process already
     return runner, session
 
 

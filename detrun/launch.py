@@ -19,7 +19,8 @@ import secrets
 import sys
 from typing import Any
 
-from detrun import __version__
+from detrun import __version__, bootstrap
+from detrun.env.collectives import pinned_collective_env, validated_collective_env
 from detrun.env import diff as env_diff
 from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
 from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TargetRefused, TraceError
@@ -56,27 +57,29 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
     except (OSError, ValueError) as exc:
         raise PolicyError(f"cannot read the profile {profile_path}: {exc}") from None
 
-def record(target: Target, output: str, *, force: bool = False, quiet: bool = False,
+def record(target: Target | None, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 0, policy: str = "strict", profile_path: str | None = None,
-           kernel_steps: int = 2, op_digests: int = 0, op_digest_every: int = 0) -> int:
-    """Record one run of the target into `output`; return the script's exit status."""
-    resolved = resolve(target)
+           kernel_steps: int = 2, op_digests: int = 0, op_digest_every: int = 0,
+           command: list[str] | None = None) -> int:
+    """Record one run of the target (or of a launcher `command`) into `output`; return its exit status."""
+    resolved = resolve(target) if target is not None else None
     check_output(output, force)
     chosen_ops = policy_ops(policy, profile_path)
-    if (error := syntax_error_of(resolved)) is not None:
+    if resolved is not None and (error := syntax_error_of(resolved)) is not None:
         # As `python SCRIPT` would: the error alone, status 1, nothing run and no trace written.
         report_syntax_error(error)
         return 1
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
     hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(secrets.randbelow(2**32 - 1) + 1)
-    header = {
+    nccl_env = pinned_collective_env(policy, os.environ)
+    header: dict[str, Any] = {
         "detrun_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "env": fingerprint(os.path.dirname(resolved.path)),
-        "script": {"name": target.name, "module": target.is_module, "path": resolved.path,
-                   "sha256": resolved.sha256},
-        "argv": list(target.args),
+        "env": fingerprint(os.path.dirname(resolved.path) if resolved is not None else os.getcwd()),
+        **({"script": {"name": target.name, "module": target.is_module, "path": resolved.path,
+                       "sha256": resolved.sha256}, "argv": list(target.args)}
+           if target is not None and resolved is not None else {"command": list(command or [])}),
         "cwd": os.getcwd(),
         "settings": {
             "hashseed": hashseed,
@@ -90,15 +93,20 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
             "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
             "op_digests": op_digests,  # op output digests: the first K optimizer steps ...
             "op_digest_every": op_digest_every,  # ... and every Nth (0: none)
+            "nccl_env": nccl_env,  # env/collectives.py: pinned for every rank, so reductions repeat
         },
     }
     assert tuple(header["settings"]) == RECORDED_SETTINGS, "replay passes on only RECORDED_SETTINGS"
     with scratch_directory() as scratch:
         temporary = os.path.join(scratch, "trace.partial")
-        config = {"mode": "record", "target": _target_data(target), "header": header, "trace_tmp": temporary,
+        config = {"mode": "record", **_runs(target, command), "header": header, "trace_tmp": temporary,
                   "trace_path": output, "force": force, "quiet": quiet, "settings": header["settings"],
                   "scratch_dir": scratch}
-        status = run_child(config, {"PYTHONHASHSEED": hashseed})
+        # Every Python process the run starts finds detrun's bootstrap: the ranks of a launcher, or
+        # those Lightning's DDP starts from the script, record under their own role (detrun.bootstrap).
+        boot_env = bootstrap.prepare(scratch, {"mode": "record", "command": command is not None,
+                                               "settings": header["settings"]})
+        status = run_child(config, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env})
         if os.path.exists(temporary):  # the child died before publishing its trace
             _salvage(temporary, output, status, quiet, force)
     return status
@@ -106,13 +114,18 @@ def record(target: Target, output: str, *, force: bool = False, quiet: bool = Fa
 def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool = False,
            allow_changed_args: bool = False, strict: bool = False, quiet: bool = False,
            pin_threads: bool = True, verbose: bool = False, report_json: str | None = None,
-           ignore_output: tuple[str, ...] = (), op_capture: tuple[int, str] | None = None) -> int:
+           ignore_output: tuple[str, ...] = (), op_capture: tuple[int, str] | None = None,
+           command: list[str] | None = None) -> int:
     """Replay a trace; return the script's non-zero exit status, else the verdict's exit code.
 
     `op_capture` (detrun explain's): (S, path): digest every op of steps 1..S, with its call site,
     write them to `path` (a scratch file of the caller's, never the trace's choice) and stop after step S.
     """
     header = read_header(trace_path)
+    if "command" in header or command is not None:
+        return _replay_command(trace_path, header, command, allow_changed_args=allow_changed_args, strict=strict,
+                               quiet=quiet, pin_threads=pin_threads, verbose=verbose, report_json=report_json,
+                               ignore_output=ignore_output)
     recorded = header.get("script")
     recorded_args = header.get("argv", [])
     if not isinstance(recorded, dict) or not is_arg_list(recorded_args):
@@ -143,17 +156,9 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     if (error := syntax_error_of(resolved)) is not None:  # a changed script (--allow-changed-script)
         report_syntax_error(error)
         return 1
-    settings: dict[str, Any] = {key: trace_settings[key] for key in RECORDED_SETTINGS if key in trace_settings}
-    settings.update(hashseed=hashseed, thread_env=thread_env, pin_threads=pin_threads)
+    settings, child_env = _replay_settings(trace_settings, hashseed, thread_env, refused, pin_threads)
     if op_capture is not None:
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
-    child_env: dict[str, str | None] = {"PYTHONHASHSEED": hashseed}
-    if pin_threads:
-        # Pin the thread environment the recording ran with (absent there means absent here).
-        child_env.update(thread_env)
-        if refused:
-            print(f"detrun: warning: ignored {len(refused)} environment setting(s) in the trace that detrun never "
-                  f"sets (only thread-count variables with integer values): {', '.join(refused)}", file=sys.stderr)
     differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")),
                                                   fingerprint(os.path.dirname(resolved.path))),
                                     threads_pinned=pin_threads)
@@ -171,7 +176,73 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                   "verbose": verbose, "report_json": os.path.abspath(report_json) if report_json else None,
                   "ignore_output": list(ignore_output),
                   "main_script_alias": main_script_alias(target, resolved.sha256, recorded)}
-        return run_child(config, child_env)
+        boot_env = bootstrap.prepare(scratch, {"mode": "replay", "command": False, "settings": settings,
+                                               "trace_path": os.path.abspath(trace_path),
+                                               "ignore_output": list(ignore_output)})
+        return run_child(config, {**child_env, **boot_env})
+
+def _replay_settings(trace_settings: dict[str, Any], hashseed: str, thread_env: dict[str, str | None],
+                     refused: list[str], pin_threads: bool) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """Return the replay's settings and the environment it pins, from a trace's validated settings."""
+    settings: dict[str, Any] = {key: trace_settings[key] for key in RECORDED_SETTINGS if key in trace_settings}
+    nccl_env, refused_nccl = validated_collective_env(trace_settings.get("nccl_env"))
+    settings.update(hashseed=hashseed, thread_env=thread_env, pin_threads=pin_threads, nccl_env=nccl_env)
+    child_env: dict[str, str | None] = {"PYTHONHASHSEED": hashseed, **nccl_env}
+    refused = refused + refused_nccl
+    if pin_threads:
+        # Pin the thread environment the recording ran with (absent there means absent here).
+        child_env.update(thread_env)
+    if refused:
+        print(f"detrun: warning: ignored {len(refused)} environment setting(s) in the trace that detrun never "
+              f"sets (only thread-count and NCCL algorithm variables with plain values): {', '.join(refused)}",
+              file=sys.stderr)
+    return settings, child_env
+
+def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] | None, *, allow_changed_args: bool,
+                    strict: bool, quiet: bool, pin_threads: bool, verbose: bool, report_json: str | None,
+                    ignore_output: tuple[str, ...]) -> int:
+    """Replay a trace recorded with `detrun record -- COMMAND`: run the user's command, each rank under its role."""
+    recorded = header.get("command")
+    if recorded is None:
+        raise TargetRefused(f"{trace_path} was recorded from a script, not a command: replay it with "
+                            f"`detrun replay {trace_path} SCRIPT`")
+    if not is_arg_list(recorded) or not recorded:
+        raise TraceError(f"{trace_path} is corrupt (the recorded command is malformed)")
+    if command is None:
+        # The trace never chooses what runs: the user types the command, which must be the recorded one.
+        raise TargetRefused(f"{trace_path} recorded a command; replay it by giving the command: "
+                            f"detrun replay {shell_words([trace_path])} -- {shell_words(list(recorded))}")
+    # A merged multi-node trace holds every node's command (each has its own --node_rank).
+    recorded_commands = [list(recorded), *(list(c) for c in as_dict(header.get("node_commands")).values()
+                                           if is_arg_list(c))]
+    if list(command) not in recorded_commands and not allow_changed_args:
+        raise ArgsChanged(f"the command differs from the recorded one ({shell_words(list(recorded))}); "
+                          "pass --allow-changed-args to replay anyway")
+    trace_settings = header.get("settings")
+    if not isinstance(trace_settings, dict):
+        raise TraceError(f"{trace_path} is corrupt (its settings are not a map)")
+    hashseed = validated_hashseed(trace_settings.get("hashseed"), trace_path)
+    thread_env, refused = validated_thread_env(trace_settings.get("thread_env"))
+    settings, child_env = _replay_settings(trace_settings, hashseed, thread_env, refused, pin_threads)
+    differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")), fingerprint(os.getcwd())),
+                                    threads_pinned=pin_threads)
+    if not quiet:
+        _print_env_diff(differences)
+        print(f"detrun: replaying: {shell_words(list(command))}", file=sys.stderr)
+    with scratch_directory() as scratch:
+        config = {"mode": "replay", "command": list(command), "trace_path": os.path.abspath(trace_path),
+                  "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences),
+                  "scratch_dir": scratch, "verbose": verbose,
+                  "report_json": os.path.abspath(report_json) if report_json else None,
+                  "ignore_output": list(ignore_output)}
+        # A merged multi-node trace: each node's ranks ran with their node's hash seed.
+        node_hashseeds = {str(node): validated_hashseed(seed, trace_path)
+                          for node, seed in as_dict(header.get("node_hashseeds")).items()}
+        boot_env = bootstrap.prepare(scratch, {"mode": "replay", "command": True, "settings": settings,
+                                               "trace_path": os.path.abspath(trace_path),
+                                               "ignore_output": list(ignore_output),
+                                               "node_hashseeds": node_hashseeds})
+        return run_child(config, {**child_env, **boot_env})
 
 def main_script_alias(target: Target, sha256: str, recorded: dict[str, Any]) -> str | None:
     """Return the recorded script's file name when the replayed script is the same content under another name.
@@ -195,6 +266,13 @@ def _print_env_diff(differences: list[env_diff.Difference]) -> None:
 
 def _target_data(target: Target) -> dict[str, Any]:
     return {"name": target.name, "args": list(target.args), "module": target.is_module}
+
+def _runs(target: Target | None, command: list[str] | None) -> dict[str, Any]:
+    """Return the child config's part that says what runs: the script, or the launcher command."""
+    if command is not None:
+        return {"command": list(command)}
+    assert target is not None
+    return {"target": _target_data(target)}
 
 def _salvage(temporary: str, output: str, status: int, quiet: bool, force: bool) -> None:
     """Turn a dead child's partial trace into a readable one that says it is incomplete."""

@@ -19,7 +19,7 @@ from detrun.runner import ResolvedTarget, Target, resolve
 # The settings record writes into the header; replay passes on these keys and no others, so a trace
 # cannot smuggle in a setting detrun's own code would trust (a path, say).
 RECORDED_SETTINGS = ("hashseed", "hashseed_from_user", "thread_env", "digest_every", "digest_last_step", "policy", "policy_ops",
-                     "tf_op_determinism", "kernel_steps", "op_digests", "op_digest_every")
+                     "tf_op_determinism", "kernel_steps", "op_digests", "op_digest_every", "nccl_env")
 
 # Values replay accepts for the thread-count variables: a small non-negative integer (OpenMP also
 # takes a per-nesting-level list), or empty. Anything else could be a path or code.

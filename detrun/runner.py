@@ -247,6 +247,38 @@ class Runner:
         return Outcome(0)
 
 
+class CommandRunner:
+    """Run a command (a launcher such as torchrun, a shell script) as a child process and wait for it."""
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.env = env  # this process's environment plus detrun's bootstrap (detrun.bootstrap.hide)
+
+    def run(self) -> Outcome:
+        """Run the command to its end; return its exit status as a shell sees it (128+N for a signal)."""
+        import subprocess
+
+        try:
+            process = subprocess.Popen(self.command, env=self.env)
+        except OSError as exc:
+            raise ScriptNotFound(f"cannot run {self.command[0]}: {exc.strerror or exc}") from None
+
+        def forward(signum: int, _frame: object) -> None:
+            process.send_signal(signum)  # the launcher stops its ranks in its own way
+
+        previous = signal.signal(signal.SIGTERM, forward)
+        try:
+            while True:
+                try:
+                    status = process.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue  # Ctrl-C reached the whole process group: the command ends on its own
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return Outcome(128 - status if status < 0 else status)
+
+
 def _strip_own_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
     """Drop the leading traceback entries that belong to detrun, so the user sees only their code."""
     own_dir = os.path.dirname(os.path.abspath(__file__))
@@ -268,5 +300,5 @@ def _report_user_exception(exc: BaseException) -> None:
         sys.__excepthook__(type(exc), exc, tb)
 
 
-__all__ = ["Target", "ResolvedTarget", "Runner", "Outcome", "resolve", "exit_status_of", "DetrunError",
+__all__ = ["Target", "ResolvedTarget", "Runner", "CommandRunner", "Outcome", "resolve", "exit_status_of", "DetrunError",
            "python_abspath", "syntax_error_of", "report_syntax_error"]

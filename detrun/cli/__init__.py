@@ -19,6 +19,7 @@ COMMANDS = {
     "check": "detrun.cli.check_cmd:check_command",
     "diff": "detrun.cli.diff_cmd:diff_command",
     "explain": "detrun.cli.explain_cmd:explain_command",
+    "merge": "detrun.cli.merge_cmd:merge_command",
 }
 
 
@@ -43,6 +44,8 @@ def main() -> None:
       detrun check --plain 2 train.py        # record + replay, judged criterion by criterion
       detrun diff a.zst b.zst --plot loss.png   # first differing step of two recordings
       detrun explain trace.zst train.py      # the first op whose output differs, its line, its fix
+      detrun record -- torchrun --nproc_per_node=2 train.py   # every rank, one trace
+      detrun merge -o trace.zst trace.node0.zst trace.node1.zst   # a multi-node run's files
 
     \b
     Exit codes: the script's own status passes through; 2 bad input (missing

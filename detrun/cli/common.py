@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Protocol
 
@@ -145,6 +146,23 @@ def _script_source(name: str, module: bool) -> str | None:
             return f.read()
     except (DetrunError, OSError):
         return None
+
+
+def launcher_command(script: str, args: tuple[str, ...], module: bool) -> list[str] | None:
+    """Return SCRIPT ARGS as a command to run (torchrun, accelerate, a shell script), or None for a Python script.
+
+    A word ending in .py, a directory or a readable file that is not executable runs under python as
+    before; an executable file or a name on PATH (`torchrun`, `python`, `bash`) is a command.
+    """
+    import shutil
+
+    if module or script.endswith((".py", ".pyz")) or os.path.isdir(script):
+        return None
+    if os.path.isfile(script):
+        return [script, *args] if os.access(script, os.X_OK) else None
+    if os.sep not in script and shutil.which(script) is not None:
+        return [script, *args]
+    return None
 
 
 def make_target(script: str | None, args: tuple[str, ...], module: bool) -> Target | None:

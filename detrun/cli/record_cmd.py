@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, make_target
+from detrun.cli.common import (DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand,
+                               launcher_command, make_target)
 
 
 @click.command(cls=ScriptCommand, context_settings=SCRIPT_CONTEXT, epilog=PLACEMENT_HELP)
@@ -35,7 +36,7 @@ from detrun.cli.common import DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP
 def record_command(output: str, force: bool, module: bool, digest_every: int, policy: str, from_profile: str | None,
            kernel_steps: int, op_digests: int, op_digest_every: int, quiet: bool, script: str,
            args: tuple[str, ...]) -> None:
-    """Run SCRIPT [ARGS]... as `python` would and record every source of nondeterminism.
+    """Run SCRIPT [ARGS]... as `python` would (or a launcher COMMAND) and record every source of nondeterminism.
 
     \b
     Arguments after SCRIPT go to the script unchanged. The script's stdout,
@@ -46,13 +47,24 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
     of the parameters at a cadence within 1% of the step time (--digest-every).
 
     \b
+    \b
+    Distributed runs: give the launcher command instead of a script. Every
+    rank (and every process Lightning's DDP starts) records under its own
+    role, rank0, rank1, ..., into one trace; on several nodes each node
+    writes trace.nodeK.zst, which `detrun merge` joins.
+
+    \b
     Examples:
       detrun record train.py --epochs 3
       detrun record -o runs/a.zst -m mypkg.train --lr 0.1
       detrun record --op-digests 5 train.py     # for `detrun explain`
+      detrun record -- torchrun --nproc_per_node=2 train.py
+      detrun record -- accelerate launch --num_processes 2 train.py
     """
     from detrun.launch import exit_like, record as record_run
 
-    exit_like(record_run(make_target(script, args, module), output, force=force, quiet=quiet,
+    command = launcher_command(script, args, module)
+    exit_like(record_run(None if command else make_target(script, args, module), output, force=force, quiet=quiet,
                          digest_every=digest_every, policy=policy, profile_path=from_profile,
-                         kernel_steps=kernel_steps, op_digests=op_digests, op_digest_every=op_digest_every))
+                         kernel_steps=kernel_steps, op_digests=op_digests, op_digest_every=op_digest_every,
+                         command=command))

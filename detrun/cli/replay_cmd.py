@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, make_target
+from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, launcher_command, make_target
 
 
 @click.command(cls=ScriptCommand, leading=1, context_settings=SCRIPT_CONTEXT,
@@ -48,9 +48,15 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
     3 DIVERGED, 5 UNVERIFIED (with or without --strict).
 
     \b
+    A trace recorded from a launcher command is replayed by giving the same
+    command; each rank replays its own recording, and the verdict names the
+    first rank that differs: DIVERGED at step 12 on rank 1: ...
+
+    \b
     Examples:
       detrun replay trace.zst train.py
       detrun replay --json verdict.json -v trace.zst train.py
+      detrun replay trace.zst -- torchrun --nproc_per_node=2 train.py
     """
     import re
 
@@ -61,7 +67,9 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
             re.compile(pattern)
         except re.error as exc:
             fail(f"--ignore-output {pattern!r} is not a regular expression: {exc}")
-    exit_like(replay_run(trace, make_target(script, args, module), allow_changed_script=allow_changed_script,
+    command = launcher_command(script, args, module) if script is not None else None
+    exit_like(replay_run(trace, None if command else make_target(script, args, module),
+                         allow_changed_script=allow_changed_script,
                          allow_changed_args=allow_changed_args, strict=strict, quiet=quiet,
                          pin_threads=not no_pin_threads, verbose=verbose, report_json=report_json,
-                         ignore_output=ignore_output))
+                         ignore_output=ignore_output, command=command))

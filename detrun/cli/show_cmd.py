@@ -6,6 +6,7 @@ from typing import Any
 import click
 
 from detrun.engine.session import format_bytes
+from detrun.replay_inputs import shell_words
 from detrun.trace import Trace
 from detrun.trace.registry import BACKENDS_SET, STEP
 
@@ -25,6 +26,11 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "exit_status": end.get("exit_status"),
         "script": trace.header.get("script", {}),
         "argv": trace.header.get("argv", []),
+        "command": trace.header.get("command"),
+        # The ranks of a launched command: role, rank, node and world size, and how each ended.
+        "processes": [{**key, **{k: v for k, v in (trace.events[role].get("process.end") or [{}])[-1].items()
+                                 if k in ("complete", "steps", "exit_status", "final_digest")}}
+                      for role, key in trace.process_keys().items()],
         "cwd": trace.header.get("cwd"),
         "settings": trace.header.get("settings", {}),
         "env": trace.header.get("env", {}),
@@ -50,9 +56,10 @@ def render(summary: dict[str, Any]) -> str:
         f"detrun {summary['detrun_version']})",
         f"status     {status}; script exit status {summary['exit_status']}",
         f"recorded   {summary['created']} in {summary['cwd']}",
-        f"script     {'-m ' if script.get('module') else ''}{script.get('name')}"
-        + (f" (sha256 {str(script.get('sha256'))[:16]}…)" if script.get("sha256") else ""),
-        f"argv       {summary['argv']}",
+        *([f"command    {shell_words(summary['command'])}"] if summary.get("command") is not None else [
+            f"script     {'-m ' if script.get('module') else ''}{script.get('name')}"
+            + (f" (sha256 {str(script.get('sha256'))[:16]}…)" if script.get("sha256") else ""),
+            f"argv       {summary['argv']}"]),
         f"hash seed  {_hash_seed(summary['settings'])}",
         f"settings   {describe_settings(summary['settings'])}",
         f"python     {env.get('python', {}).get('version')} on {env.get('os', {}).get('system')} "
@@ -60,6 +67,7 @@ def render(summary: dict[str, Any]) -> str:
         f"libraries  {libraries or 'none'}",
         f"steps      {summary['steps']}"
         + (f" ({summary['bytes_per_step']} B/step), final digest {summary['final_digest']}" if summary["steps"] else ""),
+        *_process_lines(summary.get("processes") or []),
         "events",
     ]
     for role, kinds in summary["events"].items():
@@ -70,6 +78,21 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _process_lines(processes: list[dict[str, Any]]) -> list[str]:
+    """Return one line per recorded rank: its role, place in the run, steps and how it ended."""
+    if not processes:
+        return []
+    lines = [f"processes  {len(processes)} (world size {processes[0].get('world_size')})"]
+    for process in processes:
+        place = (f"rank {process.get('rank')}" if process.get("rank") is not None else process.get("role"))
+        node = f", node {process['node_rank']}" if process.get("node_rank") is not None else ""
+        local = f", local rank {process['local_rank']}" if process.get("local_rank") is not None else ""
+        ended = ("complete" if process.get("complete") else "INCOMPLETE") + (
+            f", exit status {process['exit_status']}" if process.get("exit_status") is not None else "")
+        lines.append(f"  {process.get('role'):<10} {place}{node}{local}: {process.get('steps', 0)} steps, {ended}")
+    return lines
+
+
 def _hash_seed(settings: dict[str, Any]) -> str:
     """Return the recorded hash seed as shown; an in-process recording ran with its interpreter's own."""
     if settings.get("in_process"):
@@ -78,8 +101,8 @@ def _hash_seed(settings: dict[str, Any]) -> str:
 
 
 # The trace segments other than `main` are DataLoader workers', named by dataloader.worker_entry.
-SEGMENT_LEGEND = ("  (main: the script's process; dlL.iE.wW: worker W of DataLoader #L, in creation order, "
-                  "during its epoch E, counted from 0)")
+SEGMENT_LEGEND = ("  (main: the script's process; rankR: rank R of a launched command; dlL.iE.wW: worker W of "
+                  "DataLoader #L, in creation order, during its epoch E, counted from 0)")
 
 
 def describe_settings(settings: dict[str, Any]) -> str:

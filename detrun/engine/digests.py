@@ -19,8 +19,20 @@ def word_width(nbytes: int) -> int:
     return next(width for width in (8, 4, 2, 1) if nbytes % width == 0)
 
 
+def local_shard(tensor: Any) -> Any:
+    """Return a sharded tensor's local part (an FSDP2/tensor-parallel DTensor); any other tensor unchanged.
+
+    Each rank digests what it holds: a DTensor has no bytes of its own (`.numpy()` refuses it), and
+    its full value would need a collective inside a hook.
+    """
+    if type(tensor).__name__ == "DTensor" and hasattr(tensor, "to_local"):
+        return tensor.to_local()
+    return tensor
+
+
 def word_view(torch: Any, param: Any) -> Any:
     """Return a numpy view of a contiguous CPU tensor's bytes as unsigned words, or None."""
+    param = local_shard(param)
     if not param.is_contiguous():
         return None
     flat = param.detach().reshape(-1)
@@ -31,7 +43,7 @@ def word_view(torch: Any, param: Any) -> Any:
 
 def device_word_sum(torch: Any, param: Any) -> Any:
     """Return a device tensor's wrapping word sum as int64, as one reduction (same value as on CPU)."""
-    flat = param.detach().contiguous().reshape(-1)
+    flat = local_shard(param).detach().contiguous().reshape(-1)
     width = word_width(flat.numel() * flat.element_size())
     words = flat.view(torch.uint8).view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[width])
     if width < 8:
@@ -42,7 +54,7 @@ def device_word_sum(torch: Any, param: Any) -> Any:
 
 def tensor_word_sum(torch: Any, tensor: Any) -> int:
     """Return any dense tensor's wrapping word sum now (it waits for the device)."""
-    detached = tensor.detach()
+    detached = local_shard(tensor).detach()
     if detached.device.type == "cpu":
         view = word_view(torch, detached)
         if view is None:

@@ -28,6 +28,10 @@ class ReplayEnd:
     role: str
     _cursors: dict[str, int]
     _replayed: int
+    process_steps: int
+    process_events: int
+    process_final_digest: int | None
+    missing_processes: list[str]
     steps: int
     diverge: Callable[..., None]
     mismatch: Callable[..., None]
@@ -35,15 +39,7 @@ class ReplayEnd:
     recorded: Callable[[str], Sequence[Any]]
 
     def _finish_replay(self, exit_status: int | None, interrupted: bool = False) -> Verdict:
-        assert self.trace is not None
-        if exit_status is not None and self.trace.complete and not interrupted:
-            self._check_leftovers(exit_status)
-        # An interrupted replay never reached the recording's last step: its digest says nothing.
-        if exit_status is not None and self.trace.complete and not interrupted and self.trace.end is not None:
-            recorded_final = self.trace.end.get("final_digest")
-            if recorded_final is not None and self.last_digest is not None and recorded_final != self.last_digest:
-                self.diverge("step", f"the final step digest differs (recorded {recorded_final:08x}, "
-                                     f"got {self.last_digest:08x})", step=self.steps, parts=("parameters",))
+        self._final_checks(exit_status, interrupted)
         facts = self.facts()
         verdict = decide(facts)
         print(f"detrun: {verdict.line}", file=sys.stderr)
@@ -55,13 +51,26 @@ class ReplayEnd:
                 print(f"detrun: warning: cannot write {self.report_json}: {exc}", file=sys.stderr)
         if self.verbose:
             for d in self.divergences:
-                print(f"detrun:   {d.check} check differs{f' at step {d.step}' if d.step else ''}: {d.message}",
-                      file=sys.stderr)
+                where = f" at step {d.step}" if d.step else ""
+                on = f" on {d.process}" if d.process else ""
+                print(f"detrun:   {d.check} check differs{where}{on}: {d.message}", file=sys.stderr)
             for d in self.mismatches:
-                print(f"detrun:   cause: {d.message}", file=sys.stderr)
+                print(f"detrun:   cause{f' ({d.process})' if d.process else ''}: {d.message}", file=sys.stderr)
             for cause in self.causes:
                 print(f"detrun:   environment: {cause}", file=sys.stderr)
         return verdict
+
+    def _final_checks(self, exit_status: int | None, interrupted: bool = False) -> None:
+        """Make the checks of a replay's end: leftover events, the exit status, the final step digest."""
+        assert self.trace is not None
+        if exit_status is not None and self.trace.complete and not interrupted:
+            self._check_leftovers(exit_status)
+        # An interrupted replay never reached the recording's last step: its digest says nothing.
+        if exit_status is not None and self.trace.complete and not interrupted and self.trace.end is not None:
+            recorded_final = self.trace.end.get("final_digest")
+            if recorded_final is not None and self.last_digest is not None and recorded_final != self.last_digest:
+                self.diverge("step", f"the final step digest differs (recorded {recorded_final:08x}, "
+                                     f"got {self.last_digest:08x})", step=self.steps, parts=("parameters",))
 
     def _check_leftovers(self, exit_status: int) -> None:
         """Report recorded events the replay never asked for, and a changed exit status."""
@@ -102,9 +111,12 @@ class ReplayEnd:
         return ReplayFacts(
             divergences=list(self.divergences), mismatches=list(self.mismatches), causes=list(self.causes),
             checks={name: count for name, count in self.checked.items() if count},
-            hook_failures=failures + self.hook_failures, unrecorded=list(self.unrecorded), steps=self.steps,
-            events_used=self._replayed, trace_complete=self.trace.complete,
-            trace_reason=str(end.get("reason", "incomplete")), final_digest=self.last_digest)
+            hook_failures=failures + self.hook_failures, unrecorded=list(self.unrecorded),
+            # A launched command's ranks report their own steps and events (engine.process_segments).
+            steps=max(self.steps, self.process_steps), events_used=self._replayed + self.process_events,
+            trace_complete=self.trace.complete, trace_reason=str(end.get("reason", "incomplete")),
+            final_digest=self.last_digest if self.last_digest is not None else self.process_final_digest,
+            missing_processes=list(self.missing_processes))
 
     def verdict(self) -> str:
         """Return the one-line verdict of a replay."""

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from detrun.engine.call_sites import call_site
 from detrun.engine.child_segments import ChildSegments
+from detrun.engine.process_segments import ProcessSegments
 from detrun.engine.import_watch import ImportWatcher, initialising
 from detrun.engine.replay_end import ReplayEnd
 from detrun.engine.step_clock import StepClock
@@ -73,7 +74,7 @@ def _detach_in_forked_child() -> None:
         _active.detach()
 
 
-class Session(ChildSegments, ReplayEnd):
+class Session(ChildSegments, ProcessSegments, ReplayEnd):
     """Record or replay one process's events and produce the verdict."""
 
     def __init__(
@@ -136,6 +137,10 @@ class Session(ChildSegments, ReplayEnd):
         # that the main session merges when it finishes.
         self.segment_paths: list[str] = []
         self.report_paths: list[str] = []
+        # A launched command's ranks (engine.process_segments): the owner's merge results.
+        self.missing_processes: list[str] = []
+        self.incomplete_processes: list[str] = []
+        self.process_summaries: dict[str, dict[str, int]] = {}
 
     # ----------------------------------------------------------------- shared services
 
@@ -389,20 +394,27 @@ class Session(ChildSegments, ReplayEnd):
         self._clear_progress()
         self.uninstall()
         self._merge_children()
+        if self.process_key is not None:  # a rank: its segment or report; the launcher's session decides
+            self.finish_process(outcome)
+            return None
         if self.recording:
+            self.merge_process_segments()
             self._finish_record(outcome)
             return None
+        self.merge_process_reports()
         ended_early = isinstance(outcome.system_exit, RecordingEnded)
         status = None if ended_early else outcome.exit_status
         return self._finish_replay(status, interrupted=outcome.keyboard_interrupt)
 
     def _finish_record(self, outcome: Outcome) -> None:
         assert self.writer is not None
+        died = ", ".join(self.incomplete_processes)
         end = {
-            "complete": not outcome.keyboard_interrupt,
-            "reason": "interrupted (KeyboardInterrupt)" if outcome.keyboard_interrupt else "exited",
+            "complete": not outcome.keyboard_interrupt and not died,
+            "reason": "interrupted (KeyboardInterrupt)" if outcome.keyboard_interrupt
+            else f"process(es) {died} died before they finished" if died else "exited",
             "exit_status": outcome.exit_status,
-            "steps": self.steps,
+            "steps": max([self.steps, *(s.get("steps", 0) for s in self.process_summaries.values())]),
             "final_digest": self.last_digest,
             # A hook that failed while recording leaves a trace that cannot vouch for its replay.
             "hook_failures": self.hook_failures[:20],
@@ -413,8 +425,16 @@ class Session(ChildSegments, ReplayEnd):
         if not self.quiet:
             status = "" if outcome.exit_status == 0 else f" · script exit status {outcome.exit_status}"
             per_step = f" · {size / self.steps:.0f} B/step" if self.steps else ""
-            print(f"detrun: recorded {self.steps} steps, {events} events → {final_path} "
-                  f"({format_bytes(size)}{per_step}){status}", file=sys.stderr)
+            if self.process_summaries and not self.steps:  # a launched command: its ranks made the steps
+                print(f"detrun: recorded {len(self.process_summaries)} process(es) → {final_path} "
+                      f"({format_bytes(size)}){status}", file=sys.stderr)
+            else:
+                print(f"detrun: recorded {self.steps} steps, {events} events → {final_path} "
+                      f"({format_bytes(size)}{per_step}){status}", file=sys.stderr)
+            for label, summary in self.process_summaries.items():
+                if summary:
+                    print(f"detrun:   {label}: {summary['steps']} steps, {summary['events']} events, "
+                          f"{format_bytes(summary['bytes'])}", file=sys.stderr)
 
 def float_bits(value: float | None) -> str:
     """Return a float and its IEEE-754 bits, for divergence messages."""

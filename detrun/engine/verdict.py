@@ -34,6 +34,8 @@ class Divergence:
     # What a step check found different ("loss", "parameters", "optimizer"), so `detrun check` can
     # tell its criteria apart without reading messages; empty for every other check.
     parts: tuple[str, ...] = ()
+    # The process of a launched command it happened in (`rank 1`); empty for a single process.
+    process: str = ""
 
 
 @dataclasses.dataclass
@@ -51,6 +53,8 @@ class ReplayFacts:
     trace_complete: bool
     trace_reason: str  # why an incomplete recording ended ("killed by SIGTERM")
     final_digest: int | None = None
+    # Recorded processes of a launched command (ranks) whose replay never reported its checks.
+    missing_processes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -109,6 +113,7 @@ def decide(facts: ReplayFacts) -> Verdict:
     if facts.divergences:
         first = facts.divergences[0]
         where = f" at step {first.step}" if first.step is not None else ""
+        where += f" on {first.process}" if first.process else ""
         more = len(facts.divergences) - 1
         tail = f" (+{more} more: replay -v or --json lists them)" if more else ""
         batch = next((d.batch for d in [*facts.divergences, *facts.mismatches] if d.batch), None)
@@ -125,6 +130,11 @@ def decide(facts: ReplayFacts) -> Verdict:
         fed = (f"{facts.events_used} recorded events were fed back, but " if facts.events_used else "")
         reason = (f"{fed}nothing of the training state could be checked: the run made no optimizer or Keras "
                   "training step, called no backward(), and created no torch.nn.Module or optimizer")
+        return Verdict("UNVERIFIED", f"UNVERIFIED ({reason}){_departures(facts)}", reason)
+    if facts.missing_processes:
+        shown = ", ".join(facts.missing_processes[:3]) + (" …" if len(facts.missing_processes) > 3 else "")
+        reason = (f"{len(facts.missing_processes)} recorded process(es) did not finish their replay ({shown}), "
+                  "so their checks are missing; the checks that were made matched")
         return Verdict("UNVERIFIED", f"UNVERIFIED ({reason}){_departures(facts)}", reason)
     if facts.hook_failures:
         reason = (f"a detrun hook failed ({facts.hook_failures[0]}), so that source may not have been replayed; "
@@ -157,6 +167,7 @@ def report(facts: ReplayFacts, verdict: Verdict) -> dict[str, object]:
         "causes": list(facts.causes),
         "hook_failures": list(facts.hook_failures),
         "unrecorded_processes": list(facts.unrecorded),
+        "missing_processes": list(facts.missing_processes),
         "trace_complete": facts.trace_complete,
         "trace_reason": facts.trace_reason,
         "final_digest": facts.final_digest,

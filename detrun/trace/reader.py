@@ -370,6 +370,22 @@ class Trace:
             stream = self._streams[(role, kind)] = StreamedEvents(self, role, kind, count)
         return stream
 
+    def of_process(self, role: str) -> Trace:
+        """Return this trace as one process of a launched command sees it: that role's end record as the end.
+
+        A rank's segment ends with its `process.end` event; without one (the rank died) the process's
+        recording is incomplete, whatever the command did.
+        """
+        ends = self.events.get(role, {}).get("process.end") or []
+        end = dict(ends[-1]) if ends else {"complete": False, "reason": f"the process {role} never finished"}
+        if not self.complete:
+            end["complete"] = False
+        return Trace(self.path, self.header, self.events, end, self.size, self.counts, self._identity)
+
+    def process_keys(self) -> dict[str, dict[str, Any]]:
+        """Return the recorded processes of a launched command (ranks): role -> its `process` event."""
+        return {role: kinds["process"][0] for role, kinds in self.events.items() if kinds.get("process")}
+
     def count(self) -> int:
         """Return the number of events in all roles."""
         return sum(sum(kinds.values()) for kinds in self.counts.values())

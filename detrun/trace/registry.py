@@ -294,6 +294,32 @@ FS_WRITTEN = _declare(
     "fs.written", 1, ListOf(Str(4096), 1 << 16), "the directories the run created or wrote into (at the end)",
     "listing_order")
 
+# ------------------------------------------------------------------ processes of a launched command (ranks)
+
+OPTIONAL_RANK = OneOf(Null, Int(0, 10_000_000))
+PROCESS_KEY = Record(required={"role": Str(128, r"[A-Za-z0-9_.\-]+")},
+                     optional={name: OPTIONAL_RANK for name in ("rank", "local_rank", "node_rank", "world_size",
+                                                                  "local_world_size")})
+PROCESS = _declare(
+    "process", 1, PROCESS_KEY,
+    "the process's place in a distributed run, from its launcher's environment (first event of its segment)",
+    "_child")
+PROCESS_END = _declare(
+    "process.end", 1, Record(optional={
+        "complete": Bool, "reason": Str(4096), "exit_status": OneOf(Null, Int(-(1 << 31), (1 << 31) - 1)),
+        "steps": STEP_COUNT, "final_digest": OneOf(Null, U32), "hook_failures": ListOf(Str(1 << 16), 1024)}),
+    "how a rank's process ended: its end record inside the command's trace (last event of its segment)",
+    "process_segments")
+DIST_INIT = _declare(
+    "dist.init", 1, Record(optional={"backend": Str(64), "rank": OPTIONAL_RANK, "world_size": OPTIONAL_RANK,
+                                     "nccl_version": OneOf(Null, Str(32)), "site": SITE}),
+    "torch.distributed.init_process_group: the backend, rank and world size it set up (compared)",
+    "distributed")
+DDP_CONFIG = _declare(
+    "ddp.config", 1, MapOf(NAME, FLAG_VALUE, 64),
+    "the bucketing and synchronisation settings of each DistributedDataParallel the run built (compared)",
+    "distributed")
+
 # ------------------------------------------------------------------ header, end record, segments
 
 # Child processes write their events in segments named after their role (`dl0.i1.w2`).
@@ -309,9 +335,10 @@ def _hashseed_ok(value: str) -> bool:
     return int(value) <= (1 << 32) - 1  # PYTHONHASHSEED's own range
 
 
+HASHSEED = Check(Str(10, r"[0-9]{1,10}"), _hashseed_ok, "hashseed must be in [0, 4294967295]")
 SETTINGS = Record(optional={
     # Python refuses to start on any other value, before detrun could say why.
-    "hashseed": Check(Str(10, r"[0-9]{1,10}"), _hashseed_ok, "hashseed must be in [0, 4294967295]"),
+    "hashseed": HASHSEED,
     "hashseed_from_user": Bool,
     # Only thread-count variables with numeric values; the launcher restores these into the child.
     "thread_env": MapOf(Str(64, r"[A-Z][A-Z0-9_]*_THREADS"), OneOf(Null, Str(32, r"[0-9, ]*")), 64),
@@ -328,6 +355,9 @@ SETTINGS = Record(optional={
     "in_process": Bool,
     # hash() of a fixed str in that process: which hash seed it ran with, without revealing it.
     "hash_probe": Int(0, (1 << 64) - 1),
+    # `detrun record -- COMMAND`: the collective-algorithm variables the launcher pinned for every rank
+    # (strict policy); replay pins them again, after checking each against engine.collectives' list.
+    "nccl_env": MapOf(Str(64, r"NCCL_[A-Z0-9_]+"), Str(64, r"[A-Za-z0-9_,^:.\-]*"), 16),
 })
 ENV_FINGERPRINT = Record(optional={name: MapOf(NAME, DATA, 4096) for name in ("python", "os", "cpu", "libraries")},
                          extra=DATA)
@@ -340,7 +370,12 @@ HEADER = Record(
         "script": Record(optional={"name": Str(4096), "module": Bool, "path": OneOf(Null, Str(4096)),
                                    "sha256": OneOf(Null, Str(64, r"[0-9a-f]{64}"))}),
         "argv": ListOf(Str(1 << 16), 1 << 16),
+        "command": ListOf(Str(1 << 16), 1 << 16),  # `detrun record -- COMMAND`: the command, as typed
         "cwd": Str(4096),
+        # `detrun merge`: each node's environment and hash seed, by node rank
+        "node_envs": MapOf(Str(16, r"[0-9]{1,6}"), ENV_FINGERPRINT, 4096),
+        "node_hashseeds": MapOf(Str(16, r"[0-9]{1,6}"), HASHSEED, 4096),
+        "node_commands": MapOf(Str(16, r"[0-9]{1,6}"), ListOf(Str(1 << 16), 1 << 16), 4096),
         "settings": SETTINGS,
     })
 END_RECORD = Record(optional={

@@ -40,6 +40,7 @@ class TraceWriter:
         self._last_flush = time.monotonic()
         self._pid = os.getpid()
         self.closed = False
+        self._role = segment or "main"
         if segment is None:
             assert header is not None, "the main trace needs a header"
             self._buffer += self._packer.pack({"format": FORMAT_NAME, "version": FORMAT_VERSION, **header})
@@ -95,9 +96,9 @@ class TraceWriter:
                     self._file.write(chunk)
             os.unlink(segment_path)
         self._file.flush()
-        # Events after the segments belong to the main process again.
+        # Events after the segments belong to this writer's process again.
         self._kind_ids.clear()
-        self._buffer += self._packer.pack({"segment": "main"})
+        self._buffer += self._packer.pack({"segment": self._role})
 
     def close(self, end: dict[str, Any] | None = None) -> int:
         """Write the end record (main trace only), finish the stream, and return the file size."""

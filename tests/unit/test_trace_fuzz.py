@@ -72,6 +72,12 @@ SAMPLES: dict[str, list[Any]] = {
     "stdout": [{"lines": ["loss 0.5"], "count": 1, "rest": 0}],
     "signal": [[3, 4, 15, 1]],
     "fs.written": [["/tmp/out"]],
+    "process": [{"role": "rank1", "rank": 1, "local_rank": 1, "node_rank": 0, "world_size": 2,
+                 "local_world_size": 2}],
+    "process.end": [{"complete": True, "reason": "exited", "exit_status": 0, "steps": 8, "final_digest": 7,
+                     "hook_failures": []}],
+    "dist.init": [{"backend": "gloo", "rank": 1, "world_size": 2, "nccl_version": None, "site": "ddp.py:9"}],
+    "ddp.config": [{"bucket_bytes_cap": 26214400, "gradient_as_bucket_view": False}],
 }
 WORKER_KINDS = ("os.entropy", "py.seed", "np.seed", "torch.initial_seed", "torch.manual_seed", "fs.listing")
 

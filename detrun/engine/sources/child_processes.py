@@ -1,5 +1,8 @@
 """Child processes: note every process that runs the script's code without a session of its own.
 
+The processes the script starts with `subprocess` (Lightning's DDP launcher re-running the script
+per rank) get detrun's bootstrap back in their environment (detrun.bootstrap), so their ranks record.
+
 DataLoader workers record their own trace segments. Any other `multiprocessing` child (a
 `Process(target=train)`, a `Pool`, a `ProcessPoolExecutor`, torch's `spawn`) runs unrecorded: what
 it does is neither replayed nor checked, so a replay that relied on one is UNVERIFIED, naming it.
@@ -7,8 +10,10 @@ Every `multiprocessing` start method goes through `BaseProcess.start`, so one ho
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
+from detrun.bootstrap import child_environment
 from detrun.engine.patcher import Patcher
 
 if TYPE_CHECKING:
@@ -33,6 +38,30 @@ class ChildProcessSource:
             return
         self._session = session
         session.when_imported("multiprocessing.process", self._hook)
+        hidden = session.settings.get("child_env")
+        if hidden:
+            session.when_imported("subprocess", lambda module: self._hook_subprocess(module, hidden))
+
+    def _hook_subprocess(self, subprocess_module: Any, hidden: dict[str, str]) -> None:
+        """Give every process the script starts detrun's bootstrap, which bootstrap.hide took from its view."""
+        popen = subprocess_module.Popen
+        original = popen._execute_child
+        if getattr(original, "__detrun_original__", None) is not None:
+            return
+        source = self
+
+        # Mirrors subprocess.Popen._execute_child (CPython 3.10-3.13, POSIX): env is its 8th argument.
+        def _execute_child(process: Any, args: Any, executable: Any, preexec_fn: Any, close_fds: Any,
+                           pass_fds: Any, cwd: Any, env: Any, *rest: Any) -> Any:
+            if source._session is not None:
+                try:
+                    env = child_environment(hidden, os.environ if env is None else env)
+                except Exception as exc:  # noqa: BLE001 - never change what the program does
+                    source._session.hook_failed("the subprocess hook", exc)
+            return original(process, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, *rest)
+
+        _execute_child.__detrun_original__ = original  # type: ignore[attr-defined]
+        self._patcher.setattr(popen, "_execute_child", _execute_child)
 
     def uninstall(self) -> None:
         self._patcher.undo()

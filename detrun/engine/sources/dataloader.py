@@ -179,6 +179,8 @@ class DataLoaderSource(ImportTimeSource):
         def worker_entry(state: _Epoch, num_workers: int) -> Any:
             """Return the picklable worker target for this iterator's workers, registering their files."""
             prefix = f"dl{state.loader}.i{state.epoch}"
+            if session.process_key is not None:  # a rank's workers: unique across the command's trace
+                prefix = f"{session.role}.{prefix}"
             roles = [f"{prefix}.w{worker}" for worker in range(num_workers)]
             if session.recording:
                 config: dict[str, Any] = {"mode": "record", "prefix": prefix,

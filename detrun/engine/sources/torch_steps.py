@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.digest_cadence import DigestCadence
-from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, word_view
+from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, local_shard, word_view
 from detrun.engine.parameter_names import ModuleRegistry, parameter_names
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
@@ -250,14 +250,15 @@ class StepVerifier:
 
     def _word_sum(self, param: Any) -> int:
         """Return the wrapping word sum of a CPU parameter through a cached zero-copy numpy view."""
-        pointer = param.data_ptr()
+        local = local_shard(param)  # an FSDP2 parameter: this rank's shard
+        pointer = local.data_ptr()
         cached = self._views.get(id(param))
         if cached is None or cached[0] != pointer:
             # `p.data = ...` swaps the storage; the pointer check notices and rebuilds the view.
-            cached = self._views[id(param)] = (pointer, word_view(self._torch, param))
+            cached = self._views[id(param)] = (pointer, word_view(self._torch, local))
         view = cached[1]
         if view is None:  # not contiguous: sum a fresh contiguous copy
-            view = word_view(self._torch, param.contiguous())
+            view = word_view(self._torch, local.contiguous())
         return int(self._add_reduce(view, dtype=self._uint64)) & _MASK64
 
     def _parameters(self, optimizer: Any) -> tuple[list[str], list[Any]]:
