@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import EXAMPLES, detrun, python, verdict, weights_sha
 from detrun.trace import read_trace
 
@@ -45,16 +47,22 @@ def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
 
 
 def test_default_cadence_names_the_first_step_whose_loss_differs(workdir: Path) -> None:
-    # auto digests steps 1-5 and then within 1% of the step time, never step 137 of 200 here; a
-    # weight nudged before step 137's update first shows in the loss of step 138.
+    # auto digests steps 1-5, then within 1% of the step time (this machine's timing chooses which).
+    # A weight nudged before an undigested step k's update first shows in the loss of step k+1.
     assert detrun("record", "-q", EXAMPLE, cwd=workdir).returncode == 0
     digested = [i + 1 for i, e in enumerate(read_trace(str(workdir / "trace.zst")).of("step")) if e[2] is not None]
-    assert digested[:5] == [1, 2, 3, 4, 5] and 137 not in digested and len(digested) < 100, digested
-    result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": "137"})
+    assert digested[:5] == [1, 2, 3, 4, 5], digested
+    skipped = [k for k in range(6, 200) if k not in digested]
+    if not skipped:
+        pytest.skip("this machine was too slow for auto to leave any step undigested")
+    k = next((k for k in skipped if k + 1 not in digested), skipped[0])
+    result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": str(k)})
     line = verdict(result.stderr)
-    assert result.returncode == 3 and line.startswith("detrun: DIVERGED at step 138: loss recorded "), line
-    last = max(step for step in digested if step < 138)
-    assert f"not digested at this step (last digested at step {last}): record with --digest-every 1" in line, line
+    assert result.returncode == 3 and line.startswith(f"detrun: DIVERGED at step {k + 1}: "), line
+    assert "loss recorded " in line, line
+    if k + 1 not in digested:
+        last = max(step for step in digested if step <= k)
+        assert f"not digested at this step (last digested at step {last}): record with --digest-every 1" in line, line
 
 
 def test_replay_without_recorded_optimizer_steps_is_unverified(workdir: Path) -> None:
