@@ -1,29 +1,45 @@
-"""Every check that needs a GPU, in one call (for the lent H100/H200): writes benchmarks/results/*.md.
+"""Every check that needs a GPU, in one call (for the lent H100/H200): writes one results file.
 
-    python benchmarks/gpu_check.py            # on the GPU machine; results land in $OUT too if set
+    python benchmarks/gpu_check.py               # on the GPU machine; the file lands in $OUT too if set
+    python benchmarks/gpu_check.py --dry-run     # without CUDA: the GPT-style timing on the CPU, tiny
 
-It runs, each as its own subprocess so one failure does not hide the others:
-1. the patches: 10 bitwise-identical runs each, agreement with torch, time vs the original and
-   vs torch's deterministic fallback (benchmarks/gpu_patches.py);
-2. record → replay of the AdaptiveAvgPool2d + embedding CNN under the strict policy on CUDA
-   (no RuntimeError, identical final weights);
-3. the profiler with CUDA kernel names (benchmarks/gpu_profile.py);
-4. the environment and kernel-sequence checks (benchmarks/gpu_env_check.py).
-Without CUDA it says so and exits 0.
+It runs, each as its own subprocess so one failure does not hide the others, within BUDGET_S
+seconds in all (each check gets what is left, less a reserve for the ones after it):
+1. GPT-style step (benchmarks/workloads/gpt_step.py): plain vs `detrun record` vs `detrun replay`
+   (default digests) vs `record --digest-every 1`, and the determinism policy's own cost (plain
+   with deterministic algorithms, with and without fill_uninitialized_memory), interleaved;
+2. the patches: bitwise-identical runs, agreement with torch, each patch's time vs the op it
+   replaces and vs torch's deterministic fallback (benchmarks/gpu_patches.py);
+3. record → replay of the AdaptiveAvgPool2d + embedding CNN under the strict policy on CUDA;
+4. the environment and kernel-sequence checks, and a ResNet-style step plain vs record vs replay
+   (benchmarks/gpu_env_check.py);
+5. the profiler with CUDA kernel names (benchmarks/gpu_profile.py).
+Everything goes into benchmarks/results/gpu_check_<gpu>.md. Without CUDA (and without --dry-run)
+it says so and exits 0.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 DETRUN = [str(Path(sys.executable).with_name("detrun"))]
+BUDGET_S = 450  # the lent machine gives a command 10 minutes; leave room for its start and the copy back
+_STARTED = time.monotonic()
+
+
+def time_left(reserve: float = 0.0) -> int:
+    """Return the seconds of the budget left for one check, keeping `reserve` for the later ones."""
+    return max(10, int(BUDGET_S - (time.monotonic() - _STARTED) - reserve))
 
 
 def run(title: str, command: list[str], cwd: Path = REPO, timeout: int = 900) -> tuple[int, str]:
@@ -39,17 +55,67 @@ def run(title: str, command: list[str], cwd: Path = REPO, timeout: int = 900) ->
     return status, output
 
 
-def cnn_record_replay(gpu: str) -> str:
+def gpt_step(device: str, reserve: float) -> str:
+    """Time the GPT-style step plain, recorded, replayed and under the policy alone; return a section."""
+    work = Path(tempfile.mkdtemp(prefix="detrun-gpt-"))
+    script = str(REPO / "benchmarks" / "workloads" / "gpt_step.py")
+    steps, warmup, rounds = ("100", "10", 3) if device == "cuda" else ("8", "2", 2)
+    argv = [script, steps, warmup, "--device", device] + ([] if device == "cuda" else ["--small"])
+    modes = {
+        "plain": [sys.executable, *argv],
+        "record": [*DETRUN, "record", "-q", "-f", "-o", "auto.zst", *argv],
+        "replay": [*DETRUN, "replay", "-q", "auto.zst", *argv],
+        "record --digest-every 1": [*DETRUN, "record", "-q", "-f", "--digest-every", "1", "-o", "every1.zst", *argv],
+        "replay of it": [*DETRUN, "replay", "-q", "every1.zst", *argv],
+        "plain, deterministic algorithms": [sys.executable, *argv, "--policy", "det"],
+        "plain, det. + fill_uninitialized_memory": [sys.executable, *argv, "--policy", "det-fill"],
+    }
+    loops: dict[str, list[float]] = {mode: [] for mode in modes}
+    verdicts: list[str] = []
+    done = 0
+    for _ in range(rounds):
+        if done and time_left(reserve) < 60:  # keep the other checks' time
+            break
+        for mode, command in modes.items():
+            status, output = run(f"GPT-style step: {mode}", command, work, timeout=time_left(reserve))
+            match = re.search(r"loop_seconds ([0-9.]+)", output)
+            if match:
+                loops[mode].append(float(match.group(1)))
+            if mode.startswith("replay"):
+                verdicts.append(next((line for line in output.splitlines() if "detrun: " in line and
+                                      any(v in line for v in ("REPRODUCED", "DIVERGED", "UNVERIFIED"))),
+                                     f"exit {status}, no verdict line"))
+        done += 1
+    shutil.rmtree(work, ignore_errors=True)
+    base = statistics.median(loops["plain"]) if loops["plain"] else None
+    rows = []
+    for mode, values in loops.items():
+        if not values:
+            rows.append(f"| {mode} | - | - |")
+            continue
+        per_step = statistics.median(values) / int(steps) * 1e3
+        ratio = f"{statistics.median(values) / base:.3f}x" if base else "-"
+        rows.append(f"| {mode} | {per_step:.3f} | {ratio} |")
+    return "\n".join([
+        f"## GPT-style step on {device} ({done} interleaved rounds, {steps} timed steps after {warmup})", "",
+        "| mode | ms/step (median) | vs plain |", "|---|---|---|", *rows, "",
+        f"Replays: {sum('REPRODUCED' in v for v in verdicts)} of {len(verdicts)} REPRODUCED"
+        + "".join(f"; `{v.strip()}`" for v in verdicts if "REPRODUCED" not in v)[:2000], ""])
+
+
+def cnn_record_replay(gpu: str, reserve: float) -> str:
     """Record and replay the CNN on CUDA; return a markdown section."""
     work = Path(tempfile.mkdtemp(prefix="detrun-gpu-"))
     example = str(REPO / "examples" / "cnn_adaptive_pool.py")
-    plain = [run("plain run", [sys.executable, example, "--device", "cuda"], work)[1] for _ in range(2)]
-    rec_status, recorded = run("record", [*DETRUN, "record", "-f", example, "--device", "cuda"], work)
-    rep_status, replayed = run("replay", [*DETRUN, "replay", "trace.zst", example], work)
+    plain = [run("plain run", [sys.executable, example, "--device", "cuda"], work, time_left(reserve))[1]
+             for _ in range(2)]
+    rec_status, recorded = run("record", [*DETRUN, "record", "-f", example, "--device", "cuda"], work,
+                               time_left(reserve))
+    rep_status, replayed = run("replay", [*DETRUN, "replay", "trace.zst", example], work, time_left(reserve))
     det_status, det_mode = run("torch det mode alone", [sys.executable, "-c",
                                "import runpy, sys, torch; torch.use_deterministic_algorithms(True); "
                                f"sys.argv = [{example!r}, '--device', 'cuda']; runpy.run_path(sys.argv[0], run_name='__main__')"],
-                               work)
+                               work, time_left(reserve))
     shutil.rmtree(work, ignore_errors=True)
 
     def sha(text: str) -> str:
@@ -70,39 +136,52 @@ def cnn_record_replay(gpu: str) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="without CUDA: the GPT-style timing on the CPU")
+    options = parser.parse_args()
     try:
         import torch
     except ImportError:
         print("detrun gpu_check: torch is not installed; nothing to check")
         return
     if not torch.cuda.is_available():
-        print("detrun gpu_check: no CUDA device here; the GPU checks need one (run this on the lent GPU machine)")
+        if options.dry_run:
+            print(gpt_step("cpu", reserve=0))
+            return
+        print("detrun gpu_check: no CUDA device here; the GPU checks need one (run this on the lent GPU machine, "
+              "or pass --dry-run for the CPU-safe part)")
         return
     gpu = torch.cuda.get_device_name(0)
     slug = re.sub(r"[^a-z0-9]+", "_", gpu.lower()).strip("_")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    parts = Path(tempfile.mkdtemp(prefix="detrun-gpu-results-"))
     header = (f"device {gpu}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
               f"cuDNN {torch.backends.cudnn.version()}\n")
+    summary = [f"# GPU check on {gpu}", "", header]
+    summary.append(gpt_step("cuda", reserve=270))
+    # (title, command, the seconds kept for the checks after it, the markdown file it writes)
     checks = [
         ("patches", [sys.executable, "benchmarks/gpu_patches.py", "--all-examples", "--dtypes", "float32,bfloat16",
-                     "--out", str(RESULTS / f"patches_{slug}.md")]),
-        ("profiler", [sys.executable, "benchmarks/gpu_profile.py"]),
-        ("environment and kernels", [sys.executable, "benchmarks/gpu_env_check.py"]),
+                     "--out", str(parts / "patches.md")], 150, parts / "patches.md"),
+        ("environment, kernels and the ResNet-style step", [sys.executable, "benchmarks/gpu_env_check.py", "--out",
+                                                             str(parts / "env.md")], 40, parts / "env.md"),
+        ("profiler", [sys.executable, "benchmarks/gpu_profile.py", "--out", str(parts)], 0, None),
     ]
-    summary = [f"# GPU check on {gpu}", "", header]
-    for title, command in checks:
-        if not (REPO / command[1]).exists():
-            summary.append(f"- {title}: {command[1]} missing")
-            continue
-        status, _ = run(title, command)
-        summary.append(f"- {title}: exit {status}")
-    summary.append("")
-    summary.append(cnn_record_replay(gpu))
-    (RESULTS / f"gpu_check_{slug}.md").write_text("\n".join(summary))
+    for index, (title, command, reserve, written) in enumerate(checks):
+        if index == 2:  # the CNN before the profiler: a verdict matters more than a profile
+            summary.append(cnn_record_replay(gpu, reserve=40))
+        status, output = run(title, command, timeout=time_left(reserve))
+        summary.append(f"## {title}: exit {status}\n")
+        files = [written] if written is not None else sorted(parts.glob("profile_*.md"))
+        texts = [f.read_text() for f in files if f is not None and f.exists()]
+        summary.append("\n".join(texts) if texts else f"```\n{output[-3000:]}\n```\n")
+    summary.append(f"Total {time.monotonic() - _STARTED:.0f} s of a {BUDGET_S} s budget.\n")
+    shutil.rmtree(parts, ignore_errors=True)
+    result = RESULTS / f"gpu_check_{slug}.md"
+    result.write_text("\n".join(summary))
     out = os.environ.get("OUT")
     if out:
-        for path in RESULTS.glob(f"*{slug}*.md"):
-            shutil.copy(path, out)
+        shutil.copy(result, out)
     print("\n".join(summary))
 
 

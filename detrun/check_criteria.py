@@ -312,7 +312,7 @@ def plain_runs(target: Target, count: int, work: str, ignore_output: tuple[str, 
 
 
 def run_check(target: Target, *, runs: int = 2, plain: int = 0, keep: str | None = None, quiet: bool = False,
-              policy: str = "strict", profile_path: str | None = None, digest_every: int = 1,
+              policy: str = "strict", profile_path: str | None = None, digest_every: int = 0,
               ignore_output: tuple[str, ...] = ()) -> CheckResult:
     """Record the target, replay it runs - 1 times, run it `plain` times without detrun, and judge the runs."""
     from detrun.child_process import scratch_directory

@@ -31,7 +31,7 @@ from detrun.cli.common import (
               help="The determinism policy to record with (as in `detrun record --policy`).")
 @click.option("--from-profile", type=click.Path(dir_okay=False), metavar="PROFILE.json",
               help="With --policy minimal: the `detrun profile --json` output whose flagged ops to patch.")
-@click.option("--digest-every", default=1, show_default=True, type=DigestEveryType(), metavar="N|auto",
+@click.option("--digest-every", default="auto", show_default=True, type=DigestEveryType(), metavar="N|auto",
               help=DIGEST_EVERY_HELP)
 @click.option("--ignore-output", multiple=True, metavar="REGEX",
               help="Mask what REGEX matches in stdout lines before comparing them (repeatable).")

@@ -41,11 +41,13 @@ class DigestEveryType(click.ParamType):
         self.fail(f"{value!r} is neither 'auto' nor a whole number of steps >= 1", param, ctx)
 
 
-DIGEST_EVERY_HELP = ("Digest all parameters at each optimizer's first step and every N steps after (1: every "
-                     "step, which names the exact step and parameter of a divergence). 'auto' chooses N so "
-                     "that the digests take at most 1% of the step time; a divergence the loss does not show "
-                     "is then caught at most N steps late, and at the latest by a digest after the last step. "
-                     "The loss is checked at every step either way; a replay digests the steps the recording did.")
+DIGEST_EVERY_HELP = ("The loss is checked at every optimizer step; all parameters are digested at each "
+                     "optimizer's first step and every N steps after. 'auto' (the default) digests the first 5 "
+                     "steps, then picks N (at most 64) so that the digests take at most 1% of the step time, "
+                     "and digests the parameters after the last step: a divergence is named at the first step "
+                     "whose loss or digest differs, one that the loss does not show at most N steps late. "
+                     "1 digests every step, which names the exact step and parameter of a divergence. A replay "
+                     "digests the steps its recording did.")
 
 
 class _JsonReport(Protocol):

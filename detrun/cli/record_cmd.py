@@ -31,7 +31,7 @@ class SizeType(click.ParamType):
               help="Where to write the trace.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing trace file.")
 @click.option("-m", "--module", is_flag=True, help="Run a module (like `python -m`) instead of a script.")
-@click.option("--digest-every", default=1, show_default=True, type=DigestEveryType(), metavar="N|auto",
+@click.option("--digest-every", default="auto", show_default=True, type=DigestEveryType(), metavar="N|auto",
               help=DIGEST_EVERY_HELP)
 @click.option("--policy", type=click.Choice(["strict", "minimal", "off"]), default="strict", show_default=True,
               help="Determinism policy applied when torch is imported: strict = deterministic algorithms, "
@@ -66,10 +66,11 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
     stderr and exit status are its own; detrun speaks on stderr, prefixed
     `detrun:`. It records the Python, NumPy and PyTorch RNG seeds (including
     ones taken from the clock), OS entropy (os.urandom, secrets, uuid4), the
-    hash seed, thread counts, and a digest of the parameters and the loss at
-    every optimizer step. It fingerprints the files the script reads and
-    digests the files it writes under the current directory, so that a replay
-    names a changed data file and compares checkpoints tensor by tensor.
+    hash seed, thread counts, the loss at every optimizer step and a digest
+    of the parameters at a cadence within 1% of the step time (--digest-every).
+    It fingerprints the files the script reads and digests the files it writes
+    under the current directory, so that a replay names a changed data file
+    and compares checkpoints tensor by tensor.
 
     \b
     \b

@@ -1,17 +1,21 @@
 """At which optimizer steps a recording digests the parameters: every N steps, or within a time budget.
 
 The loss is checked at every step; the full parameter digest is the per-step cost that grows with
-the model. `--digest-every N` forces each optimizer's first step and every Nth. By default (`auto`, recorded as
-0) the recording digests the first WARMUP_STEPS steps, measuring how long a step and a digest
+the model. `--digest-every N` forces each optimizer's first step and every Nth. By default (`auto`,
+recorded as 0) the recording digests the first WARMUP_STEPS steps, measuring how long a step and a digest
 take, and then digests every N steps with N chosen so that the digests cost at most BUDGET of
 the step time (N is at most MAX_EVERY, and re-chosen as the times move). The parameters after the
 last step are digested at the end of the run as well (the `final_digest` of the trace's end).
 
 A replay digests exactly the steps the recording did (it reads the recorded step event before
-deciding), so the choice is free to depend on this machine's timing. The bound this gives: a
-divergence in the parameters that the loss does not show is caught at the next digested step, at
-most N steps after it happened (and, at the latest, by the digest after the last step and the
-final state); the verdict then names that step and the last step that was still equal.
+deciding), so the choice is free to depend on this machine's timing. The bound this gives:
+- a change that the loss shows is named at the first step whose loss differs: a weight changed
+  during step k shows in the loss of step k+1. No parameter is named there, since the recording
+  holds no digest of that step to compare with (the verdict says so, with the last digested step);
+- a change in the parameters that no loss shows is caught at the next digested step, at most N
+  steps after it happened (and, at the latest, by the digest after the last step and the final
+  state).
+`--digest-every 1` names the exact step and parameter, at the digests' full cost.
 """
 from __future__ import annotations
 

@@ -50,6 +50,7 @@ class StepClock:
                  after_tick: Callable[[], None] | None = None) -> None:
         self.step = 0
         self._subscribers: dict[str, list[tuple[str, TickCallback]]] = {phase: [] for phase in PHASES}
+        self._ordered: tuple[tuple[str, TickCallback], ...] = ()
         self._on_error = on_error
         self._after_tick = after_tick
         self._torch_handle: Removable | None = None
@@ -61,23 +62,29 @@ class StepClock:
         if phase not in self._subscribers:
             raise ValueError(f"unknown step phase {phase!r}; phases are {', '.join(PHASES)}")
         self._subscribers[phase].append((what, callback))
+        self._ordered = self._in_phase_order()
 
     def unsubscribe(self, callback: TickCallback) -> None:
         """Stop calling `callback` (no-op when it is not subscribed)."""
         for phase, entries in self._subscribers.items():
             self._subscribers[phase] = [(what, cb) for what, cb in entries if cb is not callback]
+        self._ordered = self._in_phase_order()
+
+    def _in_phase_order(self) -> tuple[tuple[str, TickCallback], ...]:
+        # Built when the subscribers change, not at every tick; a tuple, so a callback that
+        # unsubscribes during a tick does not disturb the tick in progress.
+        return tuple(entry for phase in PHASES for entry in self._subscribers[phase])
 
     def tick(self, optimizer: object | None = None, framework: str = "torch") -> Tick:
         """Advance by one step and run every phase; return the tick."""
         with self._lock:
             self.step += 1
             tick = Tick(self.step, optimizer, framework)
-            for phase in PHASES:
-                for what, callback in list(self._subscribers[phase]):
-                    try:
-                        callback(tick)
-                    except Exception as exc:  # noqa: BLE001 - never change what the user's program does
-                        self._on_error(what, exc)
+            for what, callback in self._ordered:
+                try:
+                    callback(tick)
+                except Exception as exc:  # noqa: BLE001 - never change what the user's program does
+                    self._on_error(what, exc)
             if self._after_tick is not None:
                 self._after_tick()
             return tick

@@ -342,6 +342,7 @@ class Trace:
             role: {kind: len(payloads) for kind, payloads in kinds.items()} for role, kinds in events.items()}
         self._identity = identity
         self._streams: dict[tuple[str, str], StreamedEvents] = {}
+        self._of: dict[tuple[str, str], Sequence[Any]] = {}
 
     @property
     def complete(self) -> bool:
@@ -350,6 +351,14 @@ class Trace:
 
     def of(self, kind: str, role: str = "main") -> Sequence[Any]:
         """Return the payloads of one kind for one process role, in recorded order."""
+        # Asked several times a step on replay (peek, take, other sources' cursors): answered once.
+        known = self._of.get((role, kind))
+        if known is not None:
+            return known
+        known = self._of[(role, kind)] = self._lookup(kind, role)
+        return known
+
+    def _lookup(self, kind: str, role: str) -> Sequence[Any]:
         held = self.events.get(role, {}).get(kind)
         if held is not None:
             return held

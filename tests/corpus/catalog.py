@@ -350,7 +350,10 @@ def run_case(case: Case, base: Path | None = None, *, log: object = None) -> Out
         note(f"plain {i}", outcome.plain[-1])
     record_dir = root / "record"
     record_dir.mkdir()
-    outcome.record = run_process([*detrun, "record", "-q", str(case.path)], record_dir, timeout=case.timeout,
+    # Every step digested: a per-step case must name the perturbed step itself (the default cadence
+    # names the next step, whose loss is the first to differ; tests/e2e/test_record_replay.py).
+    outcome.record = run_process([*detrun, "record", "-q", "--digest-every", "1", str(case.path)], record_dir,
+                                 timeout=case.timeout,
                                  interrupt_on=case.interrupt_on, env=compiler_cache)
     note("record", outcome.record)
     trace = record_dir / "trace.zst"

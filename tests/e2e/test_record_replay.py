@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import EXAMPLES, detrun, python, verdict, weights_sha
+from detrun.trace import read_trace
 
 EXAMPLE = str(EXAMPLES / "train_unseeded.py")
 
@@ -29,7 +32,8 @@ def test_plain_runs_differ_and_replays_reproduce(workdir: Path) -> None:
 
 
 def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
-    assert detrun("record", "-q", EXAMPLE, cwd=workdir).returncode == 0
+    # Every step digested: the exact step and parameter (the default cadence is the next test's).
+    assert detrun("record", "-q", "--digest-every", "1", EXAMPLE, cwd=workdir).returncode == 0
     result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": "137"})
     line = verdict(result.stderr)
     assert "REPRODUCED" not in result.stderr
@@ -40,6 +44,25 @@ def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
     assert strict.returncode == 3
     assert "DIVERGED at step 50: parameter 'fc2.weight'" in strict.stderr
     assert "weights sha256" not in strict.stdout  # it stopped there
+
+
+def test_default_cadence_names_the_first_step_whose_loss_differs(workdir: Path) -> None:
+    # auto digests steps 1-5, then within 1% of the step time (this machine's timing chooses which).
+    # A weight nudged before an undigested step k's update first shows in the loss of step k+1.
+    assert detrun("record", "-q", EXAMPLE, cwd=workdir).returncode == 0
+    digested = [i + 1 for i, e in enumerate(read_trace(str(workdir / "trace.zst")).of("step")) if e[2] is not None]
+    assert digested[:5] == [1, 2, 3, 4, 5], digested
+    skipped = [k for k in range(6, 200) if k not in digested]
+    if not skipped:
+        pytest.skip("this machine was too slow for auto to leave any step undigested")
+    k = next((k for k in skipped if k + 1 not in digested), skipped[0])
+    result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": str(k)})
+    line = verdict(result.stderr)
+    assert result.returncode == 3 and line.startswith(f"detrun: DIVERGED at step {k + 1}: "), line
+    assert "loss recorded " in line, line
+    if k + 1 not in digested:
+        last = max(step for step in digested if step <= k)
+        assert f"not digested at this step (last digested at step {last}): record with --digest-every 1" in line, line
 
 
 def test_replay_without_recorded_optimizer_steps_is_unverified(workdir: Path) -> None:

@@ -20,13 +20,13 @@ checked, a batch at a time. The 64-bit sums are folded into the event's 32-bit d
 """
 from __future__ import annotations
 
-import gc
 import struct
 import time
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.digest_cadence import DigestCadence
 from detrun.engine.digests import MASK64 as _MASK64, device_word_sum, fold, local_shard, word_view
+from detrun.engine.parameter_names import ModuleRegistry, parameter_names
 from detrun.engine.session import MISSING, float_bits
 from detrun.engine.step_clock import Tick
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
@@ -59,9 +59,11 @@ class StepVerifier:
         self._cadence = DigestCadence(1)
         self._digest_last_step = False
         self._last_step: tuple[int, int, bool] | None = None  # (step, optimizer, digested) of the latest
+        self._last_digested_step: int | None = None  # for the message of a loss that differs between digests
         self._torch: Any = None
         self._add_reduce: Any = None
         self._uint64: Any = None
+        self._registry = ModuleRegistry()  # parameter names without a scan of every object
 
     # ------------------------------------------------------------ install / uninstall
 
@@ -85,6 +87,7 @@ class StepVerifier:
         self._add_reduce = numpy.add.reduce
         self._uint64 = numpy.uint64
         self._session.clock.subscribe("digests", self._on_tick, "the optimizer step digest")
+        self._registry.install(torch, self._session.hook_failed)
         self._handle = self._on_tick
         original_backward = torch.autograd.backward
         verifier = self
@@ -109,6 +112,7 @@ class StepVerifier:
         if self._handle is not None and self._session is not None:
             self._session.clock.unsubscribe(self._on_tick)
         self._handle = None
+        self._registry.uninstall()
         if self._patched_backward is not None:
             module, original = self._patched_backward
             module.backward = original
@@ -237,7 +241,10 @@ class StepVerifier:
 
     def _finish_step(self, step: int, index: int, loss: float | None, per_param: list[int] | None,
                      names: list[str]) -> None:
-        record_or_check_step(self._session, KIND, step, index, loss, per_param, names)
+        record_or_check_step(self._session, KIND, step, index, loss, per_param, names,
+                             last_digested=self._last_digested_step)
+        if per_param is not None:
+            self._last_digested_step = step
 
     # ------------------------------------------------------------ digests
 
@@ -261,7 +268,7 @@ class StepVerifier:
         cached = self._params.get(key)
         if cached is not None and len(cached[1]) == len(params):
             return cached[0], params
-        names = _parameter_names(self._torch, optimizer, params)
+        names = parameter_names(self._torch, optimizer, params, self._registry)
         self._params[key] = (names, params)
         return names, params
 
@@ -269,11 +276,13 @@ class StepVerifier:
 
 
 def record_or_check_step(session: Session, kind: str, step: int, index: int, loss: float | None,
-                         per_param: list[int] | None, names: list[str], noun: str = "parameter") -> None:
+                         per_param: list[int] | None, names: list[str], noun: str = "parameter",
+                         last_digested: int | None = None) -> None:
     """Write one step event, or compare it with the recorded one and report what differs.
 
     Shared by the torch and TensorFlow verifiers: `per_param` holds the 64-bit word sums of the
-    parameters (None on steps between digests), `names` their names, `noun` what to call them.
+    parameters (None on steps between digests), `names` their names, `noun` what to call them,
+    `last_digested` the latest earlier step whose parameters were digested.
     """
     if per_param is None:
         digest, lanes = None, b""
@@ -306,6 +315,12 @@ def record_or_check_step(session: Session, kind: str, step: int, index: int, los
     if not _same_float(rec_loss, loss):
         problems.append(f"loss recorded {float_bits(rec_loss)} got {float_bits(loss)}")
         parts.append("loss")
+        if rec_digest is None and len(parts) == 1:
+            # The honest bound of a cadence: the loss names the first step whose state differs, but
+            # not which parameter; no digest of this step exists to compare with.
+            last = f" (last digested at step {last_digested})" if last_digested is not None else ""
+            problems.append(f"the {noun}s were not digested at this step{last}: record with --digest-every 1 "
+                            f"to name the exact step and {noun}")
     if problems:
         session.diverge(kind, "; ".join(problems), step=step, parts=tuple(parts))
 
@@ -342,27 +357,3 @@ def _attribute(recorded: bytes, got: bytes, names: list[str]) -> str:
         return f"parameter '{suspects[0]}' differs"
     shown = ", ".join(f"'{n}'" for n in suspects[:6])
     return f"parameters {shown}{' …' if len(suspects) > 6 else ''} differ"
-
-
-def _parameter_names(torch: Any, optimizer: Any, params: list[Any]) -> list[str]:
-    """Name parameters after the modules that own them, looked up once per optimizer."""
-    by_id: dict[int, str] = {}
-    for group in optimizer.param_groups:  # torch >= 2.6 keeps names when given named_parameters()
-        for name, param in zip(group.get("param_names", ()), group["params"]):
-            by_id[id(param)] = name
-    if len(by_id) < len(params):
-        wanted = {id(p) for p in params}
-        # Modules reachable from the garbage collector: the model the user built, wherever it lives.
-        # type() rather than isinstance(): isinstance consults __class__, which some lazy module
-        # proxies answer with a warning the user would see.
-        module_type = torch.nn.Module
-        modules = [obj for obj in gc.get_objects() if issubclass(type(obj), module_type)]
-        # Prefer the outermost modules so names read 'encoder.fc.weight' rather than 'weight'.
-        modules.sort(key=lambda m: -sum(1 for _ in m.modules()))
-        for module in modules:
-            for name, param in module.named_parameters():
-                if id(param) in wanted and id(param) not in by_id:
-                    by_id[id(param)] = name
-            if len(by_id) >= len(params):
-                break
-    return [by_id.get(id(p), f"param[{i}]{tuple(p.shape)}") for i, p in enumerate(params)]
