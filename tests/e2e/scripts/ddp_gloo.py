@@ -29,6 +29,7 @@ def main() -> None:
         optimizer.step()
     weights = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
     print(f"rank {rank} weights sha256 {hashlib.sha256(weights).hexdigest()}")
+    dist.barrier()  # every rank done with its collectives before the group goes away
     dist.destroy_process_group()
 
 
