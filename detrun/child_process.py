@@ -19,6 +19,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, NoReturn
 
+from detrun.engine.replay_backups import holds_backups
 from detrun.progress_line import PROGRESS_FD_KEY, ProgressRelay
 
 
@@ -43,7 +44,11 @@ def scratch_directory() -> Iterator[str]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if holds_backups(path):  # the recording's files a replay saved and could not put back: never delete
+            print(f"detrun: warning: the recording's files a replay replaced are kept in {path}/replaced "
+                  "(see its manifest.jsonl: each file's original path)", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
         os.close(lock)
 
 def _sweep_stale_scratch() -> None:
@@ -75,6 +80,8 @@ def _sweep_stale_scratch() -> None:
             if os.fstat(fd).st_uid != os.getuid():
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if holds_backups(path):
+                continue  # a killed replay's saved files: the user's data, never swept
             shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue  # locked: a live run in another pid namespace

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from detrun import __version__, bootstrap
+from detrun.engine.replay_backups import restore_leftovers
 from detrun.env.collectives import pinned_collective_env, validated_collective_env
 from detrun.env import diff as env_diff
 from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
@@ -184,7 +185,9 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         boot_env = bootstrap.prepare(scratch, {"mode": "replay", "command": False, "settings": settings,
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output)})
-        return run_child(config, {**child_env, **boot_env})
+        status = run_child(config, {**child_env, **boot_env})
+        _put_back(scratch)
+        return status
 
 def _replay_settings(trace_settings: dict[str, Any], hashseed: str, thread_env: dict[str, str | None],
                      refused: list[str], pin_threads: bool) -> tuple[dict[str, Any], dict[str, str | None]]:
@@ -247,7 +250,16 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output),
                                                "node_hashseeds": node_hashseeds})
-        return run_child(config, {**child_env, **boot_env})
+        status = run_child(config, {**child_env, **boot_env})
+        _put_back(scratch)
+        return status
+
+def _put_back(scratch: str) -> None:
+    """Put back the recording's files a replay that died had saved away (engine.replay_backups)."""
+    restored = restore_leftovers(scratch)
+    if restored:
+        print(f"detrun: the replay ended before it could put the recording's files back; restored "
+              f"{len(restored)}: {', '.join(restored[:3])}{' …' if len(restored) > 3 else ''}", file=sys.stderr)
 
 def main_script_alias(target: Target, sha256: str, recorded: dict[str, Any]) -> str | None:
     """Return the recorded script's file name when the replayed script is the same content under another name.

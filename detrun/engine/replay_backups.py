@@ -9,20 +9,27 @@ truncates, renames onto or removes an existing file under the run's directory, t
 the end, after the replay's files were compared, each is moved to `replay --outputs-dir` (or
 deleted), and the recording's version returns. Files the replay created are removed the same way.
 
-A replay killed before it ends (SIGKILL) cannot put anything back: its files stay, as they would
-without detrun.
+Nothing of the recording's is lost when a replay dies: every saved file is listed in a manifest
+beside it as it is saved, and the launcher (launch.py) puts whatever a dead child left back
+(restore_leftovers) before it removes the scratch directory; a scratch directory that still holds
+saved files is never swept (child_process._sweep_stale_scratch), and the next run names it.
+Each process (a rank, the script) saves into a directory of its own.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+
+BACKUPS_DIR = "replaced"
+MANIFEST = "manifest.jsonl"
 
 
 class ReplayBackups:
     """Save the files a replay is about to change; restore them, and hand the replay's own to a directory."""
 
     def __init__(self, scratch_dir: str, cwd: str) -> None:
-        self._dir = os.path.join(scratch_dir, "replaced")
+        self._dir = os.path.join(scratch_dir, BACKUPS_DIR, str(os.getpid()))
         self._cwd = cwd
         self._saved: dict[str, str | None] = {}  # absolute path -> its saved version, None: it did not exist
 
@@ -37,6 +44,9 @@ class ReplayBackups:
             return  # a directory or a link: left to the script
         os.makedirs(self._dir, mode=0o700, exist_ok=True)
         backup = os.path.join(self._dir, str(len(self._saved)))
+        # Listed before it moves: a replay killed at any point leaves its launcher what to put back.
+        with open(os.path.join(self._dir, MANIFEST), "a", encoding="utf-8") as manifest:
+            manifest.write(json.dumps({"path": absolute, "backup": backup}) + "\n")
         if not content_needed:
             try:
                 os.rename(absolute, backup)  # the script replaces it anyway: no copy on the same file system
@@ -69,4 +79,45 @@ class ReplayBackups:
             except OSError:
                 failed.append(absolute)
         self._saved.clear()
+        if not failed:
+            shutil.rmtree(self._dir, ignore_errors=True)
         return moved, failed
+
+
+def restore_leftovers(scratch_dir: str) -> list[str]:
+    """Put back the recording's files that a replay which died had saved away; return their paths.
+
+    Called by the launcher after its child ended, before the scratch directory is removed. Only
+    moves a saved file back over the path it came from; what the dead replay created is left.
+    """
+    restored: list[str] = []
+    root = os.path.join(scratch_dir, BACKUPS_DIR)
+    try:
+        owners = os.listdir(root)
+    except OSError:
+        return restored
+    for owner in owners:
+        try:
+            with open(os.path.join(root, owner, MANIFEST), encoding="utf-8") as manifest:
+                entries = [json.loads(line) for line in manifest if line.strip()]
+        except (OSError, ValueError):
+            continue
+        for entry in entries:
+            backup, path = entry.get("backup"), entry.get("path")
+            if isinstance(backup, str) and isinstance(path, str) and os.path.isfile(backup):
+                try:
+                    shutil.move(backup, path)
+                    restored.append(path)
+                except OSError:
+                    return restored  # left in the scratch directory, which is then kept (holds_backups)
+        os.unlink(os.path.join(root, owner, MANIFEST))
+    return restored
+
+
+def holds_backups(scratch_dir: str) -> bool:
+    """Return whether a scratch directory still holds files a replay saved away (never delete it then)."""
+    root = os.path.join(scratch_dir, BACKUPS_DIR)
+    try:
+        return any(os.path.exists(os.path.join(root, owner, MANIFEST)) for owner in os.listdir(root))
+    except OSError:
+        return False

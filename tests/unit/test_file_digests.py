@@ -10,7 +10,7 @@ import numpy as np
 from detrun.engine import checkpoint_digest, file_fingerprint
 from detrun.engine.checkpoint_digest import digest_file, first_difference
 from detrun.engine.file_fingerprint import describe_change, fingerprint, sample_ranges, trace_path
-from detrun.engine.replay_backups import ReplayBackups
+from detrun.engine.replay_backups import ReplayBackups, holds_backups, restore_leftovers
 
 
 def test_small_files_are_hashed_whole_with_line_crcs(tmp_path: Path) -> None:
@@ -137,6 +137,22 @@ def test_replay_backups_put_the_recordings_files_back(tmp_path: Path) -> None:
     assert (run / "last.pt").read_bytes() == b"recorded" and (run / "log.csv").read_text() == "row 1\n"
     assert not (run / "new.txt").exists() and (tmp_path / "out" / "new.txt").exists()
     assert (tmp_path / "out" / "last.pt").read_bytes() == b"replayed"
+
+
+def test_a_replay_that_dies_loses_none_of_the_recordings_files(tmp_path: Path) -> None:
+    scratch, run = tmp_path / "scratch", tmp_path / "run"
+    scratch.mkdir()
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"recorded checkpoint")
+    backups = ReplayBackups(str(scratch), str(run))
+    backups.before_change(str(run / "last.pt"), content_needed=False)  # moved away, not copied
+    (run / "last.pt").write_bytes(b"the replay's checkpoint")
+    # The replay is killed here: no restore(). The scratch directory must not be deleted, and the
+    # launcher puts the recording's file back.
+    assert holds_backups(str(scratch))
+    assert restore_leftovers(str(scratch)) == [str(run / "last.pt")]
+    assert (run / "last.pt").read_bytes() == b"recorded checkpoint"
+    assert not holds_backups(str(scratch))
 
 
 def test_hdf5_weights_are_compared_by_dataset(tmp_path: Path) -> None:
