@@ -74,3 +74,16 @@ def called_by_compiler(skip: int = 1) -> bool:
             return _is_compiler_file(filename, roots)
         frame = frame.f_back
     return False
+
+
+def file_opened_by_compiler() -> bool:
+    """Return whether a file the audit hook saw was opened by a JIT compiler's cache work.
+
+    Called from a file source's path check, four frames under the program's call (the audit hook,
+    the source's event handler, its path check, this function); an open with no Python frame
+    above the hook (a C thread) is not the compiler's.
+    """
+    try:
+        return called_by_compiler(skip=4)
+    except ValueError:
+        return False

@@ -19,7 +19,7 @@ import struct
 import sys
 import sysconfig
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 FULL_HASH_LIMIT = 32 << 20  # hash whole files up to 32 MB (about 15 ms at memory speed)
 EDGE = 1 << 20  # the first and last MB of a sampled file, hashed in full
@@ -143,3 +143,13 @@ def library_prefixes() -> tuple[str, ...]:
 
 
 SKIPPED_SUFFIXES = (".py", ".pyc", ".pyi", ".so", ".pth", ".dist-info")
+
+
+def program_file(path: Any, ignored: tuple[str, ...], own_files: set[str]) -> str | None:
+    """Return the absolute path of a file the program opened; None for a library's, detrun's or an untraceable name."""
+    absolute = os.path.abspath(os.fsdecode(os.fspath(path)))
+    if not absolute.isprintable() or len(absolute) > 4000:
+        return None  # a name a trace cannot hold as text (undecodable bytes, control characters)
+    if absolute.startswith(ignored) or absolute.endswith(SKIPPED_SUFFIXES) or absolute in own_files:
+        return None
+    return absolute

@@ -73,11 +73,8 @@ class DistributedSource:
         """Record the process group just set up, or compare it with the recorded one."""
         observed = {"backend": str(dist.get_backend()), "rank": int(dist.get_rank()),
                     "world_size": int(dist.get_world_size()), "nccl_version": _nccl_version(), "site": site}
-        if session.recording:
-            session.emit(DIST_INIT, observed)
-            return
-        recorded = session.take(DIST_INIT)
-        if recorded is MISSING:
+        recorded = _record_or_take(session, DIST_INIT, observed)
+        if recorded is None:
             return
         for name in ("backend", "rank", "world_size"):
             if recorded.get(name) != observed[name]:
@@ -111,16 +108,22 @@ class DistributedSource:
     def _built(self, session: Session, wrapper: Any) -> None:
         """Record a DDP wrapper's bucketing settings, or compare them with the recorded ones."""
         observed = {name: _plain(getattr(wrapper, name, None)) for name in _DDP_SETTINGS}
-        if session.recording:
-            session.emit(DDP_CONFIG, observed)
-            return
-        recorded = session.take(DDP_CONFIG)
-        if recorded is MISSING:
+        recorded = _record_or_take(session, DDP_CONFIG, observed)
+        if recorded is None:
             return
         changed = [f"{name} recorded {recorded.get(name)}, replay {value}" for name, value in observed.items()
                    if recorded.get(name) != value]
         if changed:
             session.mismatch(DDP_CONFIG, f"DistributedDataParallel settings differ: {'; '.join(changed)}")
+
+
+def _record_or_take(session: Session, kind: str, observed: dict[str, Any]) -> dict[str, Any] | None:
+    """Record `observed` and return None; on replay, return the recorded payload to compare it with (None if none)."""
+    if session.recording:
+        session.emit(kind, observed)
+        return None
+    recorded = session.take(kind)
+    return None if recorded is MISSING else recorded
 
 
 def _plain(value: object) -> bool | int | None:

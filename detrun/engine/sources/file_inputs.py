@@ -38,9 +38,9 @@ import sys
 import _thread
 from typing import TYPE_CHECKING, Any, Callable
 
-from detrun.engine.compiler_frames import called_by_compiler
-from detrun.engine.file_fingerprint import (SKIPPED_SUFFIXES, Fingerprint, describe_change, fingerprint, full_sha256,
-                                            library_prefixes, trace_path)
+from detrun.engine.compiler_frames import file_opened_by_compiler
+from detrun.engine.file_fingerprint import (Fingerprint, describe_change, fingerprint, full_sha256, library_prefixes,
+                                            program_file, trace_path)
 from detrun.engine.patcher import Patcher
 from detrun.trace.registry import FILE_INPUT, FILE_KEPT
 
@@ -81,12 +81,6 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 
 
-def _from_compiler() -> bool:
-    """Return whether a JIT compiler's cache work opened the file (the hook's caller is 4 frames up)."""
-    try:
-        return called_by_compiler(skip=4)
-    except ValueError:  # an open with no Python frame above the hook (a C thread)
-        return False
 
 class _Version:
     """One version of an input: recorded, or awaiting its fingerprint in the background."""
@@ -160,12 +154,8 @@ class FileInputSource:
 
     def _program_path(self, path: Any) -> str | None:
         """Return the absolute path of a file the program itself opened, or None for everything else."""
-        absolute = os.path.abspath(os.fsdecode(os.fspath(path)))
-        if not absolute.isprintable() or len(absolute) > 4000:
-            return None  # a name a trace cannot hold as text (undecodable bytes, control characters)
-        if absolute.startswith(self._ignored) or absolute.endswith(SKIPPED_SUFFIXES) or absolute in self._own_files:
-            return None
-        if _from_compiler():
+        absolute = program_file(path, self._ignored, self._own_files)
+        if absolute is None or file_opened_by_compiler():
             return None
         return absolute
 

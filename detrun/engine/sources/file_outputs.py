@@ -30,8 +30,8 @@ import _thread
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.checkpoint_digest import digest_file, first_difference
-from detrun.engine.compiler_frames import called_by_compiler
-from detrun.engine.file_fingerprint import SKIPPED_SUFFIXES, library_prefixes, trace_path
+from detrun.engine.compiler_frames import file_opened_by_compiler
+from detrun.engine.file_fingerprint import library_prefixes, program_file, trace_path
 from detrun.engine.patcher import Patcher
 from detrun.engine.replay_backups import ReplayBackups
 from detrun.trace.registry import FILE_OUTPUT
@@ -75,12 +75,6 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
 
 
 
-def _from_compiler() -> bool:
-    """Return whether a JIT compiler's cache work opened the file (the hook's caller is 4 frames up)."""
-    try:
-        return called_by_compiler(skip=4)
-    except ValueError:  # an open with no Python frame above the hook (a C thread)
-        return False
 
 class FileOutputSource:
     """Digest each version of each file the program writes; compare them on replay."""
@@ -129,12 +123,8 @@ class FileOutputSource:
 
     def _program_path(self, path: Any) -> str | None:
         """Return the absolute path of a file the program writes under its directory, else None."""
-        absolute = os.path.abspath(os.fsdecode(os.fspath(path)))
-        if not absolute.isprintable() or len(absolute) > 4000:
-            return None  # a name a trace cannot hold as text (undecodable bytes, control characters)
-        if not absolute.startswith(self._cwd.rstrip(os.sep) + os.sep) or absolute.startswith(self._ignored):
-            return None
-        if absolute.endswith(SKIPPED_SUFFIXES) or absolute in self._own_files or _from_compiler():
+        absolute = program_file(path, self._ignored, self._own_files)
+        if absolute is None or not absolute.startswith(self._cwd.rstrip(os.sep) + os.sep) or file_opened_by_compiler():
             return None
         return absolute
 
