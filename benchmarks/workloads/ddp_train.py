@@ -21,4 +21,5 @@ for _ in range(steps):
     optimizer.step()
 if dist.get_rank() == 0:
     print(f"loop_seconds {time.perf_counter() - start:.4f}")
+dist.barrier()  # every rank done with its collectives before the group goes away
 dist.destroy_process_group()
