@@ -269,8 +269,10 @@ def _file_sha(path: str, offset: int) -> Any:
 def first_difference(recorded: dict[str, Any], observed: dict[str, Any]) -> tuple[str, bool] | None:
     """Return what differs between two digests of a file, and whether it is content the verdict can trust.
 
-    A tensor or a masked text line that differs decides the verdict (`tensor 'conv1.weight' differs`);
-    a checkpoint's other values or an opaque binary file may hold a time or a random id: a cause only.
+    A tensor that differs decides the verdict (`tensor 'conv1.weight' differs`). A masked text line,
+    a checkpoint's other values or an opaque binary file may hold what detrun does not replay (the
+    clock: a time-derived seed written to metrics.json, a run's duration, an id): a cause only, so
+    that they never make a false DIVERGED; the training state they report is checked step by step.
     """
     if recorded.get("tensors") is not None and observed.get("tensors") is not None:
         mine = {name: digest for name, digest in observed["tensors"]}
@@ -286,7 +288,7 @@ def first_difference(recorded: dict[str, Any], observed: dict[str, Any]) -> tupl
         return (f"tensor {extra[0]!r} was not in the recording's file", not opaque) if extra else None
     if recorded.get("lines") is not None and observed.get("lines") is not None:
         difference = _line_difference(recorded, observed)
-        return (difference, True) if difference else None
+        return (difference, False) if difference else None
     if recorded.get("format") != observed.get("format"):
         return f"written as {observed.get('format')} where the recording wrote {recorded.get('format')}", False
     if recorded.get("sha256") != observed.get("sha256"):
