@@ -34,7 +34,9 @@ def main() -> None:
         from detrun.bootstrap import hide
 
         # The script sees python's own environment and sys.path; its child processes get the bootstrap back.
-        config["settings"]["child_env"] = hide(os.environ, sys.path)
+        child_env = hide(os.environ, sys.path)
+        if isinstance(config.get("settings"), dict):
+            config["settings"]["child_env"] = child_env
         runner, session = _setup(config)
     except DetrunError as exc:
         _fail(exc)

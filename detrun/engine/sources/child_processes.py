@@ -32,6 +32,9 @@ class ChildProcessSource:
 
     def __init__(self) -> None:
         self._patcher = Patcher()
+        # Its own: `_patcher.active` is the multiprocessing hook's "installed already" (subprocess is
+        # usually imported first, and must not make that hook look installed).
+        self._subprocess_patcher = Patcher()
         self._session: Session | None = None
 
     def install(self, session: Session) -> None:
@@ -70,9 +73,10 @@ class ChildProcessSource:
             return result
 
         _execute_child.__detrun_original__ = original  # type: ignore[attr-defined]
-        self._patcher.setattr(popen, "_execute_child", _execute_child)
+        self._subprocess_patcher.setattr(popen, "_execute_child", _execute_child)
 
     def uninstall(self) -> None:
+        self._subprocess_patcher.undo()
         self._patcher.undo()
         self._session = None
 

@@ -2,6 +2,7 @@
 
 PERTURB_RANK=R nudges rank R's inputs at step PERTURB_STEP (default 5), for the divergence tests.
 """
+import gc
 import hashlib
 import os
 
@@ -11,10 +12,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    torch.set_num_threads(1)
+def train(rank: int) -> str:
+    """Train for 8 steps; return the sha256 of the weights."""
     model = DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     perturb_step = int(os.environ.get("PERTURB_STEP", "5"))
@@ -27,9 +26,18 @@ def main() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    weights = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
-    print(f"rank {rank} weights sha256 {hashlib.sha256(weights).hexdigest()}")
-    dist.barrier()  # every rank done with its collectives before the group goes away
+    return hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.set_num_threads(1)
+    print(f"rank {rank} weights sha256 {train(rank)}")
+    # The model and DDP's pending work are gone before the group is: gloo threads still holding
+    # tensors at interpreter exit abort the process ("terminate called without an active exception").
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -1,4 +1,5 @@
 """Two-rank FSDP2 (`fully_shard`) on gloo, unseeded: each rank holds a shard of every parameter."""
+import gc
 import hashlib
 
 import torch
@@ -7,10 +8,8 @@ import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    torch.set_num_threads(1)
+def train() -> str:
+    """Train for 6 steps; return the sha256 of the full weights."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     for layer in model:
         if isinstance(layer, nn.Linear):
@@ -23,9 +22,16 @@ def main() -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    weights = b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
-    print(f"rank {rank} weights sha256 {hashlib.sha256(weights).hexdigest()}")
-    dist.barrier()  # every rank done with its collectives before the group goes away
+    return hashlib.sha256(b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.set_num_threads(1)
+    print(f"rank {rank} weights sha256 {train()}")
+    gc.collect()  # nothing of the model left for gloo's threads at interpreter exit (see ddp_gloo.py)
+    dist.barrier()
     dist.destroy_process_group()
 
 
