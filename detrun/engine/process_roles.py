@@ -128,8 +128,11 @@ def runs_user_code(target: Target) -> bool:
     path = os.path.realpath(target.name)
     if any(part in ("site-packages", "dist-packages") for part in path.split(os.sep)):
         return False
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    return not any(path.startswith(prefix + os.sep) for prefix in prefixes)
+    # The interpreter's own trees (console scripts in bin/, the standard library in lib/), not the
+    # prefix itself: a virtual environment made in the project's own directory holds its scripts.
+    trees = {os.path.join(os.path.realpath(p), tree) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)
+             for tree in ("bin", "lib", "lib64", "Scripts", "Lib")}
+    return not any(path.startswith(tree + os.sep) for tree in trees)
 
 
 def claim_role(directory: str, key: ProcessKey | None) -> ProcessKey | None:

@@ -43,6 +43,7 @@ def test_launchers_and_installed_packages_run_no_user_code(tmp_path: Path) -> No
     assert not runs_user_code(Target(os.path.join(sys.prefix, "bin", "torchrun")))
     assert runs_user_code(Target("mypkg.train", (), True))
     assert runs_user_code(Target(str(tmp_path / "train.py")))
+    assert runs_user_code(Target(os.path.join(sys.prefix, "train.py")))  # a venv made in the project itself
 
 
 def test_a_role_is_claimed_once_and_main_roles_are_numbered(tmp_path: Path) -> None:
