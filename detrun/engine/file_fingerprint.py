@@ -153,3 +153,9 @@ def program_file(path: Any, ignored: tuple[str, ...], own_files: set[str]) -> st
     if absolute.startswith(ignored) or absolute.endswith(SKIPPED_SUFFIXES) or absolute in own_files:
         return None
     return absolute
+
+
+def detrun_paths(scratch_dir: str | None, trace_file: object) -> tuple[tuple[str, ...], set[str]]:
+    """Return (the prefixes the file sources ignore, detrun's own files): libraries, scratch, trace, kept inputs."""
+    own = [os.path.abspath(str(p)) for p in (scratch_dir, trace_file, trace_file and f"{trace_file}.inputs") if p]
+    return library_prefixes() + tuple(p + os.sep for p in own), set(own)

@@ -23,6 +23,7 @@ def merge_traces(paths: list[str], output: str, *, force: bool = False) -> dict[
         raise TraceError("detrun merge needs the traces of at least two nodes")
     traces = sorted((read_trace(path) for path in paths), key=_node_of)
     first = traces[0]
+    first_ranks = first.process_keys()
     nodes: dict[int, str] = {}
     for trace in traces:
         node = _node_of(trace)
@@ -33,7 +34,7 @@ def merge_traces(paths: list[str], output: str, *, force: bool = False) -> dict[
         for name in ("script", "argv"):
             if trace.header.get(name) != first.header.get(name):
                 raise TraceError(f"{trace.path} recorded another {name} than {first.path}: not one run")
-        if any(role in first.process_keys() for role in trace.process_keys()) and trace is not first:
+        if trace is not first and any(role in first_ranks for role in trace.process_keys()):
             raise TraceError(f"{trace.path} and {first.path} recorded the same rank: not two nodes of one run")
     sizes = {key.get("world_size") for trace in traces for key in trace.process_keys().values()}
     if len(sizes) > 1:

@@ -39,7 +39,7 @@ import _thread
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.compiler_frames import file_opened_by_compiler
-from detrun.engine.file_fingerprint import (Fingerprint, describe_change, fingerprint, full_sha256, library_prefixes,
+from detrun.engine.file_fingerprint import (Fingerprint, describe_change, detrun_paths, fingerprint, full_sha256,
                                             program_file, trace_path)
 from detrun.engine.patcher import Patcher
 from detrun.trace.registry import FILE_INPUT, FILE_KEPT
@@ -127,9 +127,7 @@ class FileInputSource:
         self._cwd = os.getcwd()
         trace_file = session.settings.get("trace_path") if session.recording else getattr(session.trace, "path", None)
         self._sidecar = os.path.abspath(str(trace_file)) + ".inputs" if trace_file else ""
-        own = [p for p in (session.scratch_dir, self._sidecar, trace_file and os.path.abspath(str(trace_file))) if p]
-        self._ignored = library_prefixes() + tuple(os.path.abspath(p) + os.sep for p in own)
-        self._own_files = {os.path.abspath(p) for p in own}
+        self._ignored, self._own_files = detrun_paths(session.scratch_dir, trace_file)
         if session.recording:
             keep = session.settings.get("keep_inputs", DEFAULT_KEEP_BYTES)
             self._keep_left = keep if isinstance(keep, int) else DEFAULT_KEEP_BYTES

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from detrun.engine.checkpoint_digest import digest_file, first_difference
 from detrun.engine.compiler_frames import file_opened_by_compiler
-from detrun.engine.file_fingerprint import library_prefixes, program_file, trace_path
+from detrun.engine.file_fingerprint import detrun_paths, program_file, trace_path
 from detrun.engine.patcher import Patcher
 from detrun.engine.replay_backups import ReplayBackups
 from detrun.trace.registry import FILE_OUTPUT
@@ -100,10 +100,7 @@ class FileOutputSource:
         self.session = session
         self._cwd = os.getcwd()
         trace_file = session.settings.get("trace_path") if session.recording else getattr(session.trace, "path", None)
-        own = [os.path.abspath(str(p)) for p in (session.scratch_dir, trace_file,
-                                                   trace_file and f"{trace_file}.inputs") if p]
-        self._ignored = library_prefixes() + tuple(p + os.sep for p in own)
-        self._own_files = set(own)
+        self._ignored, self._own_files = detrun_paths(session.scratch_dir, trace_file)
         if not session.recording:
             for payload in session.take_all(FILE_OUTPUT):
                 self._recorded[(payload["path"], payload["version"])] = payload
