@@ -38,7 +38,7 @@ EXAMPLE = REPO / "examples" / "gpu_conv_attention.py"
 RESULTS = REPO / "benchmarks" / "results"
 
 RESNET_STEP = textwrap.dedent('''
-    """A ResNet-style training step (batch 64, 64x64 images); prints the median step time."""
+    """A ResNet-style training step (batch 64, 64x64 images); prints the median step time on stderr."""
     import statistics, sys, time
     import torch
     import torch.nn.functional as F
@@ -76,14 +76,15 @@ RESNET_STEP = textwrap.dedent('''
         sync()
         if step >= warmup:
             times.append((time.perf_counter() - start) * 1000)
-    print(f"step_ms {statistics.median(times):.4f}")
+    # On stderr: a timing differs between runs, and stdout is part of what a replay checks.
+    print(f"step_ms {statistics.median(times):.4f}", file=sys.stderr)
 ''')
 
 
 def detrun_command() -> list[str]:
     """Return the `detrun` console script beside this interpreter (or the module)."""
     beside = Path(sys.executable).with_name("detrun")
-    return [str(beside)] if beside.exists() else [sys.executable, "-m", "detrun.cli"]
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "detrun"]
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None,
@@ -206,7 +207,7 @@ def time_resnet(report: Report, work: Path, steps: int, warmup: int, repeats: in
             start = time.perf_counter()
             result = call()
             wall_s[mode].append(time.perf_counter() - start)
-            match = re.search(r"step_ms ([0-9.]+)", result.stdout)
+            match = re.search(r"step_ms ([0-9.]+)", result.stderr)
             if match:
                 step_ms[mode].append(float(match.group(1)))
             else:

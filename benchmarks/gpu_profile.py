@@ -30,7 +30,7 @@ def slug(text: str) -> str:
 
 def run_profile(steps: int, json_path: str) -> subprocess.CompletedProcess[str]:
     """Profile the example on CUDA through the real CLI, judging ops on the device they ran on."""
-    command = [sys.executable, "-m", "detrun.cli", "profile", "--steps", str(steps), "--device", "auto",
+    command = [sys.executable, "-m", "detrun", "profile", "--steps", str(steps), "--device", "auto",
                "--all", "--json", json_path, EXAMPLE, "--device", "cuda", "--steps", str(steps + 5)]
     return subprocess.run(command, cwd=REPO, text=True, capture_output=True)
 
