@@ -139,9 +139,50 @@ def cnn_record_replay(gpu: str, reserve: float) -> str:
     ])
 
 
+def quick_checks(gpu: str) -> str:
+    """Record and replay each GPU example, a few times, with and without the kernel capture; return a section.
+
+    The short follow-up to a full check (`--quick`, about 3 minutes): the verdicts, every process's
+    exit status, and the Python stack of any crash (PYTHONFAULTHANDLER is on for every run).
+    """
+    work = Path(tempfile.mkdtemp(prefix="detrun-gpu-quick-"))
+    os.environ["PYTHONFAULTHANDLER"] = "1"  # the same for plain, record and replay runs
+    gpt = [str(REPO / "benchmarks" / "workloads" / "gpt_step.py"), "20", "2", "--device", "cuda"]
+    conv = [str(REPO / "examples" / "gpu_conv_attention.py"), "--steps", "6"]
+    cnn = [str(REPO / "examples" / "cnn_adaptive_pool.py"), "--device", "cuda", "--steps", "10"]
+    runs = [("GPT plain 1", [sys.executable, *gpt]), ("GPT plain 2", [sys.executable, *gpt])]
+    for index, kernel_steps in enumerate(("2", "2", "0", "0")):
+        trace = f"gpt{index}.zst"
+        runs.append((f"GPT record --kernel-steps {kernel_steps} #{index}",
+                     [*DETRUN, "record", "-f", "--kernel-steps", kernel_steps, "-o", trace, *gpt]))
+        runs.append((f"GPT replay #{index}", [*DETRUN, "replay", trace, *gpt]))
+    os.environ["GCA_BENCHMARK"] = "0"
+    runs += [("conv+attention record", [*DETRUN, "record", "-f", "-o", "conv.zst", *conv]),
+             ("conv+attention replay", [*DETRUN, "replay", "conv.zst", conv[0]]),
+             ("CNN record", [*DETRUN, "record", "-f", "-o", "cnn.zst", *cnn]),
+             ("CNN replay", [*DETRUN, "replay", "cnn.zst", cnn[0]])]
+    rows = []
+    for title, command in runs:
+        status, output = run(title, command, work, timeout=time_left(10))
+        verdict = next((line.strip() for line in output.splitlines() if line.startswith("detrun: ") and
+                        any(v in line for v in ("REPRODUCED", "DIVERGED", "UNVERIFIED"))), "")
+        loss = re.findall(r"final loss ([0-9.]+)|weights sha256 ([0-9a-f]{12})", output)
+        lines = output.splitlines()
+        first = next((i for i, line in enumerate(lines)
+                      if line.startswith(("Fatal Python error", "free()", "double free", "malloc", "corrupted"))), None)
+        crash = [line.strip() for line in lines[first:first + 12] if line.strip()][:8] if first is not None else []
+        rows.append(f"| {title} | {status} | {'/'.join(a or b for a, b in loss[-1:])} | {verdict[:160]} | "
+                    f"{'<br>'.join(crash)[:600]} |")
+    shutil.rmtree(work, ignore_errors=True)
+    return "\n".join([f"## Quick record/replay checks on {gpu}", "",
+                      "| run | exit | final loss / weights | verdict | crash lines |", "|---|---|---|---|---|",
+                      *rows, ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="without CUDA: the GPT-style timing on the CPU")
+    parser.add_argument("--quick", action="store_true", help="only the record/replay verdicts and exit statuses")
     options = parser.parse_args()
     try:
         import torch
@@ -162,6 +203,14 @@ def main() -> None:
     header = (f"device {gpu}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
               f"cuDNN {torch.backends.cudnn.version()}\n")
     summary = [f"# GPU check on {gpu}", "", header]
+    if options.quick:
+        summary.append(quick_checks(gpu))
+        result = RESULTS / f"gpu_quick_{slug}.md"
+        result.write_text("\n".join(summary))
+        if os.environ.get("OUT"):
+            shutil.copy(result, os.environ["OUT"])
+        print("\n".join(summary))
+        return
     summary.append(gpt_step("cuda", reserve=270))
     # (title, command, the seconds kept for the checks after it, the markdown file it writes)
     checks = [

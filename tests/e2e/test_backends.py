@@ -400,6 +400,13 @@ def test_kernel_launches_are_ordered_and_attributed() -> None:
                                                       ("orphan", "an unknown op")]
 
 
+def test_kernel_launches_skip_the_profilers_own_events() -> None:
+    # On an H200 (torch 2.11) Kineto's "Activity Buffer Request" came first with the op's id.
+    events = [_event("Activity Buffer Request", "CPU", 10), _event("aten::mm", "CPU", 10),
+              _event("gemm", "CUDA", 100, 10)]
+    assert kernel_launches(events, "CPU", "CUDA") == [("gemm", "aten::mm")]
+
+
 class FakeProfiler:
     """Stands in for torch.profiler.profile: hands out preset events when stopped."""
 

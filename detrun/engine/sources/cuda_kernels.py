@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 
 DEFAULT_STEPS = 2
 _NOT_KERNELS = ("Memcpy", "Memset")
+# CPU events of the profiler's own bookkeeping. Seen on an H200 with torch 2.11: their ids collide
+# with the ops' ids, and every kernel of a step read as "launched by Activity Buffer Request".
+_PROFILER_OWN_EVENTS = frozenset({"Activity Buffer Request", "Iteration Start: PyTorch Profiler",
+                                  "Record Window End", "ProfilerStep"})
 
 
 def kernel_launches(events: Iterable[Any], cpu: Any, cuda: Any) -> list[tuple[str, str]]:
@@ -63,7 +67,7 @@ def kernel_launches(events: Iterable[Any], cpu: Any, cuda: Any) -> list[tuple[st
         if device == cpu:
             # Ops only: runtime calls (cudaLaunchKernel) are CPU events too, linked to their op, and
             # their own ids are CUPTI's, which may collide with op ids (torch's parser does the same).
-            if not getattr(event, "linked_correlation_id", 0):
+            if not getattr(event, "linked_correlation_id", 0) and str(event.name) not in _PROFILER_OWN_EVENTS:
                 ops.setdefault(int(getattr(event, "id", -1)), str(event.name))
         elif device == cuda:
             name = str(event.name)

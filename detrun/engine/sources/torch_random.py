@@ -41,14 +41,16 @@ class TorchSource(ImportTimeSource):
 
         in_process = bool(session.settings.get("in_process"))
         if not (in_process and found_imported(session, "torch", self.imported_before)):
-            # torch seeds its default generators with a constant; record it so a replay is anchored
-            # even if a library changed it at import time. (An in-process block that finds torch
-            # imported finds the generators wherever earlier code left them: block_rng_state
-            # records their exact states instead.)
+            # torch seeds its CPU generator from OS entropy at start; record that seed so a replay
+            # is anchored. (An in-process block that finds torch imported finds the generators
+            # wherever earlier code left them: block_rng_state records their exact states instead.)
             initial = session.exchange(INITIAL_KIND, torch.initial_seed(), "torch import")
-            # In process, a replay may find torch imported and its generator moved on since.
-            if initial != torch.initial_seed() or in_process:
-                original_manual_seed(initial)
+            # Seed every device from it, recording and replaying alike. Each CUDA device's default
+            # generator otherwise draws its own OS-entropy seed when CUDA starts
+            # (at::cuda::detail::getDefaultCUDAGenerator), which no event records: an unseeded
+            # script's GPU dropout and torch.randint(device="cuda") would differ on replay.
+            # torch.manual_seed only queues the device seeds, so CUDA is not started here.
+            original_manual_seed(initial)
 
         # Mirrors torch.random.manual_seed (torch 2.x): the value may come from the clock.
         def manual_seed(seed: Any) -> Any:
