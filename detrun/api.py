@@ -240,7 +240,7 @@ class _Replay(_Block):
 
 def record(path: str | os.PathLike[str] = "trace.zst", *, force: bool = False, quiet: bool = False,
            policy: str = "strict", profile: str | None = None, digest_every: int = 1,
-           kernel_steps: int = 2) -> _Record:
+           kernel_steps: int = 0) -> _Record:
     """Record the `with` block's nondeterminism and training state into the trace at `path`.
 
     The options are `detrun record`'s: `force` overwrites an existing trace, `policy` is "strict",

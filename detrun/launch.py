@@ -60,7 +60,7 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
 
 def record(target: Target | None, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 0, policy: str = "strict", profile_path: str | None = None,
-           kernel_steps: int = 2, op_digests: int = 0, op_digest_every: int = 0,
+           kernel_steps: int = 0, op_digests: int = 0, op_digest_every: int = 0,
            command: list[str] | None = None, keep_inputs: int = 1 << 30) -> int:
     """Record one run of the target (or of a launcher `command`) into `output`; return its exit status."""
     resolved = resolve(target) if target is not None else None

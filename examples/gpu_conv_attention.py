@@ -6,7 +6,7 @@ scaled_dot_product_attention. Without a GPU it runs the same model on the CPU. I
 two plain runs differ; it prints the loss of every step and the sha256 of the final weights.
 
     python examples/gpu_conv_attention.py --steps 8
-    detrun record examples/gpu_conv_attention.py          # the kernels of steps 1-2 are in the trace
+    detrun record --kernel-steps 2 examples/gpu_conv_attention.py   # the kernels of steps 1-2 are in the trace
     detrun replay trace.zst                              # REPRODUCED
     NVIDIA_TF32_OVERRIDE=0 detrun replay trace.zst       # other (non-TF32) kernels: a kernel divergence
 """

@@ -40,9 +40,11 @@ class SizeType(click.ParamType):
                    "For TensorFlow, strict and minimal turn on enable_op_determinism().")
 @click.option("--from-profile", type=click.Path(dir_okay=False), metavar="PROFILE.json",
               help="With --policy minimal: the `detrun profile --json` output whose flagged ops to patch.")
-@click.option("--kernel-steps", default=2, show_default=True, type=click.IntRange(min=0), metavar="K",
-              help="Record the CUDA kernel names launched in the first K optimizer steps (0: none; no-op "
-                   "without CUDA).")
+@click.option("--kernel-steps", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
+              help="Record the CUDA kernel names launched in the first K optimizer steps, so that a "
+                   "replay names the first kernel that differs. Off by default: the capture runs "
+                   "torch.profiler (CUPTI), which on torch 2.11 + CUDA 13 crashed most runs at exit. "
+                   "No-op without CUDA.")
 @click.option("--op-digests", default=0, show_default=True, type=click.IntRange(min=0), metavar="K",
               help="Digest the output of every aten op in the first K optimizer steps, so that a replay (and "
                    "`detrun explain`) names the first op whose output differs. Off by default: it slows those "

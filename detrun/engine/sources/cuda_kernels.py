@@ -1,6 +1,6 @@
 """The CUDA kernels of the first K optimizer steps: recorded, and compared on replay.
 
-For each of the first `kernel_steps` optimizer steps (a session setting, default 2) the names of
+For each of the first `kernel_steps` optimizer steps (a session setting, default 0: opt-in) the names of
 the CUDA kernels launched, and the op that launched each, are captured with torch.profiler (CPU
 and CUDA activity) and stored as one event per step:
 
@@ -44,7 +44,10 @@ from detrun.trace.registry import KERNELS as KIND  # the kind, its payload schem
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-DEFAULT_STEPS = 2
+# Off unless the recording asks (`record --kernel-steps K`): on an H200 with torch 2.11 and CUDA 13,
+# a process that had run this capture aborted with heap corruption while collecting garbage at exit
+# (benchmarks/results/gpu_quick_nvidia_h200.md), in the recording and in the replay.
+DEFAULT_STEPS = 0
 _NOT_KERNELS = ("Memcpy", "Memset")
 # CPU events of the profiler's own bookkeeping. Seen on an H200 with torch 2.11: their ids collide
 # with the ops' ids, and every kernel of a step read as "launched by Activity Buffer Request".
