@@ -39,12 +39,17 @@ def apply_policy(name: str = "strict", only_ops: set[str] | None = None) -> dict
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "cublas_env": os.environ.get("CUBLAS_WORKSPACE_CONFIG", _NOTSET),
+            "fill_uninitialized": _fill_uninitialized(torch),
         }
         # Must precede CUDA initialisation: cuBLAS reads it when its first handle is created.
         if saved["cublas_env"] is _NOTSET:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
         saved["inductor_env"] = os.environ.get(_INDUCTOR_ENV, _NOTSET)
         _set_deterministic_algorithms(torch, True)
+        # Off until the program itself asks for uninitialised memory (the determinism policy source
+        # turns it back on then): filling every torch.empty cost 15% of a GPT-style step on an H200
+        # (benchmarks/results/gpu_check_nvidia_h200.md), and torch's own kernels write what they allocate.
+        _set_fill_uninitialized(torch, False)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         if name == "strict":
@@ -68,6 +73,7 @@ def apply_policy(name: str = "strict", only_ops: set[str] | None = None) -> dict
             "cudnn_benchmark": False,
             "cudnn_deterministic": True,
             "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
+            "fill_uninitialized_memory": "when the program calls torch.empty*",
         },
         "cublas_workspace_config_effective": not cuda_initialised,
         "torch": torch.__version__,
@@ -93,6 +99,7 @@ def _remove_policy_locked() -> None:
     for name in saved["patches"]:
         patches.REGISTRY[name].uninstall("CUDA")
     _set_deterministic_algorithms(torch, saved["deterministic"], warn_only=saved["warn_only"])
+    _set_fill_uninitialized(torch, saved["fill_uninitialized"])
     if saved["inductor_env"] is _NOTSET:
         os.environ.pop(_INDUCTOR_ENV, None)
     else:
@@ -122,6 +129,19 @@ def _set_deterministic_algorithms(torch: Any, mode: bool, warn_only: bool = Fals
     else:
         os.environ[_INDUCTOR_ENV] = "1" if mode else "0"
     torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+
+
+def _fill_uninitialized(torch: Any) -> bool | None:
+    """Return torch.utils.deterministic.fill_uninitialized_memory (None on a torch without it)."""
+    getter = getattr(torch._C, "_get_deterministic_fill_uninitialized_memory", None)
+    return bool(getter()) if getter is not None else None
+
+
+def _set_fill_uninitialized(torch: Any, value: bool | None) -> None:
+    """Set torch.utils.deterministic.fill_uninitialized_memory, where this torch has it."""
+    setter = getattr(torch._C, "_set_deterministic_fill_uninitialized_memory", None)
+    if setter is not None and value is not None:
+        setter(value)
 
 
 def _set_saved(saved: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import torch
 import pytest
 
 from conftest import EXAMPLES, detrun, verdict, weights_sha
+from detrun.trace import read_trace
 
 CNN = str(EXAMPLES / "cnn_adaptive_pool.py")
 
@@ -49,3 +50,33 @@ def test_cnn_trains_on_gpu_under_strict_policy(tmp_path: Path) -> None:
     assert recorded.returncode == 0, recorded.stderr
     replayed = detrun("replay", "trace.zst", CNN, cwd=tmp_path)
     assert weights_sha(replayed.stdout) == weights_sha(recorded.stdout)
+
+
+UNINITIALISED = str(Path(__file__).parent / "scripts" / "uninitialised_memory.py")
+
+
+def test_fill_uninitialized_memory_stays_off_until_the_program_allocates_uninitialised_memory(tmp_path: Path) -> None:
+    # Libraries' torch.empty calls (nn.Linear's own init) do not turn it on: torch writes what it allocates.
+    first, second = (detrun("record", "-f", "-o", name, UNINITIALISED, cwd=tmp_path) for name in ("a.zst", "b.zst"))
+    assert first.returncode == 0, first.stderr
+    assert "step 5 fill False" in first.stdout
+    assert weights_sha(first.stdout) != weights_sha(second.stdout)  # unseeded: the plain bits differ
+    (policy,) = read_trace(str(tmp_path / "a.zst")).of("policy")
+    assert policy["flags"]["fill_uninitialized_memory"] == "when the program calls torch.empty*"
+    replayed = detrun("replay", "a.zst", UNINITIALISED, cwd=tmp_path)
+    assert verdict(replayed.stderr).startswith("detrun: REPRODUCED"), replayed.stderr
+    assert replayed.stdout == first.stdout
+
+
+def test_the_programs_own_torch_empty_turns_the_fill_on_at_the_same_point_on_replay(tmp_path: Path) -> None:
+    recorded = detrun("record", "-f", UNINITIALISED, "--empty", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    lines = recorded.stdout.splitlines()
+    assert "step 2 fill False" in lines and "step 3 fill True" in lines
+    assert "buffer filled with NaN: True" in lines  # the very call that asked for it is filled
+    changes = read_trace(str(tmp_path / "trace.zst")).of("backends.set")
+    assert [(c[0], c[1]) for c in changes if "deterministic.fill_uninitialized_memory" in c[3]] == [
+        (2, "uninitialised_memory.py:19")]
+    replayed = detrun("replay", "trace.zst", UNINITIALISED, cwd=tmp_path)
+    assert verdict(replayed.stderr).startswith("detrun: REPRODUCED"), replayed.stderr
+    assert replayed.stdout == recorded.stdout

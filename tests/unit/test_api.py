@@ -78,6 +78,16 @@ def test_a_block_keeps_the_callers_seeds_and_its_replay_restores_them(tmp_path: 
     assert replayed == recorded and result.verdict == "REPRODUCED", result.line
 
 
+def test_a_block_undoes_the_uninitialised_memory_watch(tmp_path: Path) -> None:
+    originals = torch.empty, torch.empty_like, torch.Tensor.__dict__.get("resize_")
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    with detrun.record(tmp_path / "trace.zst", quiet=True):
+        assert torch.empty is not originals[0]  # watched while the block runs
+        train()
+    assert (torch.empty, torch.empty_like, torch.Tensor.__dict__.get("resize_")) == originals
+    assert torch.utils.deterministic.fill_uninitialized_memory is fill
+
+
 def test_a_nudged_weight_is_diverged_at_its_step(tmp_path: Path) -> None:
     trace = tmp_path / "trace.zst"
     with detrun.record(trace, quiet=True):

@@ -3,11 +3,19 @@
 Record and replay apply the same policy the moment the script imports torch, before anything can
 touch CUDA, so the recorded run is itself reproducible. The trace keeps what was applied; a replay
 where a patch could not be installed (another torch, say) notes it as a likely cause.
+
+`fill_uninitialized_memory` starts off and is turned on the first time the program's own code
+(not a library's) asks for uninitialised memory: `torch.empty`, `empty_like`, `empty_strided`,
+`Tensor.new_empty`, `Tensor.resize_`. Only such memory can be read before it is written; torch's
+kernels write every output they allocate. The switch goes through torch's setter, so the
+backend_flags source records it with the program's line, and a replay makes it at the same point.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any, Callable
 
+from detrun.engine.patcher import Patcher
 from detrun.trace.registry import POLICY as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
@@ -22,6 +30,7 @@ class PolicySource:
     def __init__(self) -> None:
         self._installed = False
         self._applied = False
+        self._empty_watch = Patcher()
 
     def install(self, session: Session) -> None:
         if self._installed:
@@ -37,6 +46,11 @@ class PolicySource:
 
         applied = apply_policy(name, set(session.settings.get("policy_ops") or ()))
         self._applied = True
+        try:
+            self._watch_uninitialised_memory(session)
+        except Exception as exc:  # noqa: BLE001 - never change what the program does
+            self._empty_watch.undo()
+            session.hook_failed("the uninitialised-memory watch", exc)
         summary = {"policy": applied.get("policy"), "patches": applied.get("patches", []),
                    "flags": applied.get("flags", {})}
         if session.recording:
@@ -49,8 +63,44 @@ class PolicySource:
                 session.note_cause(f"patches applied when recording could not be installed now: {', '.join(missing)}",
                                    likely=True)
 
+    def _watch_uninitialised_memory(self, session: Session) -> None:
+        """Turn fill_uninitialized_memory on at the program's first call that returns uninitialised memory."""
+        import torch
+
+        from detrun.engine.file_fingerprint import library_prefixes
+
+        libraries = library_prefixes()
+        watch = self._empty_watch
+
+        def from_program() -> bool:
+            filename = sys._getframe(2).f_code.co_filename
+            return not filename.startswith(libraries) and not filename.startswith("<frozen")
+
+        def watched(original: Callable[..., Any]) -> Callable[..., Any]:
+            # Mirrors torch.empty / empty_like / empty_strided and Tensor.new_empty / resize_ (torch 2.x).
+            def call(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    if watch.active and from_program():
+                        watch.undo()  # once on, it stays on: nothing more to watch
+                        torch.utils.deterministic.fill_uninitialized_memory = True
+                except Exception as exc:  # noqa: BLE001
+                    session.hook_failed("the uninitialised-memory watch", exc)
+                return original(*args, **kwargs)
+
+            call.__name__ = getattr(original, "__name__", "empty")
+            call.__doc__ = getattr(original, "__doc__", None)
+            return call
+
+        for owner, names in ((torch, ("empty", "empty_like", "empty_strided")),
+                             (torch.Tensor, ("new_empty", "new_empty_strided", "resize_"))):
+            for name in names:
+                original = getattr(owner, name, None)
+                if original is not None:
+                    watch.setattr(owner, name, watched(original))
+
     def uninstall(self) -> None:
         self._installed = False
+        self._empty_watch.undo()
         if self._applied:
             from detrun.patches.patch_policy import remove_policy
 
