@@ -71,8 +71,13 @@ def gpt_step(device: str, reserve: float) -> str:
         "replay": [*DETRUN, "replay", "-q", "auto.zst", *argv],
         "record --digest-every 1": [*DETRUN, "record", "-q", "-f", "--digest-every", "1", "-o", "every1.zst", *argv],
         "replay of it": [*DETRUN, "replay", "-q", "every1.zst", *argv],
+        "record --policy off (the hooks alone)": [*DETRUN, "record", "-q", "-f", "--policy", "off", "-o",
+                                                  "off.zst", *argv],
         "plain, deterministic algorithms": [sys.executable, *argv, "--policy", "det"],
         "plain, det. + fill_uninitialized_memory": [sys.executable, *argv, "--policy", "det-fill"],
+        # The strict policy's cuBLAS workspace setting alone (detrun sets it before CUDA starts).
+        "plain, det. + CUBLAS_WORKSPACE_CONFIG=:4096:8": ["env", "CUBLAS_WORKSPACE_CONFIG=:4096:8",
+                                                          sys.executable, *argv, "--policy", "det"],
     }
     loops: dict[str, list[float]] = {mode: [] for mode in modes}
     verdicts: list[str] = []
@@ -214,7 +219,7 @@ def main() -> None:
     summary.append(gpt_step("cuda", reserve=270))
     # (title, command, the seconds kept for the checks after it, the markdown file it writes)
     checks = [
-        ("patches", [sys.executable, "benchmarks/gpu_patches.py", "--all-examples", "--dtypes", "float32,bfloat16",
+        ("patches", [sys.executable, "benchmarks/gpu_patches.py", "--dtypes", "float32,bfloat16",
                      "--out", str(parts / "patches.md")], 150, parts / "patches.md"),
         ("environment, kernels and the ResNet-style step", [sys.executable, "benchmarks/gpu_env_check.py", "--out",
                                                              str(parts / "env.md")], 40, parts / "env.md"),
