@@ -187,6 +187,7 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                                                "ignore_output": list(ignore_output)})
         status = run_child(config, {**child_env, **boot_env})
         _put_back(scratch)
+        _say_if_killed(status)
         return status
 
 def _replay_settings(trace_settings: dict[str, Any], hashseed: str, thread_env: dict[str, str | None],
@@ -252,6 +253,7 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
                                                "node_hashseeds": node_hashseeds})
         status = run_child(config, {**child_env, **boot_env})
         _put_back(scratch)
+        _say_if_killed(status)
         return status
 
 def _put_back(scratch: str) -> None:
@@ -290,6 +292,13 @@ def _runs(target: Target | None, command: list[str] | None) -> dict[str, Any]:
         return {"command": list(command)}
     assert target is not None
     return {"target": _target_data(target)}
+
+def _say_if_killed(status: int) -> None:
+    """Say that a replay died of a signal, which may come after its verdict (seen: a crash at interpreter exit)."""
+    if status < 0:
+        print(f"detrun: the replay was killed by {signal_name(-status)}; a verdict printed above covers the run "
+              "up to that point, and the exit status is the signal's", file=sys.stderr)
+
 
 def _salvage(temporary: str, output: str, status: int, quiet: bool, force: bool) -> None:
     """Turn a dead child's partial trace into a readable one that says it is incomplete."""

@@ -266,3 +266,28 @@ def test_sweep_removes_only_scratch_directories_of_dead_unlocked_runs(tmp_path: 
     finally:
         os.close(lock)
     assert sorted(p.name for p in scratch.iterdir()) == sorted([live.name, locked.name, other.name])
+
+
+# Trains a little; with CRASH_AT_EXIT=1 it dies of SIGABRT once the interpreter starts to exit, as a
+# native library's heap corruption did at exit on a GPU machine (benchmarks/results/gpu_quick_*.md).
+CRASH_AT_EXIT = (
+    "import atexit, os, signal, torch\n"
+    "if os.environ.get('CRASH_AT_EXIT') == '1':\n"
+    "    atexit.register(lambda: os.kill(os.getpid(), signal.SIGABRT))\n"
+    "model = torch.nn.Linear(4, 1)\n"
+    "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+    "for _ in range(3):\n"
+    "    loss = model(torch.randn(8, 4)).pow(2).mean()\n"
+    "    optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+)
+
+
+def test_a_replay_killed_after_its_verdict_says_so(tmp_path: Path) -> None:
+    (tmp_path / "crash.py").write_text(CRASH_AT_EXIT)
+    assert detrun("record", "-q", "crash.py", cwd=tmp_path).returncode == 0
+    died = detrun("replay", "trace.zst", "crash.py", cwd=tmp_path, env={"CRASH_AT_EXIT": "1"})
+    assert died.returncode in (-signal.SIGABRT, 128 + signal.SIGABRT), died.stderr
+    assert "detrun: REPRODUCED (3 steps" in died.stderr  # reached before the interpreter began to exit
+    assert died.stderr.splitlines()[-1] == (
+        "detrun: the replay was killed by SIGABRT; a verdict printed above covers the run up to that point, "
+        "and the exit status is the signal's"), died.stderr
