@@ -256,6 +256,9 @@ def non_default_flags(monkeypatch: pytest.MonkeyPatch):
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.deterministic = False
     yield
+    # Remove a policy the test left applied first: removed later (by _clean_state), it would put back
+    # the non-default flags it saved, and cudnn.benchmark = True would leak into the next test module.
+    policy.remove_policy()
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
