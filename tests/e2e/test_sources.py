@@ -59,3 +59,24 @@ def test_extra_calls_and_missing_calls_are_reported(workdir: Path) -> None:
     assert "has no counterpart in the recording" in verdict(more.stderr)
     fewer = detrun("replay", "trace.zst", cwd=workdir, env={"N": "1"})
     assert "1 more os.entropy event(s) that the replay never asked for" in verdict(fewer.stderr)
+
+
+# torch seeds each CUDA device's default generator from OS entropy when CUDA starts; detrun queues
+# the recorded initial seed for every device instead (on a CPU build the queue is all there is).
+CUDA_SEED_PROBE = (
+    "import torch\n"
+    "tracker = getattr(torch.cuda, '_lazy_seed_tracker', None)\n"
+    "calls = [call for call in tracker.get_calls() if call] if tracker is not None else []\n"
+    "seeds = [cell.cell_contents for callback, _ in calls for cell in (callback.__closure__ or ())\n"
+    "         if type(cell.cell_contents) is int]\n"
+    "print(f'cuda seeds queued: {seeds == [torch.initial_seed()]}')\n"
+)
+
+
+def test_the_cuda_generators_are_seeded_from_the_recorded_initial_seed(workdir: Path) -> None:
+    (workdir / "cuda_seed.py").write_text(CUDA_SEED_PROBE)
+    assert python("cuda_seed.py", cwd=workdir).stdout == "cuda seeds queued: False\n"  # torch alone: OS entropy
+    recorded = detrun("record", "-q", "cuda_seed.py", cwd=workdir)
+    assert recorded.stdout == "cuda seeds queued: True\n", recorded.stderr
+    replayed = detrun("replay", "trace.zst", "cuda_seed.py", cwd=workdir)
+    assert replayed.stdout == "cuda seeds queued: True\n", replayed.stderr
