@@ -21,8 +21,13 @@ _saved: dict[str, Any] | None = None
 _lock = threading.Lock()
 
 
-def apply_policy(name: str = "strict", only_ops: set[str] | None = None) -> dict[str, Any]:
-    """Turn on deterministic torch and install patches (all for "strict", those covering ``only_ops`` for "minimal")."""
+def apply_policy(name: str = "strict", only_ops: set[str] | None = None, *,
+                 fill_uninitialized_memory: bool = True) -> dict[str, Any]:
+    """Turn on deterministic torch and install patches (all for "strict", those covering ``only_ops`` for "minimal").
+
+    ``fill_uninitialized_memory=False`` leaves torch's fill of uninitialised memory off; a detrun
+    session passes it and turns the fill on when the program asks for such memory.
+    """
     import torch
 
     import detrun.patches as patches
@@ -46,10 +51,9 @@ def apply_policy(name: str = "strict", only_ops: set[str] | None = None) -> dict
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
         saved["inductor_env"] = os.environ.get(_INDUCTOR_ENV, _NOTSET)
         _set_deterministic_algorithms(torch, True)
-        # Off until the program itself asks for uninitialised memory (the determinism policy source
-        # turns it back on then): filling every torch.empty cost 15% of a GPT-style step on an H200
-        # (benchmarks/results/gpu_check_nvidia_h200.md), and torch's own kernels write what they allocate.
-        _set_fill_uninitialized(torch, False)
+        # A session keeps it off until the program itself asks for uninitialised memory: filling
+        # every torch.empty cost 15% of a GPT-style step on an H200 (benchmarks/results/gpu_nvidia_h200.md).
+        _set_fill_uninitialized(torch, fill_uninitialized_memory)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
         if name == "strict":
@@ -73,7 +77,7 @@ def apply_policy(name: str = "strict", only_ops: set[str] | None = None) -> dict
             "cudnn_benchmark": False,
             "cudnn_deterministic": True,
             "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"],
-            "fill_uninitialized_memory": "when the program calls torch.empty*",
+            "fill_uninitialized_memory": True if fill_uninitialized_memory else "when the program calls torch.empty*",
         },
         "cublas_workspace_config_effective": not cuda_initialised,
         "torch": torch.__version__,

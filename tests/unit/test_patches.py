@@ -279,8 +279,8 @@ def test_strict_policy_sets_flags_and_installs_everything(non_default_flags) -> 
 def test_remove_policy_restores_previous_flags(non_default_flags) -> None:
     """remove_policy puts every flag, the environment and the dispatcher back as they were."""
     fill = torch.utils.deterministic.fill_uninitialized_memory
-    policy.apply_policy("strict")
-    assert torch.utils.deterministic.fill_uninitialized_memory is False  # the policy source turns it on when needed
+    policy.apply_policy("strict", fill_uninitialized_memory=False)
+    assert torch.utils.deterministic.fill_uninitialized_memory is False  # a session turns it on when needed
     policy.remove_policy()
     assert torch.utils.deterministic.fill_uninitialized_memory is fill
     assert torch.are_deterministic_algorithms_enabled() is False

@@ -44,7 +44,7 @@ class PolicySource:
             return
         from detrun.patches.patch_policy import apply_policy
 
-        applied = apply_policy(name, set(session.settings.get("policy_ops") or ()))
+        applied = apply_policy(name, set(session.settings.get("policy_ops") or ()), fill_uninitialized_memory=False)
         self._applied = True
         try:
             self._watch_uninitialised_memory(session)
