@@ -11,11 +11,9 @@ start, so it stays cheap: no `importlib.metadata` (it parses every METADATA file
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import re
-import subprocess
 import sys
 from typing import Any, Iterable
 
@@ -146,6 +144,8 @@ def _libraries(dists: dict[str, str]) -> dict[str, str]:
 
 def _packages_digest(dists: dict[str, str]) -> str:
     """Return a digest of every installed distribution and version."""
+    import hashlib  # start-up: `import detrun.env.fingerprint` in the child needs no hash
+
     entries = sorted(f"{name}=={version}" for name, version in dists.items())
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16] + f" ({len(entries)} packages)"
 
@@ -335,6 +335,8 @@ def probe(call: Any) -> Any:
 
 def _git(directory: str) -> dict[str, Any]:
     """Return the commit and dirty state of the repository holding `directory` (one `git` call)."""
+    import subprocess  # start-up: the child imports this module (torch_facts) and never runs git
+
     try:
         out = subprocess.run(["git", "-C", directory, "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
                              capture_output=True, text=True, timeout=5, check=True,
