@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import datetime
 import os
-import secrets
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detrun import __version__, bootstrap
 from detrun.engine.replay_backups import restore_leftovers
 from detrun.env.collectives import pinned_collective_env, validated_collective_env
-from detrun.env import diff as env_diff
 from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
 from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TargetRefused, TraceError
 from detrun.runner import Target, report_syntax_error, resolve, syntax_error_of
-from detrun.trace import read_header
-from detrun.trace.salvage import salvage
 from detrun.child_process import CHILD_CONFIG_VAR, exit_like, run_child, scratch_directory, signal_name
 from detrun.replay_inputs import (RECORDED_SETTINGS, as_dict, is_arg_list, python_command, recorded_script,
                                   resolve_here, shell_words, validated_hashseed, validated_thread_env)
+
+if TYPE_CHECKING:
+    from detrun.env import diff as env_diff
+
+# Start-up: the trace reader, salvage and env.diff are imported where a replay or a dead child needs
+# them, so that `detrun record` starts its child without loading them.
 
 
 def check_output(output: str, force: bool) -> None:
@@ -58,6 +60,15 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
     except (OSError, ValueError) as exc:
         raise PolicyError(f"cannot read the profile {profile_path}: {exc}") from None
 
+def _random_below(bound: int) -> int:
+    """Return a uniform integer in [0, bound) from os.urandom, as secrets.randbelow draws it (no import of random)."""
+    bits = bound.bit_length()
+    size = (bits + 7) // 8
+    while True:  # rejection sampling, as random.SystemRandom._randbelow_with_getrandbits
+        value = int.from_bytes(os.urandom(size), "big") >> (size * 8 - bits)
+        if value < bound:
+            return value
+
 def record(target: Target | None, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 0, policy: str = "strict", profile_path: str | None = None,
            kernel_steps: int = 0, op_digests: int = 0, op_digest_every: int = 0,
@@ -72,7 +83,7 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
         return 1
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
-    hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(secrets.randbelow(2**32 - 1) + 1)
+    hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(_random_below(2**32 - 1) + 1)
     nccl_env = pinned_collective_env(policy, os.environ)
     header: dict[str, Any] = {
         "detrun_version": __version__,
@@ -124,6 +135,8 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     `op_capture` (detrun explain's): (S, path): digest every op of steps 1..S, with its call site,
     write them to `path` (a scratch file of the caller's, never the trace's choice) and stop after step S.
     """
+    from detrun.trace import read_header
+
     header = read_header(trace_path)
     if "command" in header or command is not None:
         return _replay_command(trace_path, header, command, allow_changed_args=allow_changed_args, strict=strict,
@@ -165,6 +178,8 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                     outputs_in_place=outputs_in_place)
     if op_capture is not None:
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
+    from detrun.env import diff as env_diff
+
     differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")),
                                                   fingerprint(os.path.dirname(resolved.path))),
                                     threads_pinned=pin_threads)
@@ -232,6 +247,8 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
     hashseed = validated_hashseed(trace_settings.get("hashseed"), trace_path)
     thread_env, refused = validated_thread_env(trace_settings.get("thread_env"))
     settings, child_env = _replay_settings(trace_settings, hashseed, thread_env, refused, pin_threads)
+    from detrun.env import diff as env_diff
+
     differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")), fingerprint(os.getcwd())),
                                     threads_pinned=pin_threads)
     if not quiet:
@@ -278,7 +295,9 @@ def main_script_alias(target: Target, sha256: str, recorded: dict[str, Any]) -> 
 
 def _print_env_diff(differences: list[env_diff.Difference]) -> None:
     """Report environment differences from the recording: those that can change bits one per line."""
-    for line in env_diff.report_lines(differences):
+    from detrun.env.diff import report_lines
+
+    for line in report_lines(differences):
         print(f"detrun: {line}", file=sys.stderr)
 
 def _target_data(target: Target) -> dict[str, Any]:
@@ -297,6 +316,8 @@ def _salvage(temporary: str, output: str, status: int, quiet: bool, force: bool)
         reason = f"killed by {signal_name(-status)}"
     else:
         reason = f"exited with status {status} before detrun could finish the trace"
+    from detrun.trace.salvage import salvage
+
     steps = salvage(temporary, output, reason, status, force=force)
     if steps is None:
         print("detrun: the run died before its trace had a header; no trace was written", file=sys.stderr)
