@@ -1,0 +1,41 @@
+"""Start-up's import diet: what `detrun record` / `replay` load before the script runs (issue 15: under 0.1 s).
+
+Each probe is a fresh interpreter that imports what one side imports before the user's first line
+and lists the named modules it was not supposed to load; they are loaded at their point of use.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _loaded(setup: str, names: tuple[str, ...]) -> list[str]:
+    """Run `setup` in a fresh interpreter; return which of `names` it left in sys.modules."""
+    probe = f"import sys\n{setup}\nprint([m for m in {names!r} if m in sys.modules])"
+    return eval(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+
+
+def test_the_child_sets_up_without_the_launcher_or_the_helpers_of_later_work() -> None:
+    # What detrun._child imports and builds before runner.run(): the session, every source, the writer.
+    # main() without a config reads the config's name and refuses: it imports what that takes.
+    setup = ("import detrun._child\ntry:\n    detrun._child.main()\nexcept SystemExit:\n    pass\n"
+             "from detrun.engine.session import Session\n"
+             "from detrun.engine.sources import all_sources\nall_sources()\n"
+             "from detrun.runner import Runner, Target\nfrom detrun.trace import TraceWriter, read_trace\n"
+             "Runner(Target(detrun._child.__file__, (), False))")
+    assert _loaded(setup, (
+        "detrun.child_process", "detrun.launch", "ctypes",  # the launcher's side
+        "hashlib", "difflib", "subprocess", "secrets",  # hashing, diffs, git: at their point of use
+        "detrun.engine.checkpoint_digest", "zipfile",  # the first written file's digest
+        "detrun.env.diff",  # a replay's torch facts compared
+        "click", "torch", "numpy",
+    )) == []
+
+
+def test_record_starts_its_child_without_the_trace_reader_or_the_replay_side() -> None:
+    setup = "import detrun.cli.record_cmd\nimport detrun.cli.replay_cmd\nimport detrun.launch"
+    assert _loaded(setup, (
+        "detrun.trace", "detrun.trace.reader", "detrun.trace.salvage", "zstandard", "msgpack",  # replay, salvage
+        "detrun.env.diff", "secrets", "hashlib", "difflib",
+        "detrun.engine.session", "torch", "numpy",
+    )) == []
