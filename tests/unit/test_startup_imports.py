@@ -32,9 +32,13 @@ def test_the_child_sets_up_without_the_launcher_or_the_helpers_of_later_work() -
     )) == []
 
 
-def test_record_starts_its_child_without_the_trace_reader_or_the_replay_side() -> None:
-    setup = "import detrun.cli.record_cmd\nimport detrun.cli.replay_cmd\nimport detrun.launch"
+def test_record_starts_its_child_without_click_the_trace_reader_or_the_replay_side() -> None:
+    # The console script's path for a plain line: cli.main -> cli.direct -> launch (cli/direct.py).
+    setup = ("from detrun.cli import main\nfrom detrun.cli.direct import parse_direct\n"
+             "assert parse_direct(['record', '-q', '-o', 't.zst', __import__('detrun').__file__]) is not None\n"
+             "import detrun.launch")
     assert _loaded(setup, (
+        "click", "detrun.cli.click_group", "detrun.cli.common", "detrun.cli.record_cmd",  # the click commands
         "detrun.trace", "detrun.trace.reader", "detrun.trace.salvage", "zstandard", "msgpack",  # replay, salvage
         "detrun.env.diff", "secrets", "hashlib", "difflib",
         "detrun.engine.session", "torch", "numpy",
