@@ -7,7 +7,6 @@ its tracebacks carry none of detrun's frames; and its exit status passes through
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.machinery
 import io
 import os
@@ -16,13 +15,14 @@ import signal
 import sys
 import tokenize
 import types
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from detrun.errors import DetrunError, ScriptNotFound
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
+# NamedTuples, not dataclasses: `detrun record` reaches its child without importing dataclasses
+# (and inspect with it, ~7 ms of start-up).
+class Target(NamedTuple):
     """What to run: a script path or a module name, and its arguments."""
 
     name: str
@@ -35,8 +35,7 @@ class Target:
         return f"-m {self.name}" if self.is_module else self.name
 
 
-@dataclasses.dataclass(frozen=True)
-class ResolvedTarget:
+class ResolvedTarget(NamedTuple):
     """A target whose source file has been found."""
 
     target: Target
@@ -74,12 +73,12 @@ def _find_module_file(name: str) -> str:
 
 def resolve(target: Target) -> ResolvedTarget:
     """Find the target's file and hash it; raise ScriptNotFound with one clear line if absent."""
-    import hashlib  # here, not at the top: the child imports this module at start-up and hashes nothing
+    from detrun.small_sha256 import sha256_hex  # start-up: the child imports this module and hashes nothing
 
     path = locate(target)
     try:
         with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+            digest = sha256_hex(f.read())
     except OSError as exc:
         raise ScriptNotFound(f"cannot read {target.name}: {exc.strerror}") from None
     return ResolvedTarget(target, path, digest)
@@ -137,8 +136,7 @@ def _read_source(path: str) -> str:
     return io.TextIOWrapper(io.BytesIO(raw), encoding).read()
 
 
-@dataclasses.dataclass
-class Outcome:
+class Outcome(NamedTuple):
     """How the user's code ended, so the caller can finish its own work before exiting the same way."""
 
     exit_status: int

@@ -144,10 +144,10 @@ def _libraries(dists: dict[str, str]) -> dict[str, str]:
 
 def _packages_digest(dists: dict[str, str]) -> str:
     """Return a digest of every installed distribution and version."""
-    import hashlib  # start-up: `import detrun.env.fingerprint` in the child needs no hash
+    from detrun.small_sha256 import sha256_hex  # start-up: no OpenSSL to load (see there)
 
     entries = sorted(f"{name}=={version}" for name, version in dists.items())
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16] + f" ({len(entries)} packages)"
+    return sha256_hex("\n".join(entries).encode())[:16] + f" ({len(entries)} packages)"
 
 
 def _package_dir(package: str, path: list[str]) -> str | None:

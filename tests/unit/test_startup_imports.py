@@ -36,10 +36,14 @@ def test_record_starts_its_child_without_click_the_trace_reader_or_the_replay_si
     # The console script's path for a plain line: cli.main -> cli.direct -> launch (cli/direct.py).
     setup = ("from detrun.cli import main\nfrom detrun.cli.direct import parse_direct\n"
              "assert parse_direct(['record', '-q', '-o', 't.zst', __import__('detrun').__file__]) is not None\n"
-             "import detrun.launch")
+             "import detrun.launch\nfrom detrun.runner import Target, resolve\n"
+             "from detrun.env.fingerprint import fingerprint\n"
+             "resolve(Target(__import__('detrun').__file__))\nfingerprint()")  # what record() does before the child
     assert _loaded(setup, (
         "click", "detrun.cli.click_group", "detrun.cli.common", "detrun.cli.record_cmd",  # the click commands
         "detrun.trace", "detrun.trace.reader", "detrun.trace.salvage", "zstandard", "msgpack",  # replay, salvage
-        "detrun.env.diff", "secrets", "hashlib", "difflib",
+        "dataclasses", "inspect",  # ~7 ms: runner's and option_placement's records are NamedTuples
+        "hashlib", "_hashlib",  # OpenSSL: the script's sha256 comes from small_sha256
+        "detrun.env.diff", "secrets", "difflib",
         "detrun.engine.session", "torch", "numpy",
     )) == []
