@@ -95,7 +95,8 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
         runner = Runner(Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"]))
         role, sources = "main", all_sources()
     if config["mode"] == "record":
-        writer = TraceWriter(config["trace_tmp"], config["header"])
+        header = {**config["header"], **_late_config(config).get("header", {})}  # in place of its placeholders
+        writer = TraceWriter(config["trace_tmp"], header)
         session = Session("record", writer=writer, quiet=config["quiet"], progress_fd=progress_fd, role=role,
                           settings={**config["settings"], "trace_path": config["trace_path"],
                                     "force": config.get("force", False)})
@@ -162,6 +163,21 @@ def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
     else:
         session.take(PROCESS)  # check_world matched it to this process already
     return runner, session
+
+
+def _late_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return the config's part the launcher sends once this process has started (child_process.run_child)."""
+    from detrun.bootstrap import LATE_CONFIG_FD_KEY
+
+    fd = config.get(LATE_CONFIG_FD_KEY)
+    if not isinstance(fd, int):
+        return {}
+    with open(fd, "rb") as pipe:  # waits for the launcher, which computed it while this interpreter started
+        data = pipe.read()
+    late = json.loads(data) if data else None
+    if not isinstance(late, dict):
+        raise RuntimeError("the launcher did not send the rest of the session config")
+    return late
 
 
 def _progress_pipe(config: dict[str, Any]) -> int | None:

@@ -88,7 +88,7 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
     header: dict[str, Any] = {
         "detrun_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "env": fingerprint(os.path.dirname(resolved.path) if resolved is not None else os.getcwd()),
+        "env": None,  # the fingerprint, computed while the child starts (run_child's late_config)
         **({"script": {"name": target.name, "module": target.is_module, "path": resolved.path,
                        "sha256": resolved.sha256}, "argv": list(target.args)}
            if target is not None and resolved is not None else {"command": list(command or [])}),
@@ -119,7 +119,9 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
         # those Lightning's DDP starts from the script, record under their own role (detrun.bootstrap).
         boot_env = bootstrap.prepare(scratch, {"mode": "record", "command": command is not None,
                                                "settings": header["settings"]})
-        status = run_child(config, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env})
+        fingerprint_dir = os.path.dirname(resolved.path) if resolved is not None else os.getcwd()
+        status = run_child(config, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
+                           late_config=lambda: {"header": {"env": fingerprint(fingerprint_dir)}})
         if os.path.exists(temporary):  # the child died before publishing its trace
             _salvage(temporary, output, status, quiet, force)
     return status
