@@ -79,6 +79,9 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
     from detrun.trace import TraceWriter, read_trace
 
     progress_fd = _progress_pipe(config)
+    # Before this process prints anything: the launcher prints its own lines (a replay's environment
+    # report) while computing it.
+    late = _late_config(config)
     if config.get("process") is not None:
         return _setup_process(config)
     runner: Runner | CommandRunner
@@ -95,7 +98,7 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
         runner = Runner(Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"]))
         role, sources = "main", all_sources()
     if config["mode"] == "record":
-        header = {**config["header"], **_late_config(config).get("header", {})}  # in place of its placeholders
+        header = {**config["header"], **late.get("header", {})}  # in place of its placeholders
         writer = TraceWriter(config["trace_tmp"], header)
         session = Session("record", writer=writer, quiet=config["quiet"], progress_fd=progress_fd, role=role,
                           settings={**config["settings"], "trace_path": config["trace_path"],
@@ -109,7 +112,7 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
                           progress_fd=progress_fd, settings=config["settings"],
                           verbose=config.get("verbose", False), report_json=config.get("report_json"),
                           ignore_output=tuple(config.get("ignore_output", ())))
-        for cause in config.get("causes", []):  # environment differences, most likely first
+        for cause in late.get("causes", []):  # environment differences, most likely first
             session.note_cause(cause)
         alias = config.get("main_script_alias")
         # The recorded script's content under another name.

@@ -138,6 +138,14 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
             os.close(watch)
         if late_read >= 0:
             os.close(late_read)
+    if late_config is not None:
+        # Before the relay starts: what it prints comes first, and the child waits for it.
+        try:
+            _send_late_config(late_write, late_config)
+        except BaseException:
+            if relay is not None:
+                relay.stop()
+            raise
 
     def forward(signum: int, _frame: Any) -> None:
         process.send_signal(signum)
@@ -152,8 +160,6 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
         handlers.update(_relay_handlers(relay))
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
-        if late_config is not None:
-            _send_late_config(late_write, late_config)
         status = process.wait()
     finally:
         if relay is not None:

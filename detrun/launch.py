@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun import __version__, bootstrap
 from detrun.engine.replay_backups import restore_leftovers
@@ -180,21 +180,11 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                     outputs_in_place=outputs_in_place)
     if op_capture is not None:
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
-    from detrun.env import diff as env_diff
-
-    differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")),
-                                                  fingerprint(os.path.dirname(resolved.path))),
-                                    threads_pinned=pin_threads)
-    if not quiet:
-        _print_env_diff(differences)
-        print(f"detrun: replaying: {shell_words(python_command(target))}",
-              file=sys.stderr)
+    report = _environment_report(header.get("env"), os.path.dirname(resolved.path), pin_threads,
+                                 None if quiet else f"detrun: replaying: {shell_words(python_command(target))}")
     with scratch_directory() as scratch:
-        # The differences that can change bits go to the session, which names the first as the likely
-        # cause if the replay diverges.
         config = {"mode": "replay", "target": _target_data(target), "trace_path": os.path.abspath(trace_path),
-                  "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences),
-                  "scratch_dir": scratch,
+                  "strict": strict, "quiet": quiet, "settings": settings, "scratch_dir": scratch,
                   # The user's options, never the trace's: a trace chooses no path detrun writes to.
                   "verbose": verbose, "report_json": os.path.abspath(report_json) if report_json else None,
                   "ignore_output": list(ignore_output),
@@ -202,9 +192,30 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         boot_env = bootstrap.prepare(scratch, {"mode": "replay", "command": False, "settings": settings,
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output)})
-        status = run_child(config, {**child_env, **boot_env})
+        status = run_child(config, {**child_env, **boot_env}, late_config=report)
         _put_back(scratch)
         return status
+
+def _environment_report(recorded: Any, directory: str, pin_threads: bool,
+                        replaying: str | None) -> Callable[[], dict[str, Any]]:
+    """Return a replay's late config (child_process.run_child): its environment compared with the recording's.
+
+    It runs while the child starts (the fingerprint is off start-up's critical path) and before the
+    child can print anything: the differences that can change bits, one per line, then the
+    `replaying:` line (None: quiet); the session gets them as causes, the first named as the likely
+    cause if the replay diverges.
+    """
+    def report() -> dict[str, Any]:
+        from detrun.env import diff as env_diff
+
+        differences = env_diff.classify(env_diff.diff(as_dict(recorded), fingerprint(directory)),
+                                        threads_pinned=pin_threads)
+        if replaying is not None:
+            _print_env_diff(differences)
+            print(replaying, file=sys.stderr)
+        return {"causes": env_diff.causes(differences)}
+
+    return report
 
 def _replay_settings(trace_settings: dict[str, Any], hashseed: str, thread_env: dict[str, str | None],
                      refused: list[str], pin_threads: bool) -> tuple[dict[str, Any], dict[str, str | None]]:
@@ -249,17 +260,11 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
     hashseed = validated_hashseed(trace_settings.get("hashseed"), trace_path)
     thread_env, refused = validated_thread_env(trace_settings.get("thread_env"))
     settings, child_env = _replay_settings(trace_settings, hashseed, thread_env, refused, pin_threads)
-    from detrun.env import diff as env_diff
-
-    differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")), fingerprint(os.getcwd())),
-                                    threads_pinned=pin_threads)
-    if not quiet:
-        _print_env_diff(differences)
-        print(f"detrun: replaying: {shell_words(list(command))}", file=sys.stderr)
+    report = _environment_report(header.get("env"), os.getcwd(), pin_threads,
+                                 None if quiet else f"detrun: replaying: {shell_words(list(command))}")
     with scratch_directory() as scratch:
         config = {"mode": "replay", "command": list(command), "trace_path": os.path.abspath(trace_path),
-                  "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences),
-                  "scratch_dir": scratch, "verbose": verbose,
+                  "strict": strict, "quiet": quiet, "settings": settings, "scratch_dir": scratch, "verbose": verbose,
                   "report_json": os.path.abspath(report_json) if report_json else None,
                   "ignore_output": list(ignore_output)}
         # A merged multi-node trace: each node's ranks ran with their node's hash seed.
@@ -269,7 +274,7 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output),
                                                "node_hashseeds": node_hashseeds})
-        status = run_child(config, {**child_env, **boot_env})
+        status = run_child(config, {**child_env, **boot_env}, late_config=report)
         _put_back(scratch)
         return status
 
