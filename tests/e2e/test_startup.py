@@ -32,3 +32,19 @@ def test_a_failing_fingerprint_stops_the_run_before_the_script(tmp_path: Path) -
     line = next(line for line in result.stderr.splitlines() if "KeyError: 'a bug in the fingerprint'" in line)
     Path(line.rsplit("(details in ", 1)[1].rstrip(")")).unlink()  # the crash report
     assert not (tmp_path / "ran").exists() and not (tmp_path / "trace.zst").exists()
+
+
+def test_a_replays_environment_report_comes_first_and_names_the_cause(tmp_path: Path) -> None:
+    # The report is computed while the child starts (the late config); it still precedes the child's
+    # output, and the difference reaches the session as the divergence's likely cause.
+    (tmp_path / "t.py").write_text('import os, sys\nprint("threads", os.environ.get("OMP_NUM_THREADS"))\n'
+                                   'print("child says", file=sys.stderr)\n')
+    assert detrun("record", "-q", "t.py", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"}).returncode == 0
+    same = detrun("replay", "trace.zst", "t.py", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert same.returncode == 5 and "likely cause" not in same.stderr, same.stderr  # UNVERIFIED: no training
+    result = detrun("replay", "--no-pin-threads", "trace.zst", "t.py", cwd=tmp_path, env={"OMP_NUM_THREADS": "3"})
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.splitlines()
+    env_line = next(i for i, line in enumerate(lines) if "env OMP_NUM_THREADS: recorded '1', now '3'" in line)
+    assert env_line < lines.index("detrun: replaying: python t.py") < lines.index("child says")
+    assert "likely cause: env OMP_NUM_THREADS: recorded '1', now '3'" in lines[-1], lines[-1]
