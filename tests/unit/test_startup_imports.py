@@ -47,3 +47,16 @@ def test_record_starts_its_child_without_click_the_trace_reader_or_the_replay_si
         "detrun.env.diff", "secrets", "difflib",
         "detrun.engine.session", "torch", "numpy",
     )) == []
+
+
+def test_replay_reads_the_header_and_starts_its_child_without_dataclasses(tmp_path: object) -> None:
+    # read_header validates the header against trace.registry (EventKind is a NamedTuple); the
+    # environment's comparison (env.diff) runs while the child starts.
+    setup = ("import os, tempfile\nfrom detrun.cli import main\nimport detrun.launch\n"
+             "from detrun.trace import TraceWriter, read_header\n"
+             "path = os.path.join(tempfile.mkdtemp(), 't.zst')\n"
+             "TraceWriter(path, {'detrun_version': '0', 'created': 'now', 'env': {}, 'cwd': '/', 'settings': {}})"
+             ".close()\n"
+             "read_header(path)")
+    assert _loaded(setup, ("dataclasses", "inspect", "click", "hashlib", "detrun.env.diff")) == []
+
