@@ -13,9 +13,9 @@ here for each run.
 """
 from __future__ import annotations
 
-import datetime
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun import __version__, bootstrap
@@ -87,7 +87,8 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
     nccl_env = pinned_collective_env(policy, os.environ)
     header: dict[str, Any] = {
         "detrun_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # datetime.now(timezone.utc).isoformat(timespec="seconds"), without importing datetime (start-up).
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "env": None,  # the fingerprint, computed while the child starts (run_child's late_config)
         **({"script": {"name": target.name, "module": target.is_module, "path": resolved.path,
                        "sha256": resolved.sha256}, "argv": list(target.args)}

@@ -12,7 +12,6 @@ start, so it stays cheap: no `importlib.metadata` (it parses every METADATA file
 from __future__ import annotations
 
 import os
-import platform
 import re
 import sys
 from typing import Any, Iterable
@@ -69,6 +68,8 @@ def numeric_environment(environ: dict[str, str] | None = None) -> dict[str, str]
 
 def _cpu() -> dict[str, Any]:
     """Return the CPU model, ISA flags and counts."""
+    import platform  # start-up: the launcher imports this module before its child starts, fingerprints after
+
     model, flags = UNAVAILABLE, UNAVAILABLE
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -354,6 +355,8 @@ def _git(directory: str) -> dict[str, Any]:
 
 def fingerprint(script_dir: str | None = None) -> dict[str, Any]:
     """Return the environment fingerprint (plain data, safe to store in a trace)."""
+    import platform  # start-up: see _cpu
+
     path = _search_path()
     dists = distributions(path)
     return {

@@ -44,7 +44,7 @@ def test_record_starts_its_child_without_click_the_trace_reader_or_the_replay_si
         "detrun.trace", "detrun.trace.reader", "detrun.trace.salvage", "zstandard", "msgpack",  # replay, salvage
         "dataclasses", "inspect",  # ~7 ms: runner's and option_placement's records are NamedTuples
         "hashlib", "_hashlib",  # OpenSSL: the script's sha256 comes from small_sha256
-        "detrun.env.diff", "secrets", "difflib",
+        "detrun.env.diff", "secrets", "difflib", "datetime",  # datetime: msgpack's, in a replay only
         "detrun.engine.session", "torch", "numpy",
     )) == []
 
