@@ -7,6 +7,7 @@ bug in detrun: one `internal error` line, a report file, exit 70.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -21,7 +22,10 @@ if TYPE_CHECKING:
 
 def main() -> None:
     """Run the configured target under a record or replay session and exit as it did."""
-    from detrun.child_process import CHILD_CONFIG_VAR
+    # Start-up: no collection passes over detrun's own imports and setup (nothing of it is garbage);
+    # the collector is back on, as python starts it, before the script's first line.
+    gc.disable()
+    from detrun.bootstrap import CHILD_CONFIG_VAR
 
     raw = os.environ.pop(CHILD_CONFIG_VAR, None)
     if raw is None:
@@ -38,6 +42,11 @@ def main() -> None:
         if isinstance(config.get("settings"), dict):
             config["settings"]["child_env"] = child_env
         runner, session = _setup(config)
+        # What exists now is the interpreter's, the stdlib's and detrun's, long-lived: frozen, the
+        # collector never walks it again (at exit that walk cost ~8 ms of start-up). Everything the
+        # script creates is collected as under python.
+        gc.freeze()
+        gc.enable()
     except DetrunError as exc:
         _fail(exc)
     except Exception as exc:  # noqa: BLE001 - not the user's code: a bug in detrun
@@ -70,6 +79,9 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
     from detrun.trace import TraceWriter, read_trace
 
     progress_fd = _progress_pipe(config)
+    # Before this process prints anything: the launcher prints its own lines (a replay's environment
+    # report) while computing it.
+    late = _late_config(config)
     if config.get("process") is not None:
         return _setup_process(config)
     runner: Runner | CommandRunner
@@ -86,7 +98,8 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
         runner = Runner(Target(config["target"]["name"], tuple(config["target"]["args"]), config["target"]["module"]))
         role, sources = "main", all_sources()
     if config["mode"] == "record":
-        writer = TraceWriter(config["trace_tmp"], config["header"])
+        header = {**config["header"], **late.get("header", {})}  # in place of its placeholders
+        writer = TraceWriter(config["trace_tmp"], header)
         session = Session("record", writer=writer, quiet=config["quiet"], progress_fd=progress_fd, role=role,
                           settings={**config["settings"], "trace_path": config["trace_path"],
                                     "force": config.get("force", False)})
@@ -99,7 +112,7 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
                           progress_fd=progress_fd, settings=config["settings"],
                           verbose=config.get("verbose", False), report_json=config.get("report_json"),
                           ignore_output=tuple(config.get("ignore_output", ())))
-        for cause in config.get("causes", []):  # environment differences, most likely first
+        for cause in late.get("causes", []):  # environment differences, most likely first
             session.note_cause(cause)
         alias = config.get("main_script_alias")
         # The recorded script's content under another name.
@@ -153,6 +166,21 @@ def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
     else:
         session.take(PROCESS)  # check_world matched it to this process already
     return runner, session
+
+
+def _late_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return the config's part the launcher sends once this process has started (child_process.run_child)."""
+    from detrun.bootstrap import LATE_CONFIG_FD_KEY
+
+    fd = config.get(LATE_CONFIG_FD_KEY)
+    if not isinstance(fd, int):
+        return {}
+    with open(fd, "rb") as pipe:  # waits for the launcher, which computed it while this interpreter started
+        data = pipe.read()
+    late = json.loads(data) if data else None
+    if not isinstance(late, dict):
+        raise RuntimeError("the launcher did not send the rest of the session config")
+    return late
 
 
 def _progress_pipe(config: dict[str, Any]) -> int | None:

@@ -21,6 +21,12 @@ import sys
 from typing import Any, Mapping, MutableMapping
 
 BOOT_VAR = "DETRUN_BOOT"  # the bootstrap config's path, inherited by every process of the command
+# The child's session config (JSON). Here, not in child_process: the child reads it at start-up and
+# must not import the launcher's machinery (subprocess, ctypes, shutil) to learn a name.
+CHILD_CONFIG_VAR = "DETRUN_CHILD_CONFIG"
+# In that config: a pipe on which the launcher sends, once the child has started, the config's part
+# it computes meanwhile ({"header": {"env": ...}}: the fingerprint, off start-up's critical path).
+LATE_CONFIG_FD_KEY = "late_config_fd"
 PROCESSES_DIR = "procs"  # in the scratch directory: role claims, segments, reports
 
 # The PYTHONPATH entry's only file. It must work on an interpreter without detrun (a different
@@ -117,8 +123,6 @@ def boot() -> None:
     if decision is None:
         return
     options, child_config = decision
-    from detrun.child_process import CHILD_CONFIG_VAR
-
     os.environ[CHILD_CONFIG_VAR] = json.dumps(child_config)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import json
 import os
 import re
@@ -19,12 +20,10 @@ import sys
 import tempfile
 from typing import Any, Callable, Iterator, NoReturn
 
+from detrun.bootstrap import CHILD_CONFIG_VAR, LATE_CONFIG_FD_KEY
 from detrun.engine.replay_backups import holds_backups
 from detrun.progress_line import PROGRESS_FD_KEY, ProgressRelay
 
-
-
-CHILD_CONFIG_VAR = "DETRUN_CHILD_CONFIG"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -88,8 +87,14 @@ def _sweep_stale_scratch() -> None:
         finally:
             os.close(fd)
 
-def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
-    """Run the child interpreter with the session config; return its exit status as a shell sees it."""
+def run_child(config: dict[str, Any], overrides: dict[str, str | None],
+              late_config: Callable[[], dict[str, Any]] | None = None) -> int:
+    """Run the child interpreter with the session config; return its exit status as a shell sees it.
+
+    `late_config` computes a part of the config the child needs only once its interpreter is up
+    (the recording's environment fingerprint): it runs while the child starts, and its result goes
+    over a pipe (bootstrap.LATE_CONFIG_FD_KEY), so start-up does not wait for it.
+    """
     child_env = dict(os.environ)
     for key, value in overrides.items():
         if value is None:
@@ -111,6 +116,11 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
     if relay is not None:
         pass_fds.append(relay.progress_write)
         config = {**config, PROGRESS_FD_KEY: relay.progress_write}
+    late_read = late_write = -1
+    if late_config is not None:
+        late_read, late_write = os.pipe()
+        pass_fds.append(late_read)
+        config = {**config, LATE_CONFIG_FD_KEY: late_read}
     config = {**config, "parent_pid": os.getpid()}
     child_env[CHILD_CONFIG_VAR] = json.dumps(config)
     try:
@@ -120,10 +130,22 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
     except BaseException:
         if relay is not None:
             relay.stop()
+        if late_write >= 0:
+            os.close(late_write)
         raise
     finally:
         if watch >= 0:
             os.close(watch)
+        if late_read >= 0:
+            os.close(late_read)
+    if late_config is not None:
+        # Before the relay starts: what it prints comes first, and the child waits for it.
+        try:
+            _send_late_config(late_write, late_config)
+        except BaseException:
+            if relay is not None:
+                relay.stop()
+            raise
 
     def forward(signum: int, _frame: Any) -> None:
         process.send_signal(signum)
@@ -147,6 +169,14 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None]) -> int:
         if keep_alive >= 0:
             os.close(keep_alive)
     return status
+
+def _send_late_config(fd: int, compute: Callable[[], dict[str, Any]]) -> None:
+    """Compute the late part of the child's config and write it to the pipe `fd` (closed whatever happens)."""
+    with open(fd, "wb") as pipe:  # a failure in compute() closes it empty: the child stops with an internal error
+        try:
+            pipe.write(json.dumps(compute()).encode())
+        except BrokenPipeError:
+            pass  # the child died first; its status says how
 
 def _relay_handlers(relay: ProgressRelay) -> dict[signal.Signals, Callable[[int, Any], None]]:
     """Return the launcher's signal handlers while the relay owns the terminal."""
@@ -197,6 +227,9 @@ def exit_like(status: int) -> NoReturn:
     cannot be re-raised without losing detrun's own exit, so those exit with 128+N, which is what a
     shell reports for a process they killed.
     """
+    # The collector's passes at interpreter exit would only walk detrun's own objects (~10 ms of
+    # start-up's budget): move them out of its reach. No user code runs in this process.
+    gc.freeze()
     if status >= 0:
         sys.exit(status)
     signum = -status

@@ -13,24 +13,26 @@ here for each run.
 """
 from __future__ import annotations
 
-import datetime
 import os
-import secrets
 import sys
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from detrun import __version__, bootstrap
 from detrun.engine.replay_backups import restore_leftovers
 from detrun.env.collectives import pinned_collective_env, validated_collective_env
-from detrun.env import diff as env_diff
 from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
 from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TargetRefused, TraceError
 from detrun.runner import Target, report_syntax_error, resolve, syntax_error_of
-from detrun.trace import read_header
-from detrun.trace.salvage import salvage
 from detrun.child_process import CHILD_CONFIG_VAR, exit_like, run_child, scratch_directory, signal_name
 from detrun.replay_inputs import (RECORDED_SETTINGS, as_dict, is_arg_list, python_command, recorded_script,
                                   resolve_here, shell_words, validated_hashseed, validated_thread_env)
+
+if TYPE_CHECKING:
+    from detrun.env import diff as env_diff
+
+# Start-up: the trace reader, salvage and env.diff are imported where a replay or a dead child needs
+# them, so that `detrun record` starts its child without loading them.
 
 
 def check_output(output: str, force: bool) -> None:
@@ -58,6 +60,15 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
     except (OSError, ValueError) as exc:
         raise PolicyError(f"cannot read the profile {profile_path}: {exc}") from None
 
+def _random_below(bound: int) -> int:
+    """Return a uniform integer in [0, bound) from os.urandom, as secrets.randbelow draws it (no import of random)."""
+    bits = bound.bit_length()
+    size = (bits + 7) // 8
+    while True:  # rejection sampling, as random.SystemRandom._randbelow_with_getrandbits
+        value = int.from_bytes(os.urandom(size), "big") >> (size * 8 - bits)
+        if value < bound:
+            return value
+
 def record(target: Target | None, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 0, policy: str = "strict", profile_path: str | None = None,
            kernel_steps: int = 0, op_digests: int = 0, op_digest_every: int = 0,
@@ -72,12 +83,13 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
         return 1
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
-    hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(secrets.randbelow(2**32 - 1) + 1)
+    hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(_random_below(2**32 - 1) + 1)
     nccl_env = pinned_collective_env(policy, os.environ)
     header: dict[str, Any] = {
         "detrun_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "env": fingerprint(os.path.dirname(resolved.path) if resolved is not None else os.getcwd()),
+        # datetime.now(timezone.utc).isoformat(timespec="seconds"), without importing datetime (start-up).
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "env": None,  # the fingerprint, computed while the child starts (run_child's late_config)
         **({"script": {"name": target.name, "module": target.is_module, "path": resolved.path,
                        "sha256": resolved.sha256}, "argv": list(target.args)}
            if target is not None and resolved is not None else {"command": list(command or [])}),
@@ -108,7 +120,9 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
         # those Lightning's DDP starts from the script, record under their own role (detrun.bootstrap).
         boot_env = bootstrap.prepare(scratch, {"mode": "record", "command": command is not None,
                                                "settings": header["settings"]})
-        status = run_child(config, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env})
+        fingerprint_dir = os.path.dirname(resolved.path) if resolved is not None else os.getcwd()
+        status = run_child(config, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
+                           late_config=lambda: {"header": {"env": fingerprint(fingerprint_dir)}})
         if os.path.exists(temporary):  # the child died before publishing its trace
             _salvage(temporary, output, status, quiet, force)
     return status
@@ -124,6 +138,8 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     `op_capture` (detrun explain's): (S, path): digest every op of steps 1..S, with its call site,
     write them to `path` (a scratch file of the caller's, never the trace's choice) and stop after step S.
     """
+    from detrun.trace import read_header
+
     header = read_header(trace_path)
     if "command" in header or command is not None:
         return _replay_command(trace_path, header, command, allow_changed_args=allow_changed_args, strict=strict,
@@ -165,19 +181,11 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                     outputs_in_place=outputs_in_place)
     if op_capture is not None:
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
-    differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")),
-                                                  fingerprint(os.path.dirname(resolved.path))),
-                                    threads_pinned=pin_threads)
-    if not quiet:
-        _print_env_diff(differences)
-        print(f"detrun: replaying: {shell_words(python_command(target))}",
-              file=sys.stderr)
+    report = _environment_report(header.get("env"), os.path.dirname(resolved.path), pin_threads,
+                                 None if quiet else f"detrun: replaying: {shell_words(python_command(target))}")
     with scratch_directory() as scratch:
-        # The differences that can change bits go to the session, which names the first as the likely
-        # cause if the replay diverges.
         config = {"mode": "replay", "target": _target_data(target), "trace_path": os.path.abspath(trace_path),
-                  "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences),
-                  "scratch_dir": scratch,
+                  "strict": strict, "quiet": quiet, "settings": settings, "scratch_dir": scratch,
                   # The user's options, never the trace's: a trace chooses no path detrun writes to.
                   "verbose": verbose, "report_json": os.path.abspath(report_json) if report_json else None,
                   "ignore_output": list(ignore_output),
@@ -185,10 +193,31 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         boot_env = bootstrap.prepare(scratch, {"mode": "replay", "command": False, "settings": settings,
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output)})
-        status = run_child(config, {**child_env, **boot_env})
+        status = run_child(config, {**child_env, **boot_env}, late_config=report)
         _put_back(scratch)
         _say_if_killed(status)
         return status
+
+def _environment_report(recorded: Any, directory: str, pin_threads: bool,
+                        replaying: str | None) -> Callable[[], dict[str, Any]]:
+    """Return a replay's late config (child_process.run_child): its environment compared with the recording's.
+
+    It runs while the child starts (the fingerprint is off start-up's critical path) and before the
+    child can print anything: the differences that can change bits, one per line, then the
+    `replaying:` line (None: quiet); the session gets them as causes, the first named as the likely
+    cause if the replay diverges.
+    """
+    def report() -> dict[str, Any]:
+        from detrun.env import diff as env_diff
+
+        differences = env_diff.classify(env_diff.diff(as_dict(recorded), fingerprint(directory)),
+                                        threads_pinned=pin_threads)
+        if replaying is not None:
+            _print_env_diff(differences)
+            print(replaying, file=sys.stderr)
+        return {"causes": env_diff.causes(differences)}
+
+    return report
 
 def _replay_settings(trace_settings: dict[str, Any], hashseed: str, thread_env: dict[str, str | None],
                      refused: list[str], pin_threads: bool) -> tuple[dict[str, Any], dict[str, str | None]]:
@@ -233,15 +262,11 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
     hashseed = validated_hashseed(trace_settings.get("hashseed"), trace_path)
     thread_env, refused = validated_thread_env(trace_settings.get("thread_env"))
     settings, child_env = _replay_settings(trace_settings, hashseed, thread_env, refused, pin_threads)
-    differences = env_diff.classify(env_diff.diff(as_dict(header.get("env")), fingerprint(os.getcwd())),
-                                    threads_pinned=pin_threads)
-    if not quiet:
-        _print_env_diff(differences)
-        print(f"detrun: replaying: {shell_words(list(command))}", file=sys.stderr)
+    report = _environment_report(header.get("env"), os.getcwd(), pin_threads,
+                                 None if quiet else f"detrun: replaying: {shell_words(list(command))}")
     with scratch_directory() as scratch:
         config = {"mode": "replay", "command": list(command), "trace_path": os.path.abspath(trace_path),
-                  "strict": strict, "quiet": quiet, "settings": settings, "causes": env_diff.causes(differences),
-                  "scratch_dir": scratch, "verbose": verbose,
+                  "strict": strict, "quiet": quiet, "settings": settings, "scratch_dir": scratch, "verbose": verbose,
                   "report_json": os.path.abspath(report_json) if report_json else None,
                   "ignore_output": list(ignore_output)}
         # A merged multi-node trace: each node's ranks ran with their node's hash seed.
@@ -251,7 +276,7 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output),
                                                "node_hashseeds": node_hashseeds})
-        status = run_child(config, {**child_env, **boot_env})
+        status = run_child(config, {**child_env, **boot_env}, late_config=report)
         _put_back(scratch)
         _say_if_killed(status)
         return status
@@ -280,7 +305,9 @@ def main_script_alias(target: Target, sha256: str, recorded: dict[str, Any]) -> 
 
 def _print_env_diff(differences: list[env_diff.Difference]) -> None:
     """Report environment differences from the recording: those that can change bits one per line."""
-    for line in env_diff.report_lines(differences):
+    from detrun.env.diff import report_lines
+
+    for line in report_lines(differences):
         print(f"detrun: {line}", file=sys.stderr)
 
 def _target_data(target: Target) -> dict[str, Any]:
@@ -306,6 +333,8 @@ def _salvage(temporary: str, output: str, status: int, quiet: bool, force: bool)
         reason = f"killed by {signal_name(-status)}"
     else:
         reason = f"exited with status {status} before detrun could finish the trace"
+    from detrun.trace.salvage import salvage
+
     steps = salvage(temporary, output, reason, status, force=force)
     if steps is None:
         print("detrun: the run died before its trace had a header; no trace was written", file=sys.stderr)

@@ -7,8 +7,6 @@ its tracebacks carry none of detrun's frames; and its exit status passes through
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib.machinery
 import io
 import os
@@ -17,13 +15,14 @@ import signal
 import sys
 import tokenize
 import types
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from detrun.errors import DetrunError, ScriptNotFound
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
+# NamedTuples, not dataclasses: `detrun record` reaches its child without importing dataclasses
+# (and inspect with it, ~7 ms of start-up).
+class Target(NamedTuple):
     """What to run: a script path or a module name, and its arguments."""
 
     name: str
@@ -36,8 +35,7 @@ class Target:
         return f"-m {self.name}" if self.is_module else self.name
 
 
-@dataclasses.dataclass(frozen=True)
-class ResolvedTarget:
+class ResolvedTarget(NamedTuple):
     """A target whose source file has been found."""
 
     target: Target
@@ -75,6 +73,19 @@ def _find_module_file(name: str) -> str:
 
 def resolve(target: Target) -> ResolvedTarget:
     """Find the target's file and hash it; raise ScriptNotFound with one clear line if absent."""
+    from detrun.small_sha256 import sha256_hex  # start-up: the child imports this module and hashes nothing
+
+    path = locate(target)
+    try:
+        with open(path, "rb") as f:
+            digest = sha256_hex(f.read())
+    except OSError as exc:
+        raise ScriptNotFound(f"cannot read {target.name}: {exc.strerror}") from None
+    return ResolvedTarget(target, path, digest)
+
+
+def locate(target: Target) -> str:
+    """Return the absolute path of the target's file; raise ScriptNotFound if it is absent or unreadable."""
     if target.is_module:
         path = _find_module_file(target.name)
     else:
@@ -84,11 +95,11 @@ def resolve(target: Target) -> ResolvedTarget:
         if not os.path.isfile(path):
             raise ScriptNotFound(f"no such script: {target.name}")
     try:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+        with open(path, "rb"):
+            pass
     except OSError as exc:
         raise ScriptNotFound(f"cannot read {target.name}: {exc.strerror}") from None
-    return ResolvedTarget(target, os.path.abspath(path), digest)
+    return os.path.abspath(path)
 
 
 def python_abspath(name: str) -> str:
@@ -125,8 +136,7 @@ def _read_source(path: str) -> str:
     return io.TextIOWrapper(io.BytesIO(raw), encoding).read()
 
 
-@dataclasses.dataclass
-class Outcome:
+class Outcome(NamedTuple):
     """How the user's code ended, so the caller can finish its own work before exiting the same way."""
 
     exit_status: int
@@ -158,7 +168,8 @@ class Runner:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.resolved = resolve(target)
+        # Found, not hashed: the launcher compared the script's sha256 already (and hashlib costs start-up).
+        self.path = locate(target)
 
     @property
     def code_filename(self) -> str | None:
@@ -166,7 +177,7 @@ class Runner:
         if self.target.is_module:
             return None
         if os.path.isdir(self.target.name):
-            return self.resolved.path
+            return self.path
         return python_abspath(self.target.name)
 
     def _main_module(self) -> tuple[types.ModuleType, types.CodeType]:
@@ -174,7 +185,7 @@ class Runner:
         main = types.ModuleType("__main__")
         main.__builtins__ = sys.modules["builtins"]  # type: ignore[attr-defined]
         main.__annotations__ = {}  # the interpreter's own __main__ starts with an empty one
-        path = self.resolved.path
+        path = self.path
         if self.target.is_module:
             # Mirrors runpy._run_module_as_main + runpy._run_code (CPython 3.10-3.13): runpy finds the
             # spec and code (importing parent packages, as python -m does), we run it in a fresh module.
@@ -215,7 +226,7 @@ class Runner:
     def _prepare_sys(self, main: types.ModuleType) -> None:
         """Set sys.argv and sys.modules['__main__'] as python sets them."""
         if self.target.is_module:
-            sys.argv = [self.resolved.path, *self.target.args]
+            sys.argv = [self.path, *self.target.args]
         else:
             sys.argv = [self.target.name, *self.target.args]
         sys.modules["__main__"] = main
@@ -300,5 +311,5 @@ def _report_user_exception(exc: BaseException) -> None:
         sys.__excepthook__(type(exc), exc, tb)
 
 
-__all__ = ["Target", "ResolvedTarget", "Runner", "CommandRunner", "Outcome", "resolve", "exit_status_of", "DetrunError",
+__all__ = ["Target", "ResolvedTarget", "Runner", "CommandRunner", "Outcome", "resolve", "locate", "exit_status_of", "DetrunError",
            "python_abspath", "syntax_error_of", "report_syntax_error"]

@@ -1,11 +1,14 @@
-"""The `detrun` command line: one module per command, registered here; every decision lives in the library."""
+"""The `detrun` command line: one module per command, registered here; every decision lives in the library.
+
+`main` is the entry point (`detrun = "detrun.cli:main"`). Called as the console script and
+`python -m detrun` call it, it first offers the command line to cli/direct.py, which runs a plain
+`detrun record` / `detrun replay` line without importing click (start-up, issue 15); any other line,
+and every attribute, is the click group's (cli/click_group.py), so click's tools take `main` as the group.
+"""
 from __future__ import annotations
 
-import click
-
-from detrun import __version__
-from detrun.cli.common import DetrunGroup
-
+import sys
+from typing import Any
 
 # Registered explicitly, by name and place, and imported only when invoked (or listed by --help):
 # `detrun record` starts without importing what show, env or profile need. test_cli_registry.py
@@ -23,35 +26,25 @@ COMMANDS = {
 }
 
 
-@click.group(cls=DetrunGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="detrun")
-def main() -> None:
-    """Record and replay ML training runs bit for bit.
+class DetrunMain:
+    """The `detrun` command: cli/direct.py's plain record/replay lines, else the click group, imported on first use."""
 
-    \b
-    Fixing seeds is not enough: time-seeded RNGs, OS entropy, hash-seed-dependent
-    set order, thread counts, data-loader order and GPU kernel choices all change
-    the bits.  detrun runs your unmodified script, records every one of those
-    sources into a trace, and replays them so the run reproduces exactly, with a
-    digest check at every optimizer step.
+    def __call__(self, args: list[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:
+        if args is None and not extra:
+            from detrun.cli.direct import run_direct
 
-    \b
-    Typical use:
-      detrun record train.py --epochs 3      # run as usual, write trace.zst
-      detrun replay trace.zst train.py       # re-run bit-identically; verdict on stderr
-      detrun show trace.zst                  # what the trace holds
-      detrun profile --steps 20 train.py     # nondeterministic ops and their patches
-      detrun check --plain 2 train.py        # record + replay, judged criterion by criterion
-      detrun diff a.zst b.zst --plot loss.png   # first differing step of two recordings
-      detrun explain trace.zst train.py      # the first op whose output differs, its line, its fix
-      detrun record -- torchrun --nproc_per_node=2 train.py   # every rank, one trace
-      detrun merge -o trace.zst trace.node0.zst trace.node1.zst   # a multi-node run's files
+            run_direct(sys.argv[1:])  # exits when it ran the line; returns for click to parse it
+        return self.group(args, prog_name, **extra)
 
-    \b
-    Exit codes: the script's own status passes through; 2 bad input (missing
-    script, bad trace, refused overwrite, changed script or arguments);
-    3 replay --strict stopped at a divergence; 4 profile --fail-on found an
-    unpatched nondeterministic op; 70 internal error in detrun.
-    check and diff: 0 identical, 3 differs, 5 unverified / nothing compared.
-    explain: 0 reproduced (nothing to explain), 3 diverged, 5 unverified.
-    """
+    @property
+    def group(self) -> Any:
+        """Return the click group (importing click)."""
+        from detrun.cli.click_group import main as group
+
+        return group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.group, name)
+
+
+main = DetrunMain()

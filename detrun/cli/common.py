@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Protocol
+from typing import Any, Iterable, NoReturn, Protocol
 
 import click
 
+from detrun.cli.direct import launcher_command, make_target, script_source
 from detrun.errors import DetrunError, ExitCode, internal_error
-
-if TYPE_CHECKING:
-    from detrun.runner import Target
 
 # Options after the script name belong to the script, never to detrun (ScriptCommand refuses the
 # detrun options the script does not take; see cli/option_placement.py).
@@ -131,43 +128,11 @@ class ScriptCommand(click.Command):
         if line.script is not None and not ctx.resilient_parsing:
             module = any(p.name is not None and ctx.params.get(p.name) for p in self.get_params(ctx)
                          if isinstance(p, click.Option) and "-m" in p.opts)
-            misplaced = placement.misplaced_options(line, specs, _script_source(line.script, module))
+            misplaced = placement.misplaced_options(line, specs, script_source(line.script, module))
             if misplaced is not None:
                 fail(placement.misplaced_message(ctx.info_name or self.name or "", misplaced, line.script))
         return rest
 
 
-def _script_source(name: str, module: bool) -> str | None:
-    """Return the text of the script (or -m module) about to run, or None if it cannot be found or read."""
-    from detrun.runner import Target, resolve
-
-    try:
-        with open(resolve(Target(name, (), module)).path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except (DetrunError, OSError):
-        return None
-
-
-def launcher_command(script: str, args: tuple[str, ...], module: bool) -> list[str] | None:
-    """Return SCRIPT ARGS as a command to run (torchrun, accelerate, a shell script), or None for a Python script.
-
-    A word ending in .py, a directory or a readable file that is not executable runs under python as
-    before; an executable file or a name on PATH (`torchrun`, `python`, `bash`) is a command.
-    """
-    import shutil
-
-    if module or script.endswith((".py", ".pyz")) or os.path.isdir(script):
-        return None
-    if os.path.isfile(script):
-        return [script, *args] if os.access(script, os.X_OK) else None
-    if os.sep not in script and shutil.which(script) is not None:
-        return [script, *args]
-    return None
-
-
-def make_target(script: str | None, args: tuple[str, ...], module: bool) -> Target | None:
-    from detrun.runner import Target
-
-    if script is None:
-        return None
-    return Target(script, tuple(args), module)
+__all__ = ["DIGEST_EVERY_HELP", "DetrunGroup", "DigestEveryType", "PLACEMENT_HELP", "SCRIPT_CONTEXT", "ScriptCommand",
+           "fail", "finish_report", "launcher_command", "make_target"]

@@ -17,25 +17,23 @@ Pure functions over the argument list and the script's text; the click glue is i
 """
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 # Parsers that derive option names from parameter or field names, so the option string itself
 # need not appear in the script's source.
 _NAME_DERIVING = re.compile(r"\b(?:typer|fire|tyro|jsonargparse|simple_parsing|HfArgumentParser)\b")
 
 
-@dataclasses.dataclass(frozen=True)
-class OptionSpec:
+# NamedTuples, not dataclasses: the start-up path (cli/direct.py) imports no dataclasses (nor inspect).
+class OptionSpec(NamedTuple):
     """One option of a detrun command: its spellings and whether it takes a value."""
 
     names: tuple[str, ...]
     takes_value: bool
 
 
-@dataclasses.dataclass
-class CommandLine:
+class CommandLine(NamedTuple):
     """A command's arguments split into detrun's part and the script's."""
 
     options: list[str]  # detrun's options (with their values), in the order given
@@ -51,8 +49,7 @@ class CommandLine:
         return [*self.options, *(["--"] if self.double_dash else []), *tail]
 
 
-@dataclasses.dataclass(frozen=True)
-class Misplaced:
+class Misplaced(NamedTuple):
     """Detrun options found after SCRIPT, and the command line with them moved before it."""
 
     names: list[str]

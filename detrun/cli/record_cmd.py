@@ -5,8 +5,8 @@ import re
 
 import click
 
-from detrun.cli.common import (DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand,
-                               launcher_command, make_target)
+from detrun.cli.common import DIGEST_EVERY_HELP, DigestEveryType, PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand
+from detrun.cli.direct import run_record
 
 
 class SizeType(click.ParamType):
@@ -89,10 +89,7 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
       detrun record -- torchrun --nproc_per_node=2 train.py
       detrun record -- accelerate launch --num_processes 2 train.py
     """
-    from detrun.launch import exit_like, record as record_run
-
-    command = launcher_command(script, args, module)
-    exit_like(record_run(None if command else make_target(script, args, module), output, force=force, quiet=quiet,
-                         digest_every=digest_every, policy=policy, profile_path=from_profile,
-                         kernel_steps=kernel_steps, op_digests=op_digests, op_digest_every=op_digest_every,
-                         keep_inputs=keep_inputs, command=command))
+    # The same run as a plain command line's without click (cli/direct.py).
+    run_record(output=output, force=force, module=module, digest_every=digest_every, policy=policy,
+               from_profile=from_profile, kernel_steps=kernel_steps, op_digests=op_digests,
+               op_digest_every=op_digest_every, keep_inputs=keep_inputs, quiet=quiet, script=script, args=args)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail, launcher_command, make_target
+from detrun.cli.common import PLACEMENT_HELP, SCRIPT_CONTEXT, ScriptCommand, fail
+from detrun.cli.direct import run_replay
 
 
 @click.command(cls=ScriptCommand, leading=1, context_settings=SCRIPT_CONTEXT,
@@ -71,8 +72,6 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
     """
     import re
 
-    from detrun.launch import exit_like, replay as replay_run
-
     if outputs_dir is not None and in_place:
         fail("--outputs-dir and --in-place exclude each other: the replay's files go to DIR, or stay in place")
     for pattern in ignore_output:
@@ -80,10 +79,8 @@ def replay_command(module: bool, strict: bool, report_json: str | None, verbose:
             re.compile(pattern)
         except re.error as exc:
             fail(f"--ignore-output {pattern!r} is not a regular expression: {exc}")
-    command = launcher_command(script, args, module) if script is not None else None
-    exit_like(replay_run(trace, None if command else make_target(script, args, module),
-                         allow_changed_script=allow_changed_script,
-                         allow_changed_args=allow_changed_args, strict=strict, quiet=quiet,
-                         pin_threads=not no_pin_threads, verbose=verbose, report_json=report_json,
-                         ignore_output=ignore_output, outputs_dir=outputs_dir, outputs_in_place=in_place,
-                         command=command))
+    # The same run as a plain command line's without click (cli/direct.py).
+    run_replay(module=module, strict=strict, report_json=report_json, verbose=verbose, ignore_output=ignore_output,
+               allow_changed_script=allow_changed_script, allow_changed_args=allow_changed_args,
+               no_pin_threads=no_pin_threads, outputs_dir=outputs_dir, in_place=in_place, quiet=quiet,
+               trace=trace, script=script, args=args)

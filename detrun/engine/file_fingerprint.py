@@ -11,8 +11,6 @@ Pure: no detrun state, no session.
 """
 from __future__ import annotations
 
-import difflib
-import hashlib
 import os
 import site
 import struct
@@ -40,12 +38,19 @@ class Fingerprint(NamedTuple):
     lines: bytes | None  # little-endian crc32 per line (small text files only)
 
 
+def _sha256() -> Any:
+    """Return a new sha256 hash object, importing hashlib (OpenSSL, ~2 ms) on the first file, not at start-up."""
+    import hashlib
+
+    return hashlib.sha256()
+
+
 def fingerprint(path: str) -> Fingerprint:
     """Return the fingerprint of a regular file (raises OSError as open() would)."""
     with open(path, "rb", buffering=0) as handle:
         stat = os.fstat(handle.fileno())
         size = stat.st_size
-        digest = hashlib.sha256()
+        digest = _sha256()
         if size <= FULL_HASH_LIMIT:
             data = _read_all(handle)
             digest.update(data)
@@ -69,7 +74,7 @@ def sample_ranges(size: int) -> list[tuple[int, int]]:
 
 def full_sha256(path: str) -> str:
     """Return the sha256 of a whole file."""
-    digest = hashlib.sha256()
+    digest = _sha256()
     with open(path, "rb", buffering=0) as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
@@ -99,6 +104,8 @@ def lines_differing(recorded: bytes, current: bytes) -> int:
     new = struct.unpack(f"<{len(current) // 4}I", current)
     if len(old) == len(new):
         return sum(a != b for a, b in zip(old, new))
+    import difflib  # start-up: only a changed input file needs it
+
     matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
     same = sum(block.size for block in matcher.get_matching_blocks())
     return max(len(old), len(new)) - same

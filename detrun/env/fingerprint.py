@@ -11,11 +11,8 @@ start, so it stays cheap: no `importlib.metadata` (it parses every METADATA file
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
 import re
-import subprocess
 import sys
 from typing import Any, Iterable
 
@@ -71,6 +68,8 @@ def numeric_environment(environ: dict[str, str] | None = None) -> dict[str, str]
 
 def _cpu() -> dict[str, Any]:
     """Return the CPU model, ISA flags and counts."""
+    import platform  # start-up: the launcher imports this module before its child starts, fingerprints after
+
     model, flags = UNAVAILABLE, UNAVAILABLE
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -146,8 +145,10 @@ def _libraries(dists: dict[str, str]) -> dict[str, str]:
 
 def _packages_digest(dists: dict[str, str]) -> str:
     """Return a digest of every installed distribution and version."""
+    from detrun.small_sha256 import sha256_hex  # start-up: no OpenSSL to load (see there)
+
     entries = sorted(f"{name}=={version}" for name, version in dists.items())
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16] + f" ({len(entries)} packages)"
+    return sha256_hex("\n".join(entries).encode())[:16] + f" ({len(entries)} packages)"
 
 
 def _package_dir(package: str, path: list[str]) -> str | None:
@@ -335,6 +336,8 @@ def probe(call: Any) -> Any:
 
 def _git(directory: str) -> dict[str, Any]:
     """Return the commit and dirty state of the repository holding `directory` (one `git` call)."""
+    import subprocess  # start-up: the child imports this module (torch_facts) and never runs git
+
     try:
         out = subprocess.run(["git", "-C", directory, "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
                              capture_output=True, text=True, timeout=5, check=True,
@@ -352,6 +355,8 @@ def _git(directory: str) -> dict[str, Any]:
 
 def fingerprint(script_dir: str | None = None) -> dict[str, Any]:
     """Return the environment fingerprint (plain data, safe to store in a trace)."""
+    import platform  # start-up: see _cpu
+
     path = _search_path()
     dists = distributions(path)
     return {

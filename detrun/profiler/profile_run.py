@@ -155,7 +155,7 @@ def run_profile(options: ProfileOptions, stream: TextIO | None = None) -> Profil
     result_report = report.Report(
         findings=findings,
         target={"name": options.target.name, "args": list(options.target.args),
-                "module": options.target.is_module, "path": runner.resolved.path},
+                "module": options.target.is_module, "path": runner.path},
         reported_device=options.device,
         ran_on=ran_on,
         steps={"limit": options.steps, "completed": counter.steps, "stopped_by_limit": stopped},

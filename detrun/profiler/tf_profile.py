@@ -215,7 +215,7 @@ def run_tensorflow_profile(options: ProfileOptions, stream: TextIO | None = None
     result = report.Report(
         findings=report.build_findings(records, "cuda" if options.device == "cuda" else None, with_patches=False),
         target={"name": options.target.name, "args": list(options.target.args),
-                "module": options.target.is_module, "path": runner.resolved.path},
+                "module": options.target.is_module, "path": runner.path},
         reported_device=options.device,
         ran_on=sorted({r.device for r in records}) or ["cpu"],
         steps={"limit": options.steps, "completed": max(int(run.get("steps", 0)) for run in runs),

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from detrun.engine.patcher import TorchStepSource
 from detrun.engine.call_sites import call_site
 from detrun.engine.step_clock import Tick
-from detrun.env.diff import diff as diff_fingerprints
 from detrun.env.torch_facts import (
     FP32_NAMES,
     SETTERS,
@@ -290,6 +289,7 @@ def _call(function: Callable[[], Any]) -> Any:
 
 def _note_differences(session: Session, what: str, recorded: dict[str, Any], current: dict[str, Any]) -> None:
     """Note each differing field of torch's own view of the environment as a possible cause."""
+    from detrun.env.diff import diff as diff_fingerprints  # start-up: only a replay's torch import needs it
 
     for key, old, new in diff_fingerprints(recorded, current):
         session.note_cause(f"{what} {key}: recorded {old!r}, now {new!r}")

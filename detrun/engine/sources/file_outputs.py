@@ -30,7 +30,6 @@ import sys
 import _thread
 from typing import TYPE_CHECKING, Any
 
-from detrun.engine.checkpoint_digest import digest_file, first_difference
 from detrun.engine.compiler_frames import file_opened_by_compiler
 from detrun.engine.file_fingerprint import detrun_paths, program_file, trace_path
 from detrun.engine.patcher import Patcher
@@ -226,6 +225,9 @@ class FileOutputSource:
         if session is None:
             return
         name = trace_path(absolute, self._cwd)
+        # start-up: the digests (zipfile, json, hashlib) load with the first written file, not before the script
+        from detrun.engine.checkpoint_digest import digest_file, first_difference
+
         _local.busy = True
         try:
             digest = digest_file(absolute, self._offsets.get(absolute, 0))

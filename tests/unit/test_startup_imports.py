@@ -1,0 +1,62 @@
+"""Start-up's import diet: what `detrun record` / `replay` load before the script runs (issue 15: under 0.1 s).
+
+Each probe is a fresh interpreter that imports what one side imports before the user's first line
+and lists the named modules it was not supposed to load; they are loaded at their point of use.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _loaded(setup: str, names: tuple[str, ...]) -> list[str]:
+    """Run `setup` in a fresh interpreter; return which of `names` it left in sys.modules."""
+    probe = f"import sys\n{setup}\nprint([m for m in {names!r} if m in sys.modules])"
+    return eval(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+
+
+def test_the_child_sets_up_without_the_launcher_or_the_helpers_of_later_work() -> None:
+    # What detrun._child imports and builds before runner.run(): the session, every source, the writer.
+    # main() without a config reads the config's name and refuses: it imports what that takes.
+    setup = ("import detrun._child\ntry:\n    detrun._child.main()\nexcept SystemExit:\n    pass\n"
+             "from detrun.engine.session import Session\n"
+             "from detrun.engine.sources import all_sources\nall_sources()\n"
+             "from detrun.runner import Runner, Target\nfrom detrun.trace import TraceWriter, read_trace\n"
+             "Runner(Target(detrun._child.__file__, (), False))")
+    assert _loaded(setup, (
+        "detrun.child_process", "detrun.launch", "ctypes",  # the launcher's side
+        "hashlib", "difflib", "subprocess", "secrets",  # hashing, diffs, git: at their point of use
+        "detrun.engine.checkpoint_digest", "zipfile",  # the first written file's digest
+        "detrun.env.diff",  # a replay's torch facts compared
+        "click", "torch", "numpy",
+    )) == []
+
+
+def test_record_starts_its_child_without_click_the_trace_reader_or_the_replay_side() -> None:
+    # The console script's path for a plain line: cli.main -> cli.direct -> launch (cli/direct.py).
+    setup = ("from detrun.cli import main\nfrom detrun.cli.direct import parse_direct\n"
+             "assert parse_direct(['record', '-q', '-o', 't.zst', __import__('detrun').__file__]) is not None\n"
+             "import detrun.launch\nfrom detrun.runner import Target, resolve\n"
+             "from detrun.env.fingerprint import fingerprint\n"
+             "resolve(Target(__import__('detrun').__file__))\nfingerprint()")  # what record() does before the child
+    assert _loaded(setup, (
+        "click", "detrun.cli.click_group", "detrun.cli.common", "detrun.cli.record_cmd",  # the click commands
+        "detrun.trace", "detrun.trace.reader", "detrun.trace.salvage", "zstandard", "msgpack",  # replay, salvage
+        "dataclasses", "inspect",  # ~7 ms: runner's and option_placement's records are NamedTuples
+        "hashlib", "_hashlib",  # OpenSSL: the script's sha256 comes from small_sha256
+        "detrun.env.diff", "secrets", "difflib", "datetime",  # datetime: msgpack's, in a replay only
+        "detrun.engine.session", "torch", "numpy",
+    )) == []
+
+
+def test_replay_reads_the_header_and_starts_its_child_without_dataclasses(tmp_path: object) -> None:
+    # read_header validates the header against trace.registry (EventKind is a NamedTuple); the
+    # environment's comparison (env.diff) runs while the child starts.
+    setup = ("import os, tempfile\nfrom detrun.cli import main\nimport detrun.launch\n"
+             "from detrun.trace import TraceWriter, read_header\n"
+             "path = os.path.join(tempfile.mkdtemp(), 't.zst')\n"
+             "TraceWriter(path, {'detrun_version': '0', 'created': 'now', 'env': {}, 'cwd': '/', 'settings': {}})"
+             ".close()\n"
+             "read_header(path)")
+    assert _loaded(setup, ("dataclasses", "inspect", "click", "hashlib", "detrun.env.diff")) == []
+
