@@ -60,15 +60,6 @@ def policy_ops(policy: str, profile_path: str | None) -> list[str]:
     except (OSError, ValueError) as exc:
         raise PolicyError(f"cannot read the profile {profile_path}: {exc}") from None
 
-def _random_below(bound: int) -> int:
-    """Return a uniform integer in [0, bound) from os.urandom, as secrets.randbelow draws it (no import of random)."""
-    bits = bound.bit_length()
-    size = (bits + 7) // 8
-    while True:  # rejection sampling, as random.SystemRandom._randbelow_with_getrandbits
-        value = int.from_bytes(os.urandom(size), "big") >> (size * 8 - bits)
-        if value < bound:
-            return value
-
 def record(target: Target | None, output: str, *, force: bool = False, quiet: bool = False,
            digest_every: int = 0, policy: str = "strict", profile_path: str | None = None,
            kernel_steps: int = 0, op_digests: int = 0, op_digest_every: int = 0,
@@ -83,7 +74,9 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
         return 1
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
-    hashseed = user_hashseed if user_hashseed not in (None, "", "random") else str(_random_below(2**32 - 1) + 1)
+    # os.urandom, not secrets (start-up: secrets imports random); the modulo's bias is 2**-32.
+    hashseed = (user_hashseed if user_hashseed not in (None, "", "random")
+                else str(int.from_bytes(os.urandom(8), "big") % (2**32 - 1) + 1))
     nccl_env = pinned_collective_env(policy, os.environ)
     header: dict[str, Any] = {
         "detrun_version": __version__,
