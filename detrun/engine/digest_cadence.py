@@ -45,27 +45,34 @@ class DigestCadence:
 
     def due(self, optimizer: int) -> bool:
         """Return whether to digest at this step of an optimizer (called once per step, before the digest)."""
+        # Called at every step, right after the step's own work: plain arithmetic, no calls beyond the clock.
         count = self._counts[optimizer] = self._counts.get(optimizer, 0) + 1
         if self.every:
             return count == 1 or count % self.every == 0
         now = time.perf_counter()
-        if self._last_tick is not None:
-            # The program's own step time: what passed since the last tick, less detrun's digest.
-            sample = max(now - self._last_tick - self._last_digest_seconds, 1e-9)
-            self._step_seconds = _smoothed(self._step_seconds, sample)
+        last = self._last_tick
         self._last_tick = now
+        if last is not None:
+            # The program's own step time: what passed since the last tick, less detrun's digest.
+            sample = now - last - self._last_digest_seconds
+            if sample < 1e-9:
+                sample = 1e-9
+            average = self._step_seconds
+            self._step_seconds = sample if average is None else average + _SMOOTHING * (sample - average)
         self._last_digest_seconds = 0.0
-        if count <= WARMUP_STEPS or self._step_seconds is None or self._digest_seconds is None:
+        if count <= WARMUP_STEPS or self._digest_seconds is None:
             return True
-        ratio = self._digest_seconds / (BUDGET * self._step_seconds)
-        self.interval = min(MAX_EVERY, max(1, math.ceil(round(ratio, 6))))  # 5.000000001 is 5
         return count - self._last_digested.get(optimizer, 0) >= self.interval
 
     def digested(self, optimizer: int, seconds: float) -> None:
-        """Note that an optimizer's parameters were just digested, in this many seconds."""
+        """Note that an optimizer's parameters were just digested, in this many seconds; choose the next N."""
         self._last_digested[optimizer] = self._counts.get(optimizer, 0)
         self._last_digest_seconds = seconds
         self._digest_seconds = _smoothed(self._digest_seconds, seconds)
+        if self._step_seconds is not None:
+            # Re-chosen at each digest (at most MAX_EVERY steps apart), as the step and digest times move.
+            ratio = self._digest_seconds / (BUDGET * self._step_seconds)
+            self.interval = min(MAX_EVERY, max(1, math.ceil(round(ratio, 6))))  # 5.000000001 is 5
 
 
 def _smoothed(average: float | None, sample: float) -> float:

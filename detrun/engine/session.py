@@ -25,7 +25,7 @@ from detrun.engine.verdict import Divergence, Verdict
 from detrun.progress_line import ProgressPipe
 from detrun.runner import Outcome
 from detrun.trace import Trace, TraceWriter
-from detrun.trace.writer import publish
+from detrun.trace.writer import CHUNK_SECONDS as FLUSH_SECONDS, publish
 
 # Captured before any source patches os.urandom: detrun's own seeds must never appear as the
 # program's entropy events.
@@ -130,6 +130,8 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         self._progress = ProgressPipe(progress_fd) if progress_fd is not None and not quiet else None
         self._progress_due = 0.0
         self._on_stop: list[Callable[[], None]] = []
+        self._on_flush: list[Callable[[], None]] = []
+        self._flush_due = 0.0
         # Differences that may explain a divergence (environment, pinned settings that could not
         # be pinned), most likely first; the verdict names the first one.
         self.causes: list[str] = []
@@ -280,8 +282,13 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
     def diverge(self, kind: str, message: str, step: int | None = None, batch: str | None = None,
                 check: str = "state", parts: tuple[str, ...] = ()) -> None:
         """Note a state or output check that differed; under --strict, stop the run here."""
-        self.divergences.append(Divergence(kind, message, step, batch, check=check,  # type: ignore[arg-type]
-                                           parts=parts))
+        found = Divergence(kind, message, step, batch, check=check, parts=parts)  # type: ignore[arg-type]
+        # In step order: a batched step check reports steps that other checks have already passed,
+        # and the verdict names the first divergence.
+        at = len(self.divergences)
+        while step is not None and at > 0 and (self.divergences[at - 1].step or 0) > step:
+            at -= 1
+        self.divergences.insert(at, found)
         if self.strict and len(self.divergences) == 1:
             from detrun.errors import ExitCode
 
@@ -300,12 +307,26 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         """Return how many training steps the program has completed."""
         return self.clock.step
 
+    def on_flush(self, callback: Callable[[], None]) -> None:
+        """Register work to do about once a second, between steps, and at the end (write batched steps)."""
+        self._on_flush.append(callback)
+
     def on_step(self) -> None:
-        """After each step: flush the trace now and then and refresh the progress line."""
-        if self.writer is not None:
-            with self._lock:
-                self.writer.maybe_flush()
-        elif self._recording_ended() and threading.current_thread() is threading.main_thread():
+        """After each step: about once a second, flush batched work and the trace; refresh the progress line."""
+        now = time.monotonic()
+        if now >= self._flush_due:
+            # Once a second, not at every step: what a step's hooks batch reaches the file within
+            # about a second, so a killed run loses no more than that.
+            self._flush_due = now + FLUSH_SECONDS
+            for flush in self._on_flush:
+                try:
+                    flush()
+                except Exception as exc:  # noqa: BLE001 - never change what the user's program does
+                    self.hook_failed("writing batched step events", exc)
+            if self.writer is not None:
+                with self._lock:
+                    self.writer.flush()
+        if self.writer is None and self._recording_ended() and threading.current_thread() is threading.main_thread():
             self._clear_progress()
             if not self.quiet:
                 print(f"detrun: the recording ends after step {self.steps} "
@@ -313,7 +334,6 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
                       "stopping the replay there", file=sys.stderr)
             raise RecordingEnded()
         if self._progress is not None:
-            now = time.monotonic()
             if now >= self._progress_due:
                 self._progress_due = now + 0.5
                 self._show_progress()
@@ -381,6 +401,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         self._progress = None  # the parent's progress line is not this process's
         self.writer = None  # the child's copy of the parent's writer must never write
         self._on_stop.clear()
+        self._on_flush.clear()
         self._failed_hooks.add("uninstalling hooks")  # stay quiet about the parent's hooks
         self.uninstall()
 

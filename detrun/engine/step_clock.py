@@ -17,9 +17,8 @@ profiler's step limit) propagates on purpose.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 PHASES = ("flags", "kernels", "digests", "profiler")
 
@@ -31,9 +30,8 @@ class Removable(Protocol):
         """Unregister the hook."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Tick:
-    """One completed training step, as every subscriber sees it."""
+class Tick(NamedTuple):
+    """One completed training step, as every subscriber sees it (a tuple: made every step, cheaply)."""
 
     step: int  # 1-based: the number of steps completed, this one included
     optimizer: object | None  # the torch optimizer, or the TensorFlow/Keras object that stepped
@@ -41,6 +39,7 @@ class Tick:
 
 
 TickCallback = Callable[[Tick], None]
+FRAMEWORKS = ("torch", "tensorflow")
 
 
 class StepClock:
@@ -49,38 +48,44 @@ class StepClock:
     def __init__(self, on_error: Callable[[str, BaseException], None],
                  after_tick: Callable[[], None] | None = None) -> None:
         self.step = 0
-        self._subscribers: dict[str, list[tuple[str, TickCallback]]] = {phase: [] for phase in PHASES}
-        self._ordered: tuple[tuple[str, TickCallback], ...] = ()
+        # Per phase: (what, callback, the framework whose ticks it wants, or None for every tick).
+        self._subscribers: dict[str, list[tuple[str, TickCallback, str | None]]] = {phase: [] for phase in PHASES}
+        self._ordered: dict[str, tuple[tuple[str, TickCallback], ...]] = {name: () for name in FRAMEWORKS}
         self._on_error = on_error
         self._after_tick = after_tick
         self._torch_handle: Removable | None = None
         # Keras' py_function steps run on TensorFlow's threads; a tick is atomic.
         self._lock = threading.RLock()
 
-    def subscribe(self, phase: str, callback: TickCallback, what: str) -> None:
-        """Call `callback(tick)` in `phase` of every tick; `what` names it in failure reports."""
+    def subscribe(self, phase: str, callback: TickCallback, what: str, framework: str | None = None) -> None:
+        """Call `callback(tick)` in `phase` of every tick (of `framework`'s only, if given); `what` names it in failure reports."""
         if phase not in self._subscribers:
             raise ValueError(f"unknown step phase {phase!r}; phases are {', '.join(PHASES)}")
-        self._subscribers[phase].append((what, callback))
+        if framework is not None and framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}; frameworks are {', '.join(FRAMEWORKS)}")
+        self._subscribers[phase].append((what, callback, framework))
         self._ordered = self._in_phase_order()
 
     def unsubscribe(self, callback: TickCallback) -> None:
         """Stop calling `callback` (no-op when it is not subscribed)."""
         for phase, entries in self._subscribers.items():
-            self._subscribers[phase] = [(what, cb) for what, cb in entries if cb is not callback]
+            self._subscribers[phase] = [entry for entry in entries if entry[1] is not callback]
         self._ordered = self._in_phase_order()
 
-    def _in_phase_order(self) -> tuple[tuple[str, TickCallback], ...]:
-        # Built when the subscribers change, not at every tick; a tuple, so a callback that
-        # unsubscribes during a tick does not disturb the tick in progress.
-        return tuple(entry for phase in PHASES for entry in self._subscribers[phase])
+    def _in_phase_order(self) -> dict[str, tuple[tuple[str, TickCallback], ...]]:
+        # Built when the subscribers change, not at every tick, and per framework, so that a torch
+        # step does not call the TensorFlow digest only for it to return; tuples, so that a callback
+        # that unsubscribes during a tick does not disturb the tick in progress.
+        return {name: tuple((what, callback) for phase in PHASES for what, callback, wanted in self._subscribers[phase]
+                            if wanted is None or wanted == name)
+                for name in FRAMEWORKS}
 
     def tick(self, optimizer: object | None = None, framework: str = "torch") -> Tick:
         """Advance by one step and run every phase; return the tick."""
         with self._lock:
             self.step += 1
             tick = Tick(self.step, optimizer, framework)
-            for what, callback in self._ordered:
+            for what, callback in self._ordered[framework]:
                 try:
                     callback(tick)
                 except Exception as exc:  # noqa: BLE001 - never change what the user's program does

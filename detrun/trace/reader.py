@@ -263,14 +263,16 @@ class _EventReader:
         return declared
 
 
-_RECENT = 128  # how many of the last payloads read a StreamedEvents keeps
+_RECENT = 256  # how many of the last payloads read a StreamedEvents keeps
+_READ_AHEAD = 32  # how many payloads past the one asked for a StreamedEvents reads (fewer than _RECENT - 64)
 
 
 class StreamedEvents(Sequence[Any]):
     """The payloads of one streamed kind and role, decoded from the file only as they are asked for.
 
-    Sequential indexing (what a replay cursor does) costs one decode per event and constant
-    memory; reading one of the last _RECENT indices again is free, going further back restarts the walk.
+    Sequential indexing (what a replay cursor does) costs one decode per event, made _READ_AHEAD at
+    a time, and constant memory; reading one of the last _RECENT indices again is free, going
+    further back restarts the walk.
     """
 
     def __init__(self, trace: Trace, role: str, kind: str, count: int) -> None:
@@ -314,13 +316,14 @@ class StreamedEvents(Sequence[Any]):
         if self._walk is None or index < self._next:
             self._walk, self._next = iter(self), 0
             self._recent.clear()
-        payload = None
-        while self._next <= index:
-            payload = next(self._walk)
-            self._recent[self._next] = payload
+        # Read up to _READ_AHEAD past the index in one go: a replay asks for one event a step, and
+        # each resumption of the walk is costly right after the step's own work.
+        until = min(index + _READ_AHEAD, self._count - 1)
+        while self._next <= until:
+            self._recent[self._next] = next(self._walk)
             self._recent.pop(self._next - _RECENT, None)
             self._next += 1
-        return payload
+        return self._recent[index]
 
 
 class Trace:

@@ -242,7 +242,9 @@ class BackendsSource(TorchStepSource):
         session = self._session
         if session is None:
             return
-        if not self._cuda_checked:
+        # At the first step and every 64th after, not at every step: a CPU run would otherwise
+        # ask torch.cuda at each of them. The end of the run checks once more (_finish).
+        if not self._cuda_checked and tick.step & 63 == 1:
             self._check_cuda()
         if not session.recording:
             self._catch_up(tick.step)
@@ -266,6 +268,8 @@ class BackendsSource(TorchStepSource):
 
     def _finish(self) -> None:
         session = self._session
+        if session is not None and not self._cuda_checked:
+            self._check_cuda()
         if session is None or session.recording or session.trace is None or not session.trace.complete:
             return
         while (recorded := self._peek()) is not None:

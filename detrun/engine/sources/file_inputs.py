@@ -34,10 +34,10 @@ import os
 import queue
 import shutil
 import stat as stat_module
-import sys
 import _thread
 from typing import TYPE_CHECKING, Any, Callable
 
+from detrun.engine.audit_events import watch_audit_events
 from detrun.engine.compiler_frames import file_opened_by_compiler
 from detrun.engine.file_fingerprint import (Fingerprint, describe_change, detrun_paths, fingerprint, full_sha256,
                                             program_file, trace_path)
@@ -52,7 +52,6 @@ MAX_FILES = 50_000  # distinct input paths followed (a dataset of small files: 1
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _REPLACING = {"os.rename": 1, "os.replace": 1, "os.remove": 0, "os.unlink": 0}  # event -> index of the path replaced
 _active: FileInputSource | None = None
-_hook_added = False
 _local = _thread._local()  # detrun's own opens, and an open the redirecting wrapper already checked
 
 
@@ -120,7 +119,7 @@ class FileInputSource:
         self._verified: set[str] = set()
 
     def install(self, session: Session) -> None:
-        global _active, _hook_added
+        global _active
         if self.session is not None:
             return
         self.session = session
@@ -138,9 +137,7 @@ class FileInputSource:
         session.on_stop(self._finish)
         session.when_imported("torch", self._hook_torch)
         _active = self
-        if not _hook_added:
-            sys.addaudithook(_audit)
-            _hook_added = True
+        watch_audit_events(("open", *_REPLACING), _audit)
 
     def uninstall(self) -> None:
         global _active

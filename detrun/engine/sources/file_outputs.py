@@ -30,6 +30,7 @@ import sys
 import _thread
 from typing import TYPE_CHECKING, Any
 
+from detrun.engine.audit_events import watch_audit_events
 from detrun.engine.compiler_frames import file_opened_by_compiler
 from detrun.engine.file_fingerprint import detrun_paths, program_file, trace_path
 from detrun.engine.patcher import Patcher
@@ -45,7 +46,6 @@ _MOVES = ("os.rename", "os.replace")
 _REMOVES = ("os.remove", "os.unlink")
 _EVENTS = frozenset(("open", *_MOVES, *_REMOVES))
 _active: FileOutputSource | None = None
-_hook_added = False
 _local = _thread._local()  # set while detrun digests a file: its own opens are not the program's
 
 
@@ -93,7 +93,7 @@ class FileOutputSource:
         self._backups: ReplayBackups | None = None
 
     def install(self, session: Session) -> None:
-        global _active, _hook_added
+        global _active
         if self.session is not None:
             return
         self.session = session
@@ -108,9 +108,7 @@ class FileOutputSource:
         session.on_stop(self._finish)
         session.when_imported("torch", self._hook_torch)
         _active = self
-        if not _hook_added:
-            sys.addaudithook(_audit)
-            _hook_added = True
+        watch_audit_events(_EVENTS, _audit)
 
     def uninstall(self) -> None:
         global _active

@@ -26,6 +26,7 @@ import sys
 import sysconfig
 from typing import TYPE_CHECKING, Any, Iterator
 
+from detrun.engine.audit_events import watch_audit_events
 from detrun.engine.patcher import Patcher
 from detrun.engine.compiler_frames import called_by_compiler
 from detrun.engine.call_sites import call_site
@@ -41,7 +42,6 @@ _MAX_WRITTEN = 10_000
 _WRITE_EVENTS = {"os.mkdir": 0, "os.rename": 1, "os.replace": 1, "os.remove": 0, "os.rmdir": 0, "os.link": 1,
                  "os.symlink": 1, "shutil.copyfile": 1, "shutil.move": 1}  # event -> index of the path written
 _active_watch: FsOrderSource | None = None
-_audit_hook_added = False
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
@@ -147,14 +147,12 @@ class FsOrderSource:
             self._written.add(os.path.realpath(directory))
 
     def install(self, session: Session) -> None:
-        global _active_watch, _audit_hook_added
+        global _active_watch
         if self._patcher.active:
             return
         self._session = session
         _active_watch = self
-        if not _audit_hook_added:
-            sys.addaudithook(_audit)
-            _audit_hook_added = True
+        watch_audit_events(("open", *_WRITE_EVENTS), _audit)
         session.on_stop(self._finish)
         original_listdir = os.listdir
         original_scandir = os.scandir

@@ -120,7 +120,7 @@ class TFStepVerifier:
             return
         self._session = session
         self._digest_every = max(1, int(session.settings.get("digest_every", 1)))
-        session.clock.subscribe("digests", self._on_tick, "the TensorFlow step digest")
+        session.clock.subscribe("digests", self._on_tick, "the TensorFlow step digest", framework="tensorflow")
         session.when_imported("tensorflow", self._hook_tensorflow)
         session.when_imported("keras", self._hook_keras)
 

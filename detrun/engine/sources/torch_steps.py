@@ -14,14 +14,17 @@ A parameter's digest is the wrapping sum of its bytes read as 64-bit words (32- 
 when its size is not a multiple of 8), mod 2**64: exact integer arithmetic, so any single changed
 bit changes it, and a vectorised pass over memory without copies (crc32 costs 6x more on CPU).
 CPU parameters are summed through cached numpy views of their storage. CUDA parameters are summed
-on the device with the same arithmetic, and the results are copied to the host in batches
-(`SYNC_EVERY` steps), so a step never waits for the GPU; the step events are then written, and
-checked, a batch at a time. The 64-bit sums are folded into the event's 32-bit digest.
+on the device with the same arithmetic, and the results are copied to the host in batches, so a
+step never waits for the GPU. Host and device steps alike are written, or checked, a batch at a
+time: every `SYNC_EVERY` steps, about once a second, and at the end of the run (under `--strict`,
+a host step is checked at once). A divergence still names its own step; a replay stops at most a
+batch later. The 64-bit sums are folded into the event's 32-bit digest.
 """
 from __future__ import annotations
 
 import struct
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from detrun.engine.digest_cadence import DigestCadence
@@ -42,8 +45,26 @@ LANES = 16
 SYNC_EVERY = 64
 
 
+class _OptimizerSteps:
+    """What the verifier keeps of one optimizer: its index in the trace and its parameters, refreshed at digests."""
+
+    __slots__ = ("index", "names", "params", "on_device")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.names: list[str] | None = None  # None until the first refresh
+        self.params: list[Any] = []
+        self.on_device = False
+
+
 class StepVerifier:
-    """Record or check the loss at every optimizer step and the parameters' digest at the chosen steps."""
+    """Record or check the loss at every optimizer step and the parameters' digest at the chosen steps.
+
+    A step's loss and digest are taken at the step; writing (or checking) its event waits for a
+    batch of SYNC_EVERY steps, or about a second (Session.on_flush), or the end of the run. The
+    work left at the step itself is a few attribute reads: after the step's own arithmetic has
+    pushed the interpreter out of the CPU's caches, each Python call there costs microseconds.
+    """
 
     def __init__(self) -> None:
         self._session: Session | None = None
@@ -51,14 +72,20 @@ class StepVerifier:
         self._patched_backward: tuple[Any, Any] | None = None
         self._last_loss: Any = None
         self._backward_calls = 0
-        self._optimizers: dict[int, int] = {}
-        self._params: dict[int, tuple[list[str], list[Any]]] = {}
-        self._named: dict[int, list[str]] = {}  # optimizer index -> the names last recorded or checked
+        self._optimizers: dict[int, _OptimizerSteps] = {}  # by id(): the verifier must not keep one alive
+        # The optimizer of the latest step, held until the next one (or the end): most steps are made
+        # by the same one, and id() is costly while audit hooks are installed (each call raises an event).
+        self._latest: tuple[Any, _OptimizerSteps] | None = None
+        self._next_index = 0
+        self._before_first_step = True  # backward() losses are checked until the first optimizer step
         self._views: dict[int, tuple[int, Any]] = {}
-        self._pending: list[tuple[int, Any, Any, int, list[str]]] = []
+        # (optimizer index, loss, per-parameter sums (ints, or a device tensor) or None, step, names, on device)
+        self._pending: list[tuple[int, Any, Any, int, list[str], bool]] = []
         self._cadence = DigestCadence(1)
+        self._recording = True
+        self._check_at_once = False  # --strict: a host step is checked at the step, to stop right there
         self._digest_last_step = False
-        self._last_step: tuple[int, int, bool] | None = None  # (step, optimizer, digested) of the latest
+        self._last_step: tuple[int, _OptimizerSteps, bool] | None = None  # (step, optimizer, digested) of the latest
         self._last_digested_step: int | None = None  # for the message of a loss that differs between digests
         self._torch: Any = None
         self._add_reduce: Any = None
@@ -71,10 +98,13 @@ class StepVerifier:
         if self._session is not None:
             return
         self._session = session
+        self._recording = session.recording
+        self._check_at_once = bool(session.strict) and not session.recording
         self._cadence = DigestCadence(max(0, int(session.settings.get("digest_every", 1))))
         # Traces from before the last-step digest end with the last digested step's digest.
         self._digest_last_step = bool(session.settings.get("digest_last_step", False))
         session.when_imported("torch", self._hook)
+        session.on_flush(self.flush)
         session.on_stop(self._finish)
 
     def _hook(self, torch: Any) -> None:
@@ -86,7 +116,7 @@ class StepVerifier:
         # Bound once: np.add.reduce skips ndarray.sum's Python wrapper on the per-step path.
         self._add_reduce = numpy.add.reduce
         self._uint64 = numpy.uint64
-        self._session.clock.subscribe("digests", self._on_tick, "the optimizer step digest")
+        self._session.clock.subscribe("digests", self._on_tick, "the optimizer step digest", framework="torch")
         self._registry.install(torch, self._session.hook_failed)
         self._handle = self._on_tick
         original_backward = torch.autograd.backward
@@ -97,7 +127,7 @@ class StepVerifier:
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             verifier._last_loss = tensors
             session = verifier._session
-            if session is not None and session.steps == 0:
+            if verifier._before_first_step and session is not None and session.steps == 0:
                 try:
                     verifier._check_backward_loss(tensors)
                 except Exception as exc:  # noqa: BLE001 - never change what the user's program does
@@ -109,6 +139,7 @@ class StepVerifier:
         self._patched_backward = (torch.autograd, original_backward)
 
     def uninstall(self) -> None:
+        self._latest = None
         if self._handle is not None and self._session is not None:
             self._session.clock.unsubscribe(self._on_tick)
         self._handle = None
@@ -148,62 +179,87 @@ class StepVerifier:
     # ------------------------------------------------------------ the step hook
 
     def _on_tick(self, tick: Tick) -> None:
-        """Digest the parameters of the optimizer that just stepped (the clock reports failures)."""
-        if self._session is None or tick.framework != "torch":
+        """Take the loss, and the digest if due, of the optimizer that just stepped (the clock reports failures)."""
+        if self._session is None:
             return
-        self._take_step(tick.optimizer, tick.step)
-
-    def _take_step(self, optimizer: Any, step: int) -> None:
-        index = self._optimizers.setdefault(id(optimizer), len(self._optimizers))
-        names, params = self._parameters(optimizer)
-        if self._named.get(index) is not names:
-            self._named[index] = names
-            self._names_event(index, names)
+        self._before_first_step = False
+        optimizer = tick.optimizer
+        latest = self._latest
+        if latest is not None and latest[0] is optimizer:
+            state = latest[1]
+        else:
+            key = id(optimizer)
+            state = self._optimizers.get(key)
+            if state is None:
+                state = self._optimizers[key] = _OptimizerSteps(self._next_index)
+                self._next_index += 1
+                # Forget it when it is freed: a later optimizer at the same address is another one,
+                # in the recording and the replay alike, whatever the allocator does.
+                try:
+                    weakref.finalize(optimizer, self._optimizers.pop, key, None)
+                except TypeError:  # not weakly referable: kept under its id to the end
+                    pass
+            self._latest = (optimizer, state)
         loss = self._last_loss
         self._last_loss = None
-        on_device = bool(params) and params[0].is_cuda
-        if not on_device and self._pending:
-            self.flush()  # a host step is checked at once: the batched device steps before it go first
-        digest_now = self._digest_due(index)
-        self._last_step = (step, index, digest_now)
-        started = time.perf_counter()
-        if on_device:
-            torch = self._torch
-            sums = torch.stack([device_word_sum(torch, p) for p in params]) if digest_now else None
-            if digest_now:
-                self._cadence.digested(index, time.perf_counter() - started)
-            loss_value = _device_loss(torch, loss)
-            self._pending.append((index, loss_value, sums, step, names))
-            if len(self._pending) >= SYNC_EVERY:
-                self.flush()
-            return
-        loss_value = _host_loss(loss)
-        per_param = [self._word_sum(p) for p in params] if digest_now else None
+        pending = self._pending
+        if self._recording:
+            digest_now = self._cadence.due(state.index)
+        else:
+            # Batched steps are still pending: the event this step will be checked against is further on.
+            recorded = self._session.peek(KIND, ahead=len(pending))
+            digest_now = recorded is not MISSING and recorded[2] is not None
+        step = tick.step
+        self._last_step = (step, state, digest_now)
         if digest_now:
-            self._cadence.digested(index, time.perf_counter() - started)
-        self._finish_step(step, index, loss_value, per_param, names)
+            sums = self._digest(optimizer, state)
+        else:
+            sums = None
+            if state.names is None:  # a first step without a digest (a replayed trace can say so)
+                self._refresh(optimizer, state)
+        if state.on_device:
+            pending.append((state.index, _device_loss(self._torch, loss), sums, step, state.names or [], True))
+        else:
+            pending.append((state.index, _host_loss(loss), sums, step, state.names or [], False))
+            if self._check_at_once:
+                self.flush()
+                return
+        if len(pending) >= SYNC_EVERY:
+            self.flush()
 
-    def _digest_due(self, optimizer: int) -> bool:
-        """Return whether to digest the parameters now: the cadence's choice, or the recording's on replay."""
-        session = self._session
-        if session.recording:
-            return self._cadence.due(optimizer)
-        # Batched device steps are still pending: the event this step will be checked against is further on.
-        recorded = session.peek(KIND, ahead=len(self._pending))
-        return recorded is not MISSING and recorded[2] is not None
+    def _digest(self, optimizer: Any, state: _OptimizerSteps) -> Any:
+        """Return the optimizer's per-parameter sums: ints on the host, or one tensor on the device."""
+        self._refresh(optimizer, state)
+        started = time.perf_counter()
+        params = state.params
+        if state.on_device:
+            torch = self._torch
+            sums: Any = torch.stack([device_word_sum(torch, p) for p in params])
+        else:
+            sums = [self._word_sum(p) for p in params]
+        self._cadence.digested(state.index, time.perf_counter() - started)
+        return sums
+
+    def _refresh(self, optimizer: Any, state: _OptimizerSteps) -> None:
+        """Take the optimizer's parameters as they are now; name them (an event) when they changed."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        state.on_device = bool(params) and params[0].is_cuda
+        if state.names is None or len(params) != len(state.params):
+            names = parameter_names(self._torch, optimizer, params, self._registry)
+            if names != state.names:
+                self.flush()  # the steps before the change go out under the names they had
+                state.names = names
+                self._names_event(state.index, names)
+        state.params = params
 
     def _finish(self) -> None:
-        """Flush the batched steps, then digest the parameters after the last step if that step was not."""
+        """Write the batched steps, then digest the parameters after the last step if that step was not."""
+        self._latest = None
         self.flush()
         session, last = self._session, self._last_step
         if session is None or last is None or last[2] or not self._digest_last_step:
             return
-        step, index, _digested = last
-        optimizer_id = next((key for key, value in self._optimizers.items() if value == index), None)
-        cached = self._params.get(optimizer_id) if optimizer_id is not None else None
-        if cached is None:
-            return
-        params = cached[1]
+        params = last[1].params
         if params and params[0].is_cuda:
             torch = self._torch
             per_param = [s & _MASK64 for s in torch.stack([device_word_sum(torch, p) for p in params]).cpu().tolist()]
@@ -225,26 +281,27 @@ class StepVerifier:
                                          f"(optimizer #{recorded[0]}) {_few(recorded[1])}")
 
     def flush(self) -> None:
-        """Copy batched device digests to the host and record or check them (one sync per batch)."""
+        """Record or check the batched steps, in order (one device-to-host copy for the device ones)."""
         if not self._pending or self._session is None:
             return
-        torch = self._torch
         pending, self._pending = self._pending, []
-        sums = [s for _, _, s, _, _ in pending if s is not None]
-        losses = [l for _, l, _, _, _ in pending if l is not None]
-        host_sums = iter(torch.stack(sums).cpu().tolist()) if sums else iter(())
-        host_losses = iter(torch.stack(losses).cpu().tolist()) if losses else iter(())
-        for index, loss, device_sums, step, names in pending:
-            loss_value = next(host_losses) if loss is not None else None
-            per_param = [s & _MASK64 for s in next(host_sums)] if device_sums is not None else None
-            self._finish_step(step, index, loss_value, per_param, names)
-
-    def _finish_step(self, step: int, index: int, loss: float | None, per_param: list[int] | None,
-                     names: list[str]) -> None:
-        record_or_check_step(self._session, KIND, step, index, loss, per_param, names,
-                             last_digested=self._last_digested_step)
-        if per_param is not None:
-            self._last_digested_step = step
+        device = [entry for entry in pending if entry[5]]
+        host_sums: Any = iter(())
+        host_losses: Any = iter(())
+        if device:
+            torch = self._torch
+            sums = [s for _, _, s, _, _, _ in device if s is not None]
+            losses = [l for _, l, _, _, _, _ in device if l is not None]
+            host_sums = iter(torch.stack(sums).cpu().tolist()) if sums else iter(())
+            host_losses = iter(torch.stack(losses).cpu().tolist()) if losses else iter(())
+        for index, loss, sums, step, names, on_device in pending:
+            if on_device:
+                loss = next(host_losses) if loss is not None else None
+                sums = [s & _MASK64 for s in next(host_sums)] if sums is not None else None
+            record_or_check_step(self._session, KIND, step, index, loss, sums, names,
+                                 last_digested=self._last_digested_step)
+            if sums is not None:
+                self._last_digested_step = step
 
     # ------------------------------------------------------------ digests
 
@@ -260,19 +317,6 @@ class StepVerifier:
         if view is None:  # not contiguous: sum a fresh contiguous copy
             view = word_view(self._torch, local.contiguous())
         return int(self._add_reduce(view, dtype=self._uint64)) & _MASK64
-
-    def _parameters(self, optimizer: Any) -> tuple[list[str], list[Any]]:
-        """Return the optimizer's parameters and their names, found once per optimizer."""
-        key = id(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        cached = self._params.get(key)
-        if cached is not None and len(cached[1]) == len(params):
-            return cached[0], params
-        names = parameter_names(self._torch, optimizer, params, self._registry)
-        self._params[key] = (names, params)
-        return names, params
-
-
 
 
 def record_or_check_step(session: Session, kind: str, step: int, index: int, loss: float | None,
