@@ -132,6 +132,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         self._on_stop: list[Callable[[], None]] = []
         self._on_flush: list[Callable[[], None]] = []
         self._flush_due = 0.0
+        self._flushing = False
         # Differences that may explain a divergence (environment, pinned settings that could not
         # be pinned), most likely first; the verdict names the first one.
         self.causes: list[str] = []
@@ -282,6 +283,8 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
     def diverge(self, kind: str, message: str, step: int | None = None, batch: str | None = None,
                 check: str = "state", parts: tuple[str, ...] = ()) -> None:
         """Note a state or output check that differed; under --strict, stop the run here."""
+        # The batched step checks first: they cover steps this check (a stdout line, a file) came after.
+        self._flush_batched()
         found = Divergence(kind, message, step, batch, check=check, parts=parts)  # type: ignore[arg-type]
         # In step order: a batched step check reports steps that other checks have already passed,
         # and the verdict names the first divergence.
@@ -311,6 +314,20 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         """Register work to do about once a second, between steps, and at the end (write batched steps)."""
         self._on_flush.append(callback)
 
+    def _flush_batched(self) -> None:
+        """Run the on_flush work now (not from within itself: a batched check may diverge)."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            for flush in self._on_flush:
+                try:
+                    flush()
+                except Exception as exc:  # noqa: BLE001 - never change what the user's program does
+                    self.hook_failed("writing or checking batched step events", exc)
+        finally:
+            self._flushing = False
+
     def on_step(self) -> None:
         """After each step: about once a second, flush batched work and the trace; refresh the progress line."""
         now = time.monotonic()
@@ -318,11 +335,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
             # Once a second, not at every step: what a step's hooks batch reaches the file within
             # about a second, so a killed run loses no more than that.
             self._flush_due = now + FLUSH_SECONDS
-            for flush in self._on_flush:
-                try:
-                    flush()
-                except Exception as exc:  # noqa: BLE001 - never change what the user's program does
-                    self.hook_failed("writing batched step events", exc)
+            self._flush_batched()
             if self.writer is not None:
                 with self._lock:
                     self.writer.flush()

@@ -11,6 +11,11 @@ every subscriber sees the same step number and none depends on installation orde
   and `detrun profile` counts the step and may stop the run.
 
 After the phases, the owner's housekeeping (flush the trace, refresh the progress line) runs.
+
+The clock also owns the one wrapper of `torch.autograd.backward`: it counts the calls, keeps the
+tensor the latest one ran on (`loss`, the digests' per-step loss, until the next tick), and calls
+the sources that asked to see backward() calls (`on_backward`) before and after it; a source that
+only needs the position reads `step`, `backward_calls` and `last_event`.
 A subscriber that raises an ordinary exception is reported to the owner and the rest still run:
 the user's program never sees detrun's failure. A BaseException that is not an Exception (the
 profiler's step limit) propagates on purpose.
@@ -18,9 +23,10 @@ profiler's step limit) propagates on purpose.
 from __future__ import annotations
 
 import threading
-from typing import Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 PHASES = ("flags", "kernels", "digests", "profiler")
+START, STEP, BACKWARD = 0, 1, 2  # `last_event`: nothing yet, an optimizer step, a backward() call
 
 
 class Removable(Protocol):
@@ -39,6 +45,8 @@ class Tick(NamedTuple):
 
 
 TickCallback = Callable[[Tick], None]
+BeforeBackward = Callable[[object], None]  # called with the tensors backward() is about to run on
+AfterBackward = Callable[[], None]
 FRAMEWORKS = ("torch", "tensorflow")
 
 
@@ -54,6 +62,13 @@ class StepClock:
         self._on_error = on_error
         self._after_tick = after_tick
         self._torch_handle: Removable | None = None
+        self.backward_calls = 0  # torch.autograd.backward() calls that returned
+        self.last_event = START
+        self.loss: object | None = None  # what the latest backward() since the last tick ran on
+        # (what, callback): tuples, replaced on change, so that the wrapper reads them without a lock.
+        self._before_backward: tuple[tuple[str, BeforeBackward], ...] = ()
+        self._after_backward: tuple[tuple[str, AfterBackward], ...] = ()
+        self._patched_backward: tuple[object, Callable[..., object]] | None = None
         # Keras' py_function steps run on TensorFlow's threads; a tick is atomic.
         self._lock = threading.RLock()
 
@@ -90,25 +105,77 @@ class StepClock:
                     callback(tick)
                 except Exception as exc:  # noqa: BLE001 - never change what the user's program does
                     self._on_error(what, exc)
+            self.last_event = STEP
+            self.loss = None
             if self._after_tick is not None:
                 self._after_tick()
             return tick
 
+    # ------------------------------------------------------------ backward() calls
+
+    def on_backward(self, what: str, before: BeforeBackward | None = None,
+                    after: AfterBackward | None = None) -> None:
+        """Call `before(tensors)` before and `after()` after each torch.autograd.backward() call; `what` names them."""
+        if before is not None:
+            self._before_backward = (*self._before_backward, (what, before))
+        if after is not None:
+            self._after_backward = (*self._after_backward, (what, after))
+
+    def off_backward(self, callback: Callable[..., None]) -> None:
+        """Stop calling `callback` at backward() calls (no-op when it is not registered)."""
+        self._before_backward = tuple(entry for entry in self._before_backward if entry[1] is not callback)
+        self._after_backward = tuple(entry for entry in self._after_backward if entry[1] is not callback)
+
+    def _wrap_backward(self, autograd: Any) -> None:
+        original = autograd.backward
+        clock = self
+
+        # Tensor.backward() calls torch.autograd.backward through the module attribute, so this one
+        # wrapper sees both spellings. Mirrors torch.autograd.backward (torch 2.x). A callback's
+        # ordinary exception is reported, never raised; a KeyboardInterrupt that a replay delivers
+        # on purpose (engine/sources/interrupts.py) goes through.
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            clock.loss = tensors
+            for what, before in clock._before_backward:
+                try:
+                    before(tensors)
+                except Exception as exc:  # noqa: BLE001 - never change what the user's program does
+                    clock._on_error(what, exc)
+            result = original(tensors, *args, **kwargs)
+            clock.backward_calls += 1
+            clock.last_event = BACKWARD
+            for what, after in clock._after_backward:
+                try:
+                    after()
+                except Exception as exc:  # noqa: BLE001
+                    clock._on_error(what, exc)
+            return result
+
+        backward.__doc__ = original.__doc__
+        autograd.backward = backward
+        self._patched_backward = (autograd, original)
+
     # ------------------------------------------------------------ torch
 
-    def attach_torch(self, torch: object) -> None:
-        """Register the clock as torch's global optimizer post-hook (once)."""
+    def attach_torch(self, torch: Any) -> None:
+        """Register the clock as torch's global optimizer post-hook and wrap torch.autograd.backward (once)."""
         if self._torch_handle is not None:
             return
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self._torch_handle = register_optimizer_step_post_hook(self._torch_post_hook)
+        self._wrap_backward(torch.autograd)
 
     def detach_torch(self) -> None:
-        """Remove the optimizer post-hook, if registered."""
+        """Remove the optimizer post-hook and the backward() wrapper, if installed."""
         if self._torch_handle is not None:
             self._torch_handle.remove()
             self._torch_handle = None
+        if self._patched_backward is not None:
+            autograd, original = self._patched_backward
+            autograd.backward = original  # type: ignore[attr-defined]
+            self._patched_backward = None
+        self.loss = None
 
     def _torch_post_hook(self, optimizer: object, args: object, kwargs: object) -> None:
         self.tick(optimizer, "torch")

@@ -18,16 +18,15 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from detrun.engine.patcher import Patcher
-from detrun.engine.step_clock import Tick
+from detrun.engine.step_clock import BACKWARD, START, STEP, Tick
 from detrun.trace.registry import SIGNAL as KIND  # the kind, its payload schema and version
 
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
-START, STEP, BACKWARD = 0, 1, 2
 WATCHED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -37,28 +36,27 @@ class InterruptSource:
     def __init__(self) -> None:
         self._patcher = Patcher()
         self._session: Session | None = None
-        self._backward_calls = 0
         self._pending: list[Any] = []  # replay: recorded arrivals not yet delivered
         self._handlers_installed: list[tuple[int, Any]] = []
-        self._backward_hooked = False
-        self._last_event = START
+        self._watching_steps = False
 
     def install(self, session: Session) -> None:
         if self._session is not None or threading.current_thread() is not threading.main_thread():
             return
         self._session = session
-        session.when_imported("torch", self._hook_torch)
-        session.clock.subscribe("profiler", self._on_tick, "the interrupt hook")
         if session.recording:
-            self._watch_signals()
-        else:
-            # Only the watched signals, at plain integer positions: a trace never makes detrun send anything else.
-            self._pending = [p for p in session.recorded(KIND) if isinstance(p, list) and len(p) == 4
-                             and all(type(v) is int for v in p) and p[2] in WATCHED]
+            self._watch_signals()  # a signal notes the clock's position: nothing to do at each step
+            return
+        # Only the watched signals, at plain integer positions: a trace never makes detrun send anything else.
+        self._pending = [p for p in session.recorded(KIND) if isinstance(p, list) and len(p) == 4
+                         and all(type(v) is int for v in p) and p[2] in WATCHED]
+        if self._pending:
+            session.clock.subscribe("profiler", self._on_tick, "the interrupt hook")
+            session.clock.on_backward("the interrupt hook", before=self._before_backward, after=self._after_backward)
+            self._watching_steps = True
 
     def uninstall(self) -> None:
         self._patcher.undo()
-        self._backward_hooked = False
         for signum, previous in reversed(self._handlers_installed):
             try:
                 if signal.getsignal(signum) is not previous:
@@ -66,8 +64,11 @@ class InterruptSource:
             except (ValueError, OSError):
                 pass
         self._handlers_installed.clear()
-        if self._session is not None:
+        if self._session is not None and self._watching_steps:
             self._session.clock.unsubscribe(self._on_tick)
+            self._session.clock.off_backward(self._before_backward)
+            self._session.clock.off_backward(self._after_backward)
+        self._watching_steps = False
         self._session = None
 
     # ------------------------------------------------------------ record
@@ -115,39 +116,24 @@ class InterruptSource:
         if session is None:
             return
         try:
-            session.emit(KIND, [session.steps, self._backward_calls, int(signum), self._last_event])
+            clock = session.clock
+            session.emit(KIND, [clock.step, clock.backward_calls, int(signum), clock.last_event])
             if session.writer is not None:
                 session.writer.flush()  # the handler may end the run at once
         except Exception as exc:  # noqa: BLE001 - never change what the program does
             session.hook_failed("the signal hook", exc)
 
-    # ------------------------------------------------------------ both: count backward() calls
-
-    def _hook_torch(self, torch: Any) -> None:
-        if self._session is None or self._backward_hooked:
-            return
-        self._backward_hooked = True
-        original: Callable[..., Any] = torch.autograd.backward
-        source = self
-
-        # Mirrors torch.autograd.backward (torch 2.x); Tensor.backward() calls it through the module.
-        def backward(*args: Any, **kwargs: Any) -> Any:
-            if source._pending:
-                source._maybe_deliver(START)  # before this call: right after a step, or at the start
-            result = original(*args, **kwargs)
-            source._backward_calls += 1
-            source._last_event = BACKWARD
-            if source._pending:
-                source._maybe_deliver(BACKWARD)
-            return result
-
-        backward.__doc__ = original.__doc__
-        self._patcher.setattr(torch.autograd, "backward", backward)
-
     # ------------------------------------------------------------ replay
 
+    def _before_backward(self, tensors: object) -> None:
+        if self._pending:
+            self._maybe_deliver(START)  # before this call: right after a step, or at the start
+
+    def _after_backward(self) -> None:
+        if self._pending:
+            self._maybe_deliver(BACKWARD)
+
     def _on_tick(self, tick: Tick) -> None:
-        self._last_event = STEP
         if self._pending:
             self._maybe_deliver(STEP)
 
@@ -157,7 +143,7 @@ class InterruptSource:
         if session is None or threading.current_thread() is not threading.main_thread():
             return
         steps, calls, signum, last_event = self._pending[0]
-        here = (session.steps, self._backward_calls)
+        here = (session.steps, session.clock.backward_calls)
         # STEP/START arrivals are delivered just before the next backward(), BACKWARD ones just after
         # theirs; a run already past the point (no backward came) gets it at the next step.
         wanted = BACKWARD if last_event == BACKWARD else START

@@ -65,7 +65,8 @@ class ThreadsSource(TorchStepSource):
             original = getattr(torch, name, None)
             if original is not None:
                 self._patcher.setattr(torch, name, self._wrap(original, api))
-        self._subscribe("the thread count step hook")
+        if not session.recording:  # a recording has nothing to do at a step
+            self._subscribe("the thread count step hook")
 
     def _pin_at_import(self, session: Session, torch: Any) -> None:
         """Record the pool sizes torch chose; on replay set the recorded ones."""

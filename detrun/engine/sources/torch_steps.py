@@ -69,15 +69,13 @@ class StepVerifier:
     def __init__(self) -> None:
         self._session: Session | None = None
         self._handle: Any = None
-        self._patched_backward: tuple[Any, Any] | None = None
-        self._last_loss: Any = None
         self._backward_calls = 0
         self._optimizers: dict[int, _OptimizerSteps] = {}  # by id(): the verifier must not keep one alive
         # The optimizer of the latest step, held until the next one (or the end): most steps are made
         # by the same one, and id() is costly while audit hooks are installed (each call raises an event).
         self._latest: tuple[Any, _OptimizerSteps] | None = None
         self._next_index = 0
-        self._before_first_step = True  # backward() losses are checked until the first optimizer step
+        self._before_first_step = True
         self._views: dict[int, tuple[int, Any]] = {}
         # (optimizer index, loss, per-parameter sums (ints, or a device tensor) or None, step, names, on device)
         self._pending: list[tuple[int, Any, Any, int, list[str], bool]] = []
@@ -119,35 +117,16 @@ class StepVerifier:
         self._session.clock.subscribe("digests", self._on_tick, "the optimizer step digest", framework="torch")
         self._registry.install(torch, self._session.hook_failed)
         self._handle = self._on_tick
-        original_backward = torch.autograd.backward
-        verifier = self
-
-        # Tensor.backward() calls torch.autograd.backward through the module attribute, so this one
-        # wrapper sees both spellings. Mirrors torch.autograd.backward (torch 2.x).
-        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            verifier._last_loss = tensors
-            session = verifier._session
-            if verifier._before_first_step and session is not None and session.steps == 0:
-                try:
-                    verifier._check_backward_loss(tensors)
-                except Exception as exc:  # noqa: BLE001 - never change what the user's program does
-                    session.hook_failed("the backward() loss check", exc)
-            return original_backward(tensors, *args, **kwargs)
-
-        backward.__doc__ = original_backward.__doc__
-        torch.autograd.backward = backward
-        self._patched_backward = (torch.autograd, original_backward)
+        # Until the first optimizer step: the losses of backward() calls that no step follows.
+        self._session.clock.on_backward("the backward() loss check", before=self._check_backward_loss)
 
     def uninstall(self) -> None:
         self._latest = None
         if self._handle is not None and self._session is not None:
             self._session.clock.unsubscribe(self._on_tick)
+            self._session.clock.off_backward(self._check_backward_loss)
         self._handle = None
         self._registry.uninstall()
-        if self._patched_backward is not None:
-            module, original = self._patched_backward
-            module.backward = original
-            self._patched_backward = None
         self._session = None
 
     # ------------------------------------------------------------ backward() before any optimizer step
@@ -159,6 +138,8 @@ class StepVerifier:
         are its per-step state check: the loss at call k depends on every weight after call k - 1.
         """
         session = self._session
+        if session is None or session.steps > 0:
+            return
         value = _host_loss(loss)
         self._backward_calls += 1
         if session.recording:
@@ -180,9 +161,12 @@ class StepVerifier:
 
     def _on_tick(self, tick: Tick) -> None:
         """Take the loss, and the digest if due, of the optimizer that just stepped (the clock reports failures)."""
-        if self._session is None:
+        session = self._session
+        if session is None:
             return
-        self._before_first_step = False
+        if self._before_first_step:
+            self._before_first_step = False
+            session.clock.off_backward(self._check_backward_loss)
         optimizer = tick.optimizer
         latest = self._latest
         if latest is not None and latest[0] is optimizer:
@@ -200,14 +184,13 @@ class StepVerifier:
                 except TypeError:  # not weakly referable: kept under its id to the end
                     pass
             self._latest = (optimizer, state)
-        loss = self._last_loss
-        self._last_loss = None
+        loss = session.clock.loss  # what backward() ran on since the last step, or None
         pending = self._pending
         if self._recording:
             digest_now = self._cadence.due(state.index)
         else:
             # Batched steps are still pending: the event this step will be checked against is further on.
-            recorded = self._session.peek(KIND, ahead=len(pending))
+            recorded = session.peek(KIND, ahead=len(pending))
             digest_now = recorded is not MISSING and recorded[2] is not None
         step = tick.step
         self._last_step = (step, state, digest_now)
