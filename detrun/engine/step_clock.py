@@ -84,7 +84,8 @@ class StepClock:
     def unsubscribe(self, callback: TickCallback) -> None:
         """Stop calling `callback` (no-op when it is not subscribed)."""
         for phase, entries in self._subscribers.items():
-            self._subscribers[phase] = [entry for entry in entries if entry[1] is not callback]
+            # `!=`, not `is not`: a bound method is a new object at each attribute access, equal to the others.
+            self._subscribers[phase] = [entry for entry in entries if entry[1] != callback]
         self._ordered = self._in_phase_order()
 
     def _in_phase_order(self) -> dict[str, tuple[tuple[str, TickCallback], ...]]:
@@ -123,8 +124,8 @@ class StepClock:
 
     def off_backward(self, callback: Callable[..., None]) -> None:
         """Stop calling `callback` at backward() calls (no-op when it is not registered)."""
-        self._before_backward = tuple(entry for entry in self._before_backward if entry[1] is not callback)
-        self._after_backward = tuple(entry for entry in self._after_backward if entry[1] is not callback)
+        self._before_backward = tuple(entry for entry in self._before_backward if entry[1] != callback)
+        self._after_backward = tuple(entry for entry in self._after_backward if entry[1] != callback)
 
     def _wrap_backward(self, autograd: Any) -> None:
         original = autograd.backward
@@ -178,4 +179,4 @@ class StepClock:
         self.loss = None
 
     def _torch_post_hook(self, optimizer: object, args: object, kwargs: object) -> None:
-        self.tick(optimizer, "torch")
+        self.tick(optimizer)  # "torch": the default, so that this call passes one argument

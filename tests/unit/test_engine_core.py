@@ -76,6 +76,51 @@ def test_clock_is_the_only_optimizer_hook_and_detaches() -> None:
     assert len(_global_optimizer_post_hooks) == before
 
 
+def test_clock_unsubscribes_a_bound_method_and_sees_a_torch_step_s_backward() -> None:
+    torch = pytest.importorskip("torch")
+    original_backward = torch.autograd.backward
+
+    class Watcher:
+        def __init__(self) -> None:
+            self.ticks: list[int] = []
+            self.losses: list[float] = []
+            self.after = 0
+
+        def on_tick(self, tick: Tick) -> None:
+            self.ticks.append(tick.step)
+            self.losses.append(float(clock.loss.item()))  # type: ignore[union-attr]
+
+        def before(self, tensors: object) -> None:
+            assert tensors is clock.loss
+
+        def count(self) -> None:
+            self.after += 1
+
+    watcher = Watcher()
+    clock = StepClock(lambda where, exc: None)
+    # A bound method is a new object at each access: unsubscribing with another one must still work.
+    clock.subscribe("digests", watcher.on_tick, "watcher", framework="torch")
+    clock.on_backward("watcher", before=watcher.before, after=watcher.count)
+    clock.attach_torch(torch)
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    for _ in range(2):
+        param.sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert watcher.ticks == [1, 2] and watcher.losses == pytest.approx([2.0, 1.8]) and watcher.after == 2
+    assert clock.backward_calls == 2 and clock.loss is None  # a tick ends the loss's life
+    clock.tick(framework="tensorflow")  # a TensorFlow step does not call a torch-only subscriber
+    assert watcher.ticks == [1, 2]
+    clock.unsubscribe(watcher.on_tick)
+    clock.off_backward(watcher.count)
+    param.sum().backward()
+    optimizer.step()
+    assert watcher.ticks == [1, 2] and watcher.after == 2
+    clock.detach_torch()
+    assert torch.autograd.backward is original_backward
+
+
 # ------------------------------------------------------------------ the Patcher
 
 

@@ -248,6 +248,10 @@ class BackendsSource(TorchStepSource):
             self._check_cuda()
         if not session.recording:
             self._catch_up(tick.step)
+        else:
+            # A recording has nothing else to do at a step; a CUDA started later is seen at the end.
+            session.clock.unsubscribe(self._on_tick)
+            self._subscribed = False
 
     def _check_cuda(self) -> None:
         """Record (or compare) what torch sees of CUDA, once CUDA is up; never initialise it."""

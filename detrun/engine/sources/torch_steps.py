@@ -363,9 +363,13 @@ def _device_loss(torch: Any, loss: Any) -> Any:
 
 
 def _host_loss(loss: Any) -> float | None:
-    if loss is None or not hasattr(loss, "numel") or loss.numel() != 1:
+    """Return a one-element tensor's value, else None (no loss, a larger tensor, a sequence of tensors)."""
+    if loss is None:
         return None
-    return float(loss.item())
+    try:
+        return float(loss.item())  # one call at each step: asking numel() first would be a second
+    except Exception:  # noqa: BLE001 - item() refuses more than one element; a tuple has no item()
+        return None
 
 
 def _same_float(a: float | None, b: float | None) -> bool:
