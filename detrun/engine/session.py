@@ -133,6 +133,10 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         self._on_flush: list[Callable[[], None]] = []
         self._flush_due = 0.0
         self._flushing = False
+        # Replay: the last step of an incomplete recording, where the replay stops (read once, not at each step).
+        recorded_end = trace.end if trace is not None and not trace.complete and trace.end is not None else None
+        recorded_steps = recorded_end.get("steps") if recorded_end is not None else None
+        self._incomplete_end_step = max(recorded_steps, 1) if isinstance(recorded_steps, int) else None
         # Differences that may explain a divergence (environment, pinned settings that could not
         # be pinned), most likely first; the verdict names the first one.
         self.causes: list[str] = []
@@ -228,7 +232,8 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
 
     def peek(self, kind: str, ahead: int = 0) -> Any:
         """Return the recorded payload `ahead` events past the cursor without taking it, or MISSING."""
-        events = self.recorded(kind)
+        assert self.trace is not None
+        events = self.trace.of(kind, self.role)  # recorded(), without a call more at every step
         with self._lock:
             index = self._cursors.get(kind, 0) + ahead
             return events[index] if index < len(events) else MISSING
@@ -353,11 +358,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
 
     def _recording_ended(self) -> bool:
         """Return whether an incomplete recording has no steps beyond the current one."""
-        trace = self.trace
-        if trace is None or trace.complete or trace.end is None:
-            return False
-        recorded = trace.end.get("steps")
-        return isinstance(recorded, int) and self.steps >= max(recorded, 1)
+        return self._incomplete_end_step is not None and self.steps >= self._incomplete_end_step
 
     def _show_progress(self) -> None:
         if self.recording and self.writer is not None:

@@ -248,8 +248,9 @@ class BackendsSource(TorchStepSource):
             self._check_cuda()
         if not session.recording:
             self._catch_up(tick.step)
-        else:
-            # A recording has nothing else to do at a step; a CUDA started later is seen at the end.
+        if session.recording or self._next >= len(self._queue):
+            # Nothing else to do at a step (a recording's, or a replay's once every recorded change
+            # is applied; later calls are checked as they are made); a CUDA started later is seen at the end.
             session.clock.unsubscribe(self._on_tick)
             self._subscribed = False
 
