@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,6 +58,11 @@ def test_dataloader_runs_differ_plainly_and_replay_exactly(context: str, extra: 
     # The trace holds the workers' own segments, for each worker.
     shown = detrun("show", "trace.zst", cwd=first)
     assert "dl0.i0.w0" in shown.stdout and "dl0.i0.w1" in shown.stdout, shown.stdout
+    # The authentication challenge of each batch's shared-memory connection is not the program's
+    # entropy: far fewer entropy events than batches (the workers' start draws a few).
+    batches = int(re.search(r"main +dl\.batch +(\d+)", shown.stdout).group(1))
+    entropy = re.search(r"main +os\.entropy +(\d+)", shown.stdout)
+    assert batches == 20 and (entropy is None or int(entropy.group(1)) <= 4), shown.stdout
 
 
 def test_changed_dataset_is_diverged_naming_epoch_and_batch(tmp_path: Path) -> None:

@@ -1,8 +1,15 @@
-"""OS entropy: `os.urandom`, `os.getrandom`, and what is built on them (SystemRandom, secrets, uuid4)."""
+"""OS entropy: `os.urandom`, `os.getrandom`, and what is built on them (SystemRandom, secrets, uuid4).
+
+Not recorded: the challenge `multiprocessing.connection` sends when two processes connect (a
+DataLoader's main process fetches every batch's shared memory that way). Those bytes only
+authenticate the connection and never reach the program's values; recording them cost a frame walk
+and an event per batch, and their order between threads is the OS's.
+"""
 from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
@@ -11,6 +18,9 @@ from detrun.trace.registry import OS_ENTROPY as KIND  # the kind, its payload sc
 if TYPE_CHECKING:
     from detrun.engine.session import Session
 
+
+
+_CONNECTION_MODULE = "multiprocessing.connection"  # its authentication challenge (see above)
 
 
 class EntropySource:
@@ -27,6 +37,8 @@ class EntropySource:
             def entropy(size: int, *args: Any) -> bytes:
                 # The real call runs first so that bad arguments raise exactly as they would.
                 data = original(size, *args)
+                if sys._getframe(1).f_globals.get("__name__") == _CONNECTION_MODULE:
+                    return data
                 try:
                     return session.exchange(KIND, data, f"{name}({size})",
                                             accept=lambda v: isinstance(v, bytes) and len(v) == len(data))
