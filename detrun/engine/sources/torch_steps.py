@@ -23,6 +23,7 @@ batch later. The 64-bit sums are folded into the event's 32-bit digest.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,7 @@ class StepVerifier:
         self._views: dict[int, tuple[int, Any]] = {}
         # (optimizer index, loss, per-parameter sums (ints, or a device tensor) or None, step, names, on device)
         self._pending: list[tuple[int, Any, Any, int, list[str], bool]] = []
+        self._lock = threading.RLock()  # the pending batch and the replay cursor it is checked against
         self._cadence = DigestCadence(1)
         self._recording = True
         self._check_at_once = False  # --strict: a host step is checked at the step, to stop right there
@@ -185,30 +187,33 @@ class StepVerifier:
                     pass
             self._latest = (optimizer, state)
         loss = session.clock.loss  # what backward() ran on since the last step, or None
-        pending = self._pending
-        if self._recording:
-            digest_now = self._cadence.due(state.index)
-        else:
-            # Batched steps are still pending: the event this step will be checked against is further on.
-            recorded = session.peek(KIND, ahead=len(pending))
-            digest_now = recorded is not MISSING and recorded[2] is not None
-        step = tick.step
-        self._last_step = (step, state, digest_now)
-        if digest_now:
-            sums = self._digest(optimizer, state)
-        else:
-            sums = None
-            if state.names is None:  # a first step without a digest (a replayed trace can say so)
-                self._refresh(optimizer, state)
-        if state.on_device:
-            pending.append((state.index, _device_loss(self._torch, loss), sums, step, state.names or [], True))
-        else:
-            pending.append((state.index, _host_loss(loss), sums, step, state.names or [], False))
-            if self._check_at_once:
+        # Held for the whole step: a divergence found on another thread (a stdout line) flushes
+        # the batch first (Session.diverge), and must see each step either pending or checked.
+        with self._lock:
+            pending = self._pending
+            if self._recording:
+                digest_now = self._cadence.due(state.index)
+            else:
+                # Batched steps are still pending: the event this step will be checked against is further on.
+                recorded = session.peek(KIND, ahead=len(pending))
+                digest_now = recorded is not MISSING and recorded[2] is not None
+            step = tick.step
+            self._last_step = (step, state, digest_now)
+            if digest_now:
+                sums = self._digest(optimizer, state)
+            else:
+                sums = None
+                if state.names is None:  # a first step without a digest (a replayed trace can say so)
+                    self._refresh(optimizer, state)
+            if state.on_device:
+                pending.append((state.index, _device_loss(self._torch, loss), sums, step, state.names or [], True))
+            else:
+                pending.append((state.index, _host_loss(loss), sums, step, state.names or [], False))
+                if self._check_at_once:
+                    self.flush()
+                    return
+            if len(pending) >= SYNC_EVERY:
                 self.flush()
-                return
-        if len(pending) >= SYNC_EVERY:
-            self.flush()
 
     def _digest(self, optimizer: Any, state: _OptimizerSteps) -> Any:
         """Return the optimizer's per-parameter sums: ints on the host, or one tensor on the device."""
@@ -265,8 +270,12 @@ class StepVerifier:
 
     def flush(self) -> None:
         """Record or check the batched steps, in order (one device-to-host copy for the device ones)."""
-        if not self._pending or self._session is None:
-            return
+        with self._lock:
+            if self._pending and self._session is not None:
+                self._check_pending()
+
+    def _check_pending(self) -> None:
+        """Write or check the pending steps (under the lock)."""
         pending, self._pending = self._pending, []
         device = [entry for entry in pending if entry[5]]
         host_sums: Any = iter(())
