@@ -11,14 +11,14 @@ every subscriber sees the same step number and none depends on installation orde
   and `detrun profile` counts the step and may stop the run.
 
 After the phases, the owner's housekeeping (flush the trace, refresh the progress line) runs.
+A subscriber that raises an ordinary exception is reported to the owner and the rest still run:
+the user's program never sees detrun's failure. A BaseException that is not an Exception (the
+profiler's step limit) propagates on purpose.
 
 The clock also owns the one wrapper of `torch.autograd.backward`: it counts the calls, keeps the
 tensor the latest one ran on (`loss`, the digests' per-step loss, until the next tick), and calls
 the sources that asked to see backward() calls (`on_backward`) before and after it; a source that
 only needs the position reads `step`, `backward_calls` and `last_event`.
-A subscriber that raises an ordinary exception is reported to the owner and the rest still run:
-the user's program never sees detrun's failure. A BaseException that is not an Exception (the
-profiler's step limit) propagates on purpose.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class StepClock:
         self._lock = threading.RLock()
 
     def subscribe(self, phase: str, callback: TickCallback, what: str, framework: str | None = None) -> None:
-        """Call `callback(tick)` in `phase` of every tick (of `framework`'s only, if given); `what` names it in failure reports."""
+        """Call `callback(tick)` in `phase` of every tick, or of `framework`'s; `what` names it in failure reports."""
         if phase not in self._subscribers:
             raise ValueError(f"unknown step phase {phase!r}; phases are {', '.join(PHASES)}")
         if framework is not None and framework not in FRAMEWORKS:
@@ -116,7 +116,7 @@ class StepClock:
 
     def on_backward(self, what: str, before: BeforeBackward | None = None,
                     after: AfterBackward | None = None) -> None:
-        """Call `before(tensors)` before and `after()` after each torch.autograd.backward() call; `what` names them."""
+        """Call `before(tensors)` before each torch.autograd.backward() call and `after()` after it."""
         if before is not None:
             self._before_backward = (*self._before_backward, (what, before))
         if after is not None:
