@@ -242,8 +242,8 @@ class BackendsSource(TorchStepSource):
         session = self._session
         if session is None:
             return
-        # At the first step and every 64th after, not at every step: a CPU run would otherwise
-        # ask torch.cuda at each of them. The end of the run checks once more (_finish).
+        # At the first step (and every 64th after, while a replay still has recorded changes to
+        # apply), not at every step: a CPU run would ask torch.cuda at each. The end checks again.
         if not self._cuda_checked and tick.step & 63 == 1:
             self._check_cuda()
         if not session.recording:
