@@ -290,13 +290,8 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         """Note a state or output check that differed; under --strict, stop the run here."""
         # The batched step checks first: they cover steps this check (a stdout line, a file) came after.
         self._flush_batched()
-        found = Divergence(kind, message, step, batch, check=check, parts=parts)  # type: ignore[arg-type]
-        # In step order: a batched step check reports steps that other checks have already passed,
-        # and the verdict names the first divergence.
-        at = len(self.divergences)
-        while step is not None and at > 0 and (self.divergences[at - 1].step or 0) > step:
-            at -= 1
-        self.divergences.insert(at, found)
+        self.divergences.append(Divergence(kind, message, step, batch, check=check,  # type: ignore[arg-type]
+                                           parts=parts))
         if self.strict and len(self.divergences) == 1:
             from detrun.errors import ExitCode
 

@@ -56,9 +56,12 @@ _local = _thread._local()  # detrun's own opens, and an open the redirecting wra
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    """Route the program's opens to the active source (an audit hook: cheap, and never raises)."""
+    """Route the program's opens, renames and removals to the active source (never raises).
+
+    engine.audit_events calls it for "open" and the _REPLACING events only.
+    """
     source = _active
-    if source is None or (event != "open" and event not in _REPLACING):
+    if source is None:
         return
     if getattr(_local, "busy", False) or _thread.get_ident() == source.worker_ident:
         return

@@ -50,9 +50,9 @@ _local = _thread._local()  # set while detrun digests a file: its own opens are 
 
 
 def _audit(event: str, args: tuple[Any, ...]) -> None:
-    """Route the program's writes to the active source (an audit hook: cheap, and never raises)."""
+    """Route the program's writes to the active source (never raises; called for the _EVENTS only)."""
     source = _active
-    if source is None or event not in _EVENTS or getattr(_local, "busy", False):
+    if source is None or getattr(_local, "busy", False):
         return
     try:
         if event == "open":

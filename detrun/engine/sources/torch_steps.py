@@ -219,14 +219,16 @@ class StepVerifier:
         """Return the optimizer's per-parameter sums: ints on the host, or one tensor on the device."""
         self._refresh(optimizer, state)
         started = time.perf_counter()
-        params = state.params
-        if state.on_device:
-            torch = self._torch
-            sums: Any = torch.stack([device_word_sum(torch, p) for p in params])
-        else:
-            sums = [self._word_sum(p) for p in params]
+        sums = self._sums(state)
         self._cadence.digested(state.index, time.perf_counter() - started)
         return sums
+
+    def _sums(self, state: _OptimizerSteps) -> Any:
+        """Return the word sums of the optimizer's parameters as last refreshed: ints, or one device tensor."""
+        if state.on_device:
+            torch = self._torch
+            return torch.stack([device_word_sum(torch, p) for p in state.params])
+        return [self._word_sum(p) for p in state.params]
 
     def _refresh(self, optimizer: Any, state: _OptimizerSteps) -> None:
         """Take the optimizer's parameters as they are now; name them (an event) when they changed."""
@@ -247,12 +249,9 @@ class StepVerifier:
         session, last = self._session, self._last_step
         if session is None or last is None or last[2] or not self._digest_last_step:
             return
-        params = last[1].params
-        if params and params[0].is_cuda:
-            torch = self._torch
-            per_param = [s & _MASK64 for s in torch.stack([device_word_sum(torch, p) for p in params]).cpu().tolist()]
-        else:
-            per_param = [self._word_sum(p) for p in params]
+        state = last[1]
+        sums = self._sums(state)
+        per_param = [s & _MASK64 for s in sums.cpu().tolist()] if state.on_device else sums
         session.last_digest = fold(per_param)
 
     def _names_event(self, index: int, names: list[str]) -> None:
