@@ -150,8 +150,12 @@ def _setup_process(config: dict[str, Any]) -> tuple[Runner, Session]:
             check_world(trace, key, config["trace_path"])
         except TargetRefused as exc:
             # The launcher's session says it again as the run's last line (the launcher's own errors follow ours).
-            with open(process["report"].removesuffix(".report.json") + ".refused", "w", encoding="utf-8") as note:
+            # Written whole, then renamed: the launcher kills the other ranks when one fails, and a note cut
+            # between its creation and its write would be read as an empty refusal.
+            refused = process["report"].removesuffix(".report.json") + ".refused"
+            with open(refused + ".partial", "w", encoding="utf-8") as note:
                 note.write(str(exc))
+            os.replace(refused + ".partial", refused)
             raise
         session = Session("replay", trace=trace.of_process(key.role), quiet=True, role=key.role, settings=settings,
                           ignore_output=tuple(config.get("ignore_output", ())))

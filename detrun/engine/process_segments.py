@@ -187,7 +187,9 @@ class ProcessSegments:
             for name in sorted(os.listdir(directory)):
                 if name.endswith(".refused"):  # a rank refused to replay (another world size): so does the run
                     with open(os.path.join(directory, name), encoding="utf-8") as note:
-                        raise TargetRefused(note.read(4096))
+                        reason = note.read(4096).strip()
+                    if reason:
+                        raise TargetRefused(reason)
         # On one node of several, only that node's ranks replay here (each node runs its own launcher).
         nodes = {k.node_rank for k in replayed.values() if k.node_rank is not None}
         found: list[Divergence] = []

@@ -99,3 +99,29 @@ def test_a_killed_ranks_flushed_events_are_kept_and_its_end_says_so(tmp_path: Pa
     rank = trace.of_process("rank1")
     assert not rank.complete and "died before it finished" in rank.end["reason"]
     assert trace.process_keys() == {"rank1": {"role": "rank1", "rank": 1, "world_size": 2}}
+
+
+def test_a_refusal_cut_short_by_the_launcher_does_not_hide_the_ranks_that_said_why(tmp_path: Path) -> None:
+    import pytest
+
+    from detrun.engine.session import Session
+    from detrun.errors import TargetRefused
+    from detrun.trace import TraceWriter, read_trace
+
+    from detrun.engine.process_segments import _salvage_segment
+
+    segment = TraceWriter(str(tmp_path / "rank0.seg.partial"), segment="rank0")
+    segment.event("process", {"role": "rank0", "rank": 0, "world_size": 2})
+    segment.flush()
+    _salvage_segment(str(tmp_path / "rank0.seg.partial"), str(tmp_path / "rank0.seg"), "rank0")
+    main = TraceWriter(str(tmp_path / "trace.zst"), {"settings": {}})
+    main.append_segments([str(tmp_path / "rank0.seg")])
+    main.close({"complete": True, "exit_status": 0})
+    session = Session("replay", trace=read_trace(str(tmp_path / "trace.zst")), quiet=True)
+    session.scratch_dir = str(tmp_path / "scratch")
+    processes = tmp_path / "scratch" / bootstrap.PROCESSES_DIR
+    processes.mkdir(parents=True)
+    (processes / "rank0.refused").write_text("")  # a rank killed by the launcher between creating and writing it
+    (processes / "rank1.refused").write_text("trace.zst was recorded with world size 2, and this replay runs 3")
+    with pytest.raises(TargetRefused, match="world size 2, and this replay runs 3"):
+        session.merge_process_reports()
