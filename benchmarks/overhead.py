@@ -7,9 +7,12 @@ what the policy costs.
 
 Every mode runs with a bytecode cache, as an install has. Each workload prints its own loop time
 (`loop_seconds`), so interpreter and torch start-up, which detrun does not change per step, stay
-out of the ratio; whole-process wall times are shown too.
+out of the ratio; whole-process wall times are shown too. Each also prints its loop's CPU time
+(`loop_cpu_seconds`: the DataLoader's workers included), which another tenant of a shared machine
+disturbs less than the wall time: a machine that is not quiet shows in the gap between the two.
 Absolute times on a shared 2-core machine are noisy (the same run swings by 20-40% here): read
-the ratios of the medians and of the best runs, measured in the same interleaved rounds.
+the ratios of the medians and of the best runs, measured in the same interleaved rounds. The
+DataLoader workload has no training steps, so it skips the `--digest-every 1` modes.
 
     python benchmarks/overhead.py                   # both workloads, 5 rounds
     python benchmarks/overhead.py --rounds 7 --only train
@@ -41,8 +44,9 @@ WORKLOADS = {
 BENCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run a command (in BENCH_ENV unless `env` is given); return (loop seconds it printed, wall seconds)."""
+def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Run a command (in BENCH_ENV unless `env` is given); return the loop's seconds and CPU seconds it
+    printed, and the wall seconds."""
     start = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env or BENCH_ENV)
     wall = time.perf_counter() - start
@@ -50,8 +54,9 @@ def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tu
     if result.returncode not in (0, 5):
         raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
     match = re.search(r"loop_seconds ([0-9.]+)", result.stdout)
-    assert match, result.stdout + result.stderr
-    return float(match.group(1)), wall
+    cpu = re.search(r"loop_cpu_seconds ([0-9.]+)", result.stdout)
+    assert match and cpu, result.stdout + result.stderr
+    return float(match.group(1)), float(cpu.group(1)), wall
 
 
 def measure(name: str, rounds: int) -> None:
@@ -73,28 +78,36 @@ def measure(name: str, rounds: int) -> None:
         }
         # Every mode with a bytecode cache, as a user's install has: without it, each detrun process
         # (and each DataLoader worker that imports a detrun module) recompiles it inside the loop.
+        if name == "dataloader":  # no training steps: the digest cadence changes nothing, and the rounds are shorter
+            del modes["rec-every1"], modes["rep-every1"]
         env = startup_env(os.path.join(work, "pycache"))
-        timed(modes["record"], work, env)  # warm the file and bytecode caches; the replays' first traces
-        timed(modes["rec-every1"], work, env)
-        timed(modes["rec-off"], work, env)
+        for mode in ("record", "rec-every1", "rec-off"):  # warm the file and bytecode caches; the replays' traces
+            if mode in modes:
+                timed(modes[mode], work, env)
         loops: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpus: dict[str, list[float]] = {mode: [] for mode in modes}
         walls: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(rounds):
             for mode, command in modes.items():  # interleaved: each round runs every mode
-                loop, wall = timed(command, work, env)
+                loop, cpu, wall = timed(command, work, env)
                 loops[mode].append(loop)
+                cpus[mode].append(cpu)
                 walls[mode].append(wall)
-        size, every1_size = os.path.getsize(trace), os.path.getsize(every1)
+        size = os.path.getsize(trace)
+        every1_size = os.path.getsize(every1) if os.path.exists(every1) else None
     plain_loop, plain_wall = statistics.median(loops["plain"]), statistics.median(walls["plain"])
     print(f"\n{name}: {script} {' '.join(args)}  ({rounds} interleaved rounds, medians)")
     best_plain = min(loops["plain"])
-    print(f"{'mode':<10} {'loop s':>9} {'ratio':>7} {'best s':>9} {'ratio':>7} {'wall s':>9} {'ratio':>7}")
+    plain_cpu = statistics.median(cpus["plain"])
+    print(f"{'mode':<10} {'loop s':>9} {'ratio':>7} {'best s':>9} {'ratio':>7} {'cpu s':>9} {'ratio':>7} "
+          f"{'wall s':>9} {'ratio':>7}")
     for mode in modes:
         loop, wall, best = statistics.median(loops[mode]), statistics.median(walls[mode]), min(loops[mode])
+        cpu = statistics.median(cpus[mode])
         print(f"{mode:<10} {loop:9.3f} {loop / plain_loop:6.3f}x {best:9.3f} {best / best_plain:6.3f}x "
-              f"{wall:9.3f} {wall / plain_wall:6.3f}x")
-    print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit}); "
-          f"with --digest-every 1 {every1_size} bytes")
+              f"{cpu:9.3f} {cpu / plain_cpu:6.3f}x {wall:9.3f} {wall / plain_wall:6.3f}x")
+    every1_note = f"; with --digest-every 1 {every1_size} bytes" if every1_size is not None else ""
+    print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit}){every1_note}")
 
 
 def startup_env(cache: str) -> dict[str, str]:

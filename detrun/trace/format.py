@@ -28,7 +28,7 @@ EXT_BIGINT = 1
 
 # Limits that keep a hostile or damaged file from exhausting memory or time; a genuine trace of a
 # million steps decompresses to about 30 MB and holds about a million events.
-MAX_WINDOW_BYTES = 1 << 24  # zstd window (the decoder's memory); the writer's level 6 uses 2 MiB
+MAX_WINDOW_BYTES = 1 << 24  # zstd window (the decoder's memory); the writer's level 3 uses 2 MiB
 MAX_DECOMPRESSED_BYTES = 1 << 30  # the whole trace, decompressed
 # All roles and kinds together: 10 million steps' worth, and what bounds the time a flood of tiny
 # events can take (a few microseconds each). There is no cap on the compression ratio: a genuine

@@ -1,6 +1,7 @@
 """Data order: DataLoader order, worker seeds and RNGs (fork and spawn), per-batch digests, file listings."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -170,8 +171,6 @@ def test_iterable_dataset_batches_are_digested(tmp_path: Path) -> None:
     # Every batch was checked against its digest, but batches are data, not training state.
     line = verdict(replayed.stderr)
     assert line.startswith("detrun: UNVERIFIED") and "nothing of the training state" in line, line
-    import json
-
     assert json.loads((tmp_path / "verdict.json").read_text())["checks"]["batches"] == 8
     shown = detrun("show", "--json", "trace.zst", cwd=tmp_path)
     assert json.loads(shown.stdout)["events"]["main"]["dl.batch"] == 8
@@ -208,3 +207,49 @@ def test_worker_rngs_are_recorded_and_replayed_in_the_workers(context: str, tmp_
     assert replayed.stdout == recorded.stdout
     line = verdict(replayed.stderr)
     assert line.startswith("detrun: UNVERIFIED") and "departed" not in line, line  # no model: data only
+
+
+REUSING_SAMPLER = '''
+import numpy as np, torch
+from torch.utils.data import DataLoader
+
+class RefillingBatchSampler:
+    """Yield numpy indices in one list it refills, as some fast samplers do."""
+    def __init__(self, count, size):
+        self.count, self.size = count, size
+
+    def __iter__(self):
+        batch = []
+        for index in np.random.permutation(self.count):  # unseeded, and numpy integers
+            batch.append(index)
+            if len(batch) == self.size:
+                yield batch
+                batch.clear()
+
+    def __len__(self):
+        return self.count // self.size
+
+data = torch.arange(64, dtype=torch.float32).reshape(32, 2)
+model = torch.nn.Linear(2, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+for batch in DataLoader(data, batch_sampler=RefillingBatchSampler(32, 4)):
+    optimizer.zero_grad()
+    model(batch).pow(2).mean().backward()
+    optimizer.step()
+print([round(float(p.sum()), 6) for p in model.parameters()], float(batch.sum()))
+'''
+
+
+def test_a_sampler_of_numpy_indices_that_refills_its_list_is_recorded_as_it_yielded(tmp_path: Path) -> None:
+    # The batched sampler events hold a copy of each batch of indices, as numpy integers become plain ones.
+    (tmp_path / "refill.py").write_text(REUSING_SAMPLER)
+    plain = [python("refill.py", cwd=tmp_path) for _ in range(2)]
+    assert all(p.returncode == 0 for p in plain), plain[0].stderr
+    assert plain[0].stdout != plain[1].stdout
+    recorded = detrun("record", "-q", "refill.py", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    replayed = detrun("replay", "trace.zst", "refill.py", cwd=tmp_path)
+    assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (8 steps"), replayed.stderr
+    assert replayed.stdout == recorded.stdout
+    shown = detrun("show", "--json", "trace.zst", cwd=tmp_path)
+    assert json.loads(shown.stdout)["events"]["main"]["dl.indices"] == 8

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from detrun.engine.session import Session
 
 
+# Record: how many sampler and batch events wait to be written together (two per batch).
+PENDING_EVENTS = 128
+
 # Set in the main process at install; a forked worker inherits it, a spawned one imports this
 # module afresh and finds torch's own function still in place.
 _original_worker_loop: Any = None
@@ -76,7 +79,14 @@ def _leaves(data: Any, path: str = "") -> Iterator[tuple[str, Any]]:
 def _digest_leaf(torch: Any, leaf: Any) -> int:
     """Return crc32 of a leaf's bytes (tensors and arrays without a copy when contiguous)."""
     if isinstance(leaf, torch.Tensor):
-        flat = leaf.detach()
+        # One torch call where it suffices (a contiguous CPU tensor of a numpy dtype, outside autograd):
+        # right after a batch arrives from a worker each torch call costs some 20 µs, cold, and the
+        # general path below makes five. The bytes, and so the digest, are the same.
+        try:
+            return zlib.crc32(leaf.numpy())
+        except Exception:  # noqa: BLE001 - CUDA, bf16, requires_grad, conj or non-contiguous: the general path
+            pass
+        flat = leaf.detach().resolve_conj().resolve_neg()  # the values, not a lazily conjugated or negated view
         if flat.device.type != "cpu":
             flat = flat.cpu()
         # A byte view works for every dtype, bf16 and bool included, and numpy() of it never copies.
@@ -86,13 +96,25 @@ def _digest_leaf(torch: Any, leaf: Any) -> int:
     return zlib.crc32(repr(leaf).encode())
 
 
-def batch_digests(torch: Any, data: Any) -> tuple[list[str], list[int]]:
-    """Return the field paths and crc32 digests of a collated batch."""
-    names, digests = [], []
-    for name, leaf in _leaves(data):
-        names.append(name)
-        digests.append(_digest_leaf(torch, leaf))
-    return names, digests
+def batch_digests(torch: Any, data: Any) -> list[int]:
+    """Return the crc32 digests of a collated batch's leaves, in the order `_leaves` names them."""
+    # The usual batches, a tensor or a plain tuple or list of tensors, without the generator's frames:
+    # every Python call at a batch costs microseconds, cold.
+    tensor = torch.Tensor
+    if isinstance(data, tensor):
+        return [_digest_leaf(torch, data)]
+    if type(data) is tuple or type(data) is list:
+        digests = []
+        for item in data:
+            if not isinstance(item, tensor):
+                break
+            try:
+                digests.append(zlib.crc32(item.numpy()))  # _digest_leaf's first path, inlined
+            except Exception:  # noqa: BLE001 - CUDA, bf16, requires_grad...: the general path
+                digests.append(_digest_leaf(torch, item))
+        else:
+            return digests
+    return [_digest_leaf(torch, leaf) for _name, leaf in _leaves(data)]
 
 
 def _encode_indices(value: Any) -> tuple[int, Any, bool]:
@@ -110,6 +132,17 @@ def _as_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [i.tolist() if hasattr(i, "tolist") else i for i in value]
     return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _same_indices(current: Any, forced: list[Any] | int) -> bool:
+    """Return whether the sampler's output equals the recorded one (a plain list compared in C first)."""
+    if type(current) is list:
+        try:
+            if current == forced:
+                return True
+        except ValueError:  # numpy arrays as items: compared as plain values below
+            pass
+    return bool(_as_plain(current) == forced)
 
 
 def _decode_indices(width: int, packed: Any, scalar: bool) -> Any:
@@ -137,9 +170,31 @@ class DataLoaderSource(ImportTimeSource):
 
         loader_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         epochs_started: dict[int, int] = {}
-        states: weakref.WeakKeyDictionary[Any, _Epoch] = weakref.WeakKeyDictionary()
+        # Each live iterator's epoch, keyed by a weak reference: what a WeakKeyDictionary does, without
+        # its Python-level get() at every batch.
+        states: dict[weakref.ref[Any], _Epoch] = {}
+        weak = weakref.ref
+
+        def forget(iterator_ref: weakref.ref[Any]) -> None:
+            states.pop(iterator_ref, None)
         live_worker_iterators: weakref.WeakSet[Any] = weakref.WeakSet()
         recorded_epochs = _index_recording(session) if not session.recording else {}
+        # Record: the sampler's indices and the batch digests wait here for a batch of events, or the
+        # session's flush (about a second, between steps), or the end: emitting at each batch cost
+        # some 20 µs per event, cold, right after the batch arrived from a worker.
+        pending: list[tuple[str, list[Any]]] = []
+
+        def write_pending() -> None:
+            """Write the batched sampler and batch events to the trace, in their order."""
+            count = len(pending)  # taken, then deleted: an append from another thread meanwhile stays
+            taken = pending[:count]
+            del pending[:count]
+            for kind, payload in taken:
+                try:
+                    session.emit(kind, payload)
+                except TypeError:  # numpy integers from the sampler, which msgpack does not take: as plain ints
+                    loader, epoch, _width, items, scalar = payload
+                    session.emit(kind, [loader, epoch, *_encode_indices(items[0] if scalar else items)])
 
         def start_epoch(iterator: Any, loader: Any, base_seed: Any) -> _Epoch:
             """Open a new epoch for a loader, record or check its start, and return its state."""
@@ -174,7 +229,7 @@ class DataLoaderSource(ImportTimeSource):
                         state.indices = indices
                     if base_seed is not None and start[3] is not None:
                         iterator._base_seed = start[3]
-            states[iterator] = state
+            states[weak(iterator, forget)] = state
             return state
 
         def worker_entry(state: _Epoch, num_workers: int) -> Any:
@@ -209,7 +264,7 @@ class DataLoaderSource(ImportTimeSource):
 
         # Mirrors _BaseDataLoaderIter._reset (torch 2.x): persistent workers start later epochs here.
         def _reset(self: Any, loader: Any, first_iter: bool = False) -> None:
-            if not first_iter and self in states:
+            if not first_iter and weak(self) in states:
                 try:
                     start_epoch(self, loader, None)
                 except Exception as exc:  # noqa: BLE001
@@ -218,20 +273,20 @@ class DataLoaderSource(ImportTimeSource):
 
         # Mirrors _BaseDataLoaderIter._next_index (torch 2.x): the sampler's next index or batch.
         def _next_index(self: Any) -> Any:
-            state = states.get(self)
+            state = states.get(weak(self))
             if state is None or state.iterable or state.unforced:
                 return original_next_index(self)
             if session.recording:
                 value = original_next_index(self)
                 try:
                     scalar = not isinstance(value, (list, tuple))
-                    try:
-                        # A plain list (width 0) of the sampler's own ints, packed by msgpack in C: a
-                        # check and packing of each index in Python cost three times as much, at
-                        # every batch, for about 7% fewer bytes after compression.
-                        session.emit(INDICES_KIND, [state.loader, state.epoch, 0, [value] if scalar else value, scalar])
-                    except TypeError:  # numpy integers, which msgpack does not take: as plain ints
-                        session.emit(INDICES_KIND, [state.loader, state.epoch, *_encode_indices(value)])
+                    # A plain list (width 0) of the sampler's own ints, packed by msgpack in C: a check
+                    # and packing of each index in Python cost three times as much, at every batch,
+                    # for about 7% fewer bytes after compression. A copy: a sampler may reuse its list.
+                    pending.append((INDICES_KIND, [state.loader, state.epoch, 0, [value] if scalar else list(value),
+                                                   scalar]))
+                    if len(pending) >= PENDING_EVENTS:
+                        write_pending()
                 except Exception as exc:  # noqa: BLE001
                     session.hook_failed("DataLoader sampler order", exc)
                 return value
@@ -245,14 +300,14 @@ class DataLoaderSource(ImportTimeSource):
                 raise StopIteration
             forced = state.indices[state.next_index]
             state.next_index += 1
-            if current is StopIteration or _as_plain(current) != forced:
+            if current is StopIteration or not _same_indices(current, forced):
                 state.sampler_departures += 1
             return forced
 
         # Mirrors _BaseDataLoaderIter.__next__ (torch 2.x): the collated batch the program receives.
         def __next__(self: Any) -> Any:
             data = original_next(self)
-            state = states.get(self)
+            state = states.get(weak(self))
             if state is None:
                 return data
             try:
@@ -262,11 +317,11 @@ class DataLoaderSource(ImportTimeSource):
             return data
 
         def check_batch(state: _Epoch, data: Any) -> None:
-            names, digests = batch_digests(torch, data)
+            digests = batch_digests(torch, data)
             batch = state.batch
             state.batch += 1
             if session.recording:
-                session.emit(BATCH_KIND, [state.loader, state.epoch, batch, digests])
+                pending.append((BATCH_KIND, [state.loader, state.epoch, batch, digests]))
                 return
             if batch >= len(state.digests):
                 if batch == len(state.digests):
@@ -277,6 +332,7 @@ class DataLoaderSource(ImportTimeSource):
             recorded = state.digests[batch]
             session.count_check("batches")
             if recorded != digests:
+                names = [name for name, _leaf in _leaves(data)]
                 differing = [name for name, a, b in zip(names, recorded, digests) if a != b] or names
                 fields = ", ".join(differing[:4])
                 session.mismatch(BATCH_KIND, f"{state.label}, batch {batch}: field {fields} differs from the "
@@ -301,6 +357,9 @@ class DataLoaderSource(ImportTimeSource):
         patch(base, "__next__", __next__)
         patch(worker_module, "_worker_loop", _original_worker_loop)  # restored on uninstall
         session.on_stop(shut_down_workers)
+        if session.recording:
+            session.on_flush(write_pending)
+            session.on_stop(write_pending)
 
 
 def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]]:
