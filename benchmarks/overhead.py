@@ -44,9 +44,9 @@ WORKLOADS = {
 BENCH_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tuple[float, float, float]:
+def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tuple[float, float, float, str]:
     """Run a command (in BENCH_ENV unless `env` is given); return the loop's seconds and CPU seconds it
-    printed, and the wall seconds."""
+    printed, the wall seconds, and its output."""
     start = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env or BENCH_ENV)
     wall = time.perf_counter() - start
@@ -56,7 +56,7 @@ def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tu
     match = re.search(r"loop_seconds ([0-9.]+)", result.stdout)
     cpu = re.search(r"loop_cpu_seconds ([0-9.]+)", result.stdout)
     assert match and cpu, result.stdout + result.stderr
-    return float(match.group(1)), float(cpu.group(1)), wall
+    return float(match.group(1)), float(cpu.group(1)), wall, result.stdout
 
 
 def measure(name: str, rounds: int) -> None:
@@ -87,12 +87,17 @@ def measure(name: str, rounds: int) -> None:
         loops: dict[str, list[float]] = {mode: [] for mode in modes}
         cpus: dict[str, list[float]] = {mode: [] for mode in modes}
         walls: dict[str, list[float]] = {mode: [] for mode in modes}
+        per_batch: dict[str, list[float]] = {mode: [] for mode in modes}  # main-process CPU µs per batch
         for _ in range(rounds):
             for mode, command in modes.items():  # interleaved: each round runs every mode
-                loop, cpu, wall = timed(command, work, env)
+                loop, cpu, wall, output = timed(command, work, env)
                 loops[mode].append(loop)
                 cpus[mode].append(cpu)
                 walls[mode].append(wall)
+                main_cpu = re.search(r"loop_main_cpu_seconds ([0-9.]+)", output)
+                batches = re.search(r"loop_batches ([0-9]+)", output)
+                if main_cpu and batches:
+                    per_batch[mode].append(float(main_cpu.group(1)) / int(batches.group(1)) * 1e6)
         size = os.path.getsize(trace)
         every1_size = os.path.getsize(every1) if os.path.exists(every1) else None
     plain_loop, plain_wall = statistics.median(loops["plain"]), statistics.median(walls["plain"])
@@ -106,6 +111,10 @@ def measure(name: str, rounds: int) -> None:
         cpu = statistics.median(cpus[mode])
         print(f"{mode:<10} {loop:9.3f} {loop / plain_loop:6.3f}x {best:9.3f} {best / best_plain:6.3f}x "
               f"{cpu:9.3f} {cpu / plain_cpu:6.3f}x {wall:9.3f} {wall / plain_wall:6.3f}x")
+    if per_batch["plain"]:
+        base = statistics.median(per_batch["plain"])
+        added = ", ".join(f"{mode} {statistics.median(per_batch[mode]) - base:+.1f}" for mode in modes if mode != "plain")
+        print(f"main-process CPU per batch (medians): plain {base:.1f} µs; added: {added} µs")
     every1_note = f"; with --digest-every 1 {every1_size} bytes" if every1_size is not None else ""
     print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit}){every1_note}")
 

@@ -177,6 +177,7 @@ class DataLoaderSource(ImportTimeSource):
 
         def forget(iterator_ref: weakref.ref[Any]) -> None:
             states.pop(iterator_ref, None)
+
         live_worker_iterators: weakref.WeakSet[Any] = weakref.WeakSet()
         recorded_epochs = _index_recording(session) if not session.recording else {}
         # Record: the sampler's indices and the batch digests wait here for a batch of events, or the
