@@ -11,8 +11,10 @@ out of the ratio; whole-process wall times are shown too. Each also prints its l
 (`loop_cpu_seconds`: the DataLoader's workers included), which another tenant of a shared machine
 disturbs less than the wall time: a machine that is not quiet shows in the gap between the two.
 Absolute times on a shared 2-core machine are noisy (the same run swings by 20-40% here): read
-the ratios of the medians and of the best runs, measured in the same interleaved rounds. The
-DataLoader workload has no training steps, so it skips the `--digest-every 1` modes.
+the ratios of the medians and of the best runs, measured in the same interleaved rounds, and the
+median of the rounds' own ratios with its 90% bootstrap interval (too wide an interval means the
+machine was too noisy to tell). The DataLoader workload has no training steps, so it skips the
+`--digest-every 1` modes.
 
     python benchmarks/overhead.py                   # both workloads, 5 rounds
     python benchmarks/overhead.py --rounds 7 --only train
@@ -105,18 +107,35 @@ def measure(name: str, rounds: int) -> None:
     best_plain = min(loops["plain"])
     plain_cpu = statistics.median(cpus["plain"])
     print(f"{'mode':<10} {'loop s':>9} {'ratio':>7} {'best s':>9} {'ratio':>7} {'cpu s':>9} {'ratio':>7} "
-          f"{'wall s':>9} {'ratio':>7}")
+          f"{'wall s':>9} {'ratio':>7}   {'paired loop ratio (90% CI)':<26}")
     for mode in modes:
         loop, wall, best = statistics.median(loops[mode]), statistics.median(walls[mode]), min(loops[mode])
         cpu = statistics.median(cpus[mode])
+        paired, low, high = paired_ratio(loops[mode], loops["plain"])
         print(f"{mode:<10} {loop:9.3f} {loop / plain_loop:6.3f}x {best:9.3f} {best / best_plain:6.3f}x "
-              f"{cpu:9.3f} {cpu / plain_cpu:6.3f}x {wall:9.3f} {wall / plain_wall:6.3f}x")
+              f"{cpu:9.3f} {cpu / plain_cpu:6.3f}x {wall:9.3f} {wall / plain_wall:6.3f}x   "
+              f"{paired:.3f}x ({low:.3f}-{high:.3f})")
     if per_batch["plain"]:
         base = statistics.median(per_batch["plain"])
         added = ", ".join(f"{mode} {statistics.median(per_batch[mode]) - base:+.1f}" for mode in modes if mode != "plain")
         print(f"main-process CPU per batch (medians): plain {base:.1f} µs; added: {added} µs")
     every1_note = f"; with --digest-every 1 {every1_size} bytes" if every1_size is not None else ""
     print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit}){every1_note}")
+
+
+def paired_ratio(values: list[float], plain: list[float]) -> tuple[float, float, float]:
+    """Return the median of each round's ratio to that round's plain run, and a 90% bootstrap interval.
+
+    A round's runs follow each other within seconds, so a ratio within a round cancels the slow
+    swings of a shared machine; the interval says whether a target like 1.02x is shown or the
+    machine was too noisy to tell (a fixed seed: the same times give the same interval).
+    """
+    import random
+
+    ratios = [value / base for value, base in zip(values, plain)]
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(2000))
+    return statistics.median(ratios), medians[100], medians[1899]
 
 
 def startup_env(cache: str) -> dict[str, str]:
