@@ -311,7 +311,10 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         return self.clock.step
 
     def on_flush(self, callback: Callable[[], None]) -> None:
-        """Register work to do about once a second, between steps, and at the end (write batched steps)."""
+        """Register work to do about once a second between steps, and before a divergence is noted.
+
+        For batched events (steps, DataLoader batches); the end of the run is on_stop's.
+        """
         self._on_flush.append(callback)
 
     def _flush_batched(self) -> None:
@@ -324,7 +327,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
                 try:
                     flush()
                 except Exception as exc:  # noqa: BLE001 - never change what the user's program does
-                    self.hook_failed("writing or checking batched step events", exc)
+                    self.hook_failed("writing or checking batched events", exc)
         finally:
             self._flushing = False
 
