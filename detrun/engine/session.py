@@ -311,10 +311,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         return self.clock.step
 
     def on_flush(self, callback: Callable[[], None]) -> None:
-        """Register work to do about once a second between steps, and before a divergence is noted.
-
-        For batched events (steps, DataLoader batches); the end of the run is on_stop's.
-        """
+        """Register batched work for about once a second between steps and before a divergence (end: on_stop)."""
         self._on_flush.append(callback)
 
     def _flush_batched(self) -> None:
