@@ -239,13 +239,14 @@ class _Replay(_Block):
 
 
 def record(path: str | os.PathLike[str] = "trace.zst", *, force: bool = False, quiet: bool = False,
-           policy: str = "strict", profile: str | None = None, digest_every: int = 1,
+           policy: str = "strict", profile: str | None = None, digest_every: int = 0,
            kernel_steps: int = 0) -> _Record:
     """Record the `with` block's nondeterminism and training state into the trace at `path`.
 
-    The options are `detrun record`'s: `force` overwrites an existing trace, `policy` is "strict",
-    "off", or "minimal" with `profile` (a `detrun profile --json` file). The limits of an
-    in-process recording are in this module's docstring.
+    The options are `detrun record`'s, with its defaults: `force` overwrites an existing trace,
+    `policy` is "strict", "off", or "minimal" with `profile` (a `detrun profile --json` file),
+    `digest_every` is 0 for `auto` (parameter digests within 1% of the step time) or N. The limits
+    of an in-process recording are in this module's docstring; `check()` digests every step.
     """
     return _Record(path, force, quiet, _valid_policy(policy), profile, digest_every, kernel_steps)
 
