@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from detrun import bootstrap
 from detrun.engine.process_roles import ProcessKey, claim_role, is_role, key_from_env, read_claims, runs_user_code, \
     target_of
@@ -102,13 +104,10 @@ def test_a_killed_ranks_flushed_events_are_kept_and_its_end_says_so(tmp_path: Pa
 
 
 def test_a_refusal_cut_short_by_the_launcher_does_not_hide_the_ranks_that_said_why(tmp_path: Path) -> None:
-    import pytest
-
+    from detrun.engine.process_segments import _salvage_segment
     from detrun.engine.session import Session
     from detrun.errors import TargetRefused
     from detrun.trace import TraceWriter, read_trace
-
-    from detrun.engine.process_segments import _salvage_segment
 
     segment = TraceWriter(str(tmp_path / "rank0.seg.partial"), segment="rank0")
     segment.event("process", {"role": "rank0", "rank": 0, "world_size": 2})
