@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -130,8 +131,6 @@ def paired_ratio(values: list[float], plain: list[float]) -> tuple[float, float,
     swings of a shared machine; the interval says whether a target like 1.02x is shown or the
     machine was too noisy to tell (a fixed seed: the same times give the same interval).
     """
-    import random
-
     ratios = [value / base for value, base in zip(values, plain)]
     draw = random.Random(0)
     medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(2000))

@@ -103,17 +103,8 @@ def batch_digests(torch: Any, data: Any) -> list[int]:
     tensor = torch.Tensor
     if isinstance(data, tensor):
         return [_digest_leaf(torch, data)]
-    if type(data) is tuple or type(data) is list:
-        digests = []
-        for item in data:
-            if not isinstance(item, tensor):
-                break
-            try:
-                digests.append(zlib.crc32(item.numpy()))  # _digest_leaf's first path, inlined
-            except Exception:  # noqa: BLE001 - CUDA, bf16, requires_grad...: the general path
-                digests.append(_digest_leaf(torch, item))
-        else:
-            return digests
+    if (type(data) is tuple or type(data) is list) and all(isinstance(item, tensor) for item in data):
+        return [_digest_leaf(torch, item) for item in data]
     return [_digest_leaf(torch, leaf) for _name, leaf in _leaves(data)]
 
 
