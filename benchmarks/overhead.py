@@ -1,6 +1,6 @@
 """Measure detrun's overhead: plain vs record vs replay, interleaved, medians and ratios side by side.
 
-Modes: `record`/`replay` with the defaults (parameters digested within 1% of the step time,
+Modes: `record`/`replay` with the defaults (parameters digested within 0.25% of the step time,
 `--digest-every auto`); `rec-every1`/`rep-every1` with `--digest-every 1` (every step digested);
 `rec-off`, the hooks alone (`--policy off`: no deterministic algorithms, no patches), which shows
 what the policy costs.

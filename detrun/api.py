@@ -245,7 +245,7 @@ def record(path: str | os.PathLike[str] = "trace.zst", *, force: bool = False, q
 
     The options are `detrun record`'s, with its defaults: `force` overwrites an existing trace,
     `policy` is "strict", "off", or "minimal" with `profile` (a `detrun profile --json` file),
-    `digest_every` is 0 for `auto` (parameter digests within 1% of the step time) or N. The limits
+    `digest_every` is 0 for `auto` (parameter digests within 0.25% of the step time) or N. The limits
     of an in-process recording are in this module's docstring; `check()` digests every step.
     """
     return _Record(path, force, quiet, _valid_policy(policy), profile, digest_every, kernel_steps)

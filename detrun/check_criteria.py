@@ -170,7 +170,7 @@ def criteria(facts: TraceFacts, reports: Sequence[dict[str, Any] | None]) -> lis
     backward = _plural(facts.backward_losses, "backward() loss", "backward() losses")
     losses = (f"{facts.step_losses} step losses" + (f" and {backward}" if facts.backward_losses else "")
               + (f" ({without} steps had no scalar loss)" if without else ""))
-    every = (" (auto: within 1% of the step time)" if facts.digest_every == 0
+    every = (" (auto: within 0.25% of the step time)" if facts.digest_every == 0
              else f" (every {facts.digest_every} steps)" if facts.digest_every > 1 else "")
     final_digest = f"; final step digest {facts.final_digest:08x}" if facts.final_digest is not None else ""
     rows = [

@@ -40,7 +40,7 @@ class DigestEveryType(click.ParamType):
 
 DIGEST_EVERY_HELP = ("The loss is checked at every optimizer step; all parameters are digested at each "
                      "optimizer's first step and every N steps after. 'auto' (the default) digests the first 5 "
-                     "steps, then picks N (at most 64) so that the digests take at most 1% of the step time, "
+                     "steps, then picks N (at most 64) so that the digests take at most 0.25% of the step time, "
                      "and digests the parameters after the last step: a divergence is named at the first step "
                      "whose loss or digest differs, one that the loss does not show at most N steps late. "
                      "1 digests every step, which names the exact step and parameter of a divergence. A replay "

@@ -69,7 +69,7 @@ def record_command(output: str, force: bool, module: bool, digest_every: int, po
     `detrun:`. It records the Python, NumPy and PyTorch RNG seeds (including
     ones taken from the clock), OS entropy (os.urandom, secrets, uuid4), the
     hash seed, thread counts, the loss at every optimizer step and a digest
-    of the parameters at a cadence within 1% of the step time (--digest-every).
+    of the parameters at a cadence within 0.25% of the step time (--digest-every).
     It fingerprints the files the script reads and digests the files it writes
     under the current directory, so that a replay names a changed data file
     and compares checkpoints tensor by tensor.

@@ -146,7 +146,7 @@ def describe_settings(settings: dict[str, Any]) -> str:
     if policy == "minimal":
         policy = f"minimal (patches for {', '.join(map(str, ops)) or 'no op'})"
     every = settings.get("digest_every", 1)
-    digests = ("within 1% of the step time, first 5 and last steps included" if every == 0
+    digests = ("within 0.25% of the step time, first 5 and last steps included" if every == 0
                else "every step" if every == 1 else f"every {every} steps")
     first, sample = settings.get("op_digests", 0), settings.get("op_digest_every", 0)
     if first or sample:

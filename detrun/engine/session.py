@@ -230,13 +230,11 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
             self._cursors[kind] = len(events)
         return events
 
-    def peek(self, kind: str, ahead: int = 0) -> Any:
-        """Return the recorded payload `ahead` events past the cursor without taking it, or MISSING."""
-        assert self.trace is not None
-        events = self.trace.of(kind, self.role)  # recorded(), without a call more at every step
-        with self._lock:
-            index = self._cursors.get(kind, 0) + ahead
-            return events[index] if index < len(events) else MISSING
+    def recorded_range(self, kind: str, start: int, count: int) -> list[Any]:
+        """Return up to `count` recorded payloads of a kind from index `start` on, taking none (replay mode)."""
+        events = self.recorded(kind)
+        with self._lock:  # a lazily decoded kind must not be walked by two threads at once
+            return [events[index] for index in range(start, min(start + count, len(events)))]
 
     def take(self, kind: str) -> Any:
         """Return the next recorded payload of a kind, or MISSING when the recording has no more."""
@@ -339,7 +337,9 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
             if self.writer is not None:
                 with self._lock:
                     self.writer.flush()
-        if self.writer is None and self._recording_ended() and threading.current_thread() is threading.main_thread():
+        # Replay: an incomplete recording has no steps beyond this one.
+        if (self.writer is None and self._incomplete_end_step is not None and self.clock.step >= self._incomplete_end_step
+                and threading.current_thread() is threading.main_thread()):
             self._clear_progress()
             if not self.quiet:
                 print(f"detrun: the recording ends after step {self.steps} "
@@ -350,10 +350,6 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
             if now >= self._progress_due:
                 self._progress_due = now + 0.5
                 self._show_progress()
-
-    def _recording_ended(self) -> bool:
-        """Return whether an incomplete recording has no steps beyond the current one."""
-        return self._incomplete_end_step is not None and self.steps >= self._incomplete_end_step
 
     def _show_progress(self) -> None:
         if self.recording and self.writer is not None:

@@ -44,6 +44,8 @@ class Tick(NamedTuple):
     framework: str  # "torch" or "tensorflow"
 
 
+# Tick(...) runs the Python __new__ that NamedTuple generates; tuple.__new__ makes the same tuple in C.
+_new_tick = tuple.__new__
 TickCallback = Callable[[Tick], None]
 BeforeBackward = Callable[[object], None]  # called with the tensors backward() is about to run on
 AfterBackward = Callable[[], None]
@@ -100,7 +102,7 @@ class StepClock:
         """Advance by one step and run every phase; return the tick."""
         with self._lock:
             self.step += 1
-            tick = Tick(self.step, optimizer, framework)
+            tick = _new_tick(Tick, (self.step, optimizer, framework))
             for what, callback in self._ordered[framework]:
                 try:
                     callback(tick)

@@ -50,7 +50,7 @@ def test_auto_cadence_reproduces_and_digests_the_first_steps(tmp_path: Path) -> 
     assert settings["digest_every"] == 0 and settings["digest_last_step"] is True
     replay = detrun("replay", "trace.zst", "decay.py", cwd=tmp_path, env={"STEPS": "60"})
     assert replay.returncode == 0 and "REPRODUCED" in verdict(replay.stderr), replay.stderr
-    assert "digested within 1% of the step time" in detrun("show", "trace.zst", cwd=tmp_path).stdout
+    assert "digested within 0.25% of the step time" in detrun("show", "trace.zst", cwd=tmp_path).stdout
 
 
 def test_a_change_no_loss_shows_is_caught_at_the_next_digest_or_after_the_last_step(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def test_perturbed_replay_names_the_step_and_parameter(workdir: Path) -> None:
 
 
 def test_default_cadence_names_the_first_step_whose_loss_differs(workdir: Path) -> None:
-    # auto digests steps 1-5, then within 1% of the step time (this machine's timing chooses which).
+    # auto digests steps 1-5, then within 0.25% of the step time (this machine's timing chooses which).
     # A weight nudged before an undigested step k's update first shows in the loss of step k+1.
     assert detrun("record", "-q", EXAMPLE, cwd=workdir).returncode == 0
     digested = [i + 1 for i, e in enumerate(read_trace(str(workdir / "trace.zst")).of("step")) if e[2] is not None]

@@ -49,13 +49,18 @@ SYNC_EVERY = 64
 class _OptimizerSteps:
     """What the verifier keeps of one optimizer: its index in the trace and its parameters, refreshed at digests."""
 
-    __slots__ = ("index", "names", "params", "on_device")
+    __slots__ = ("index", "names", "params", "views", "on_device", "count", "next_digest")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.names: list[str] | None = None  # None until the first refresh
         self.params: list[Any] = []
+        # Per parameter, aligned with `params`: (data pointer, numpy word view) of a plain contiguous
+        # CPU tensor, or None (rebuilt, or summed the general way, at the next digest).
+        self.views: list[tuple[int, Any] | None] = []
         self.on_device = False
+        self.count = 0  # its steps so far (recording)
+        self.next_digest = 1  # the count at which the recording digests it next (digest_cadence)
 
 
 class StepVerifier:
@@ -77,11 +82,15 @@ class StepVerifier:
         self._latest: tuple[Any, _OptimizerSteps] | None = None
         self._next_index = 0
         self._before_first_step = True
-        self._views: dict[int, tuple[int, Any]] = {}
         # (optimizer index, loss, per-parameter sums (ints, or a device tensor) or None, step, names, on device)
         self._pending: list[tuple[int, Any, Any, int, list[str], bool]] = []
         self._lock = threading.RLock()  # the pending batch and the replay cursor it is checked against
         self._cadence = DigestCadence(1)
+        # Replay: the steps taken so far, and whether the recording digested at each of a window of
+        # recorded steps from `_window_start` on (read ahead, so that a step reads one list item).
+        self._replayed_steps = 0
+        self._window: list[bool] = []
+        self._window_start = 0
         self._recording = True
         self._check_at_once = False  # --strict: a host step is checked at the step, to stop right there
         self._digest_last_step = False
@@ -166,41 +175,26 @@ class StepVerifier:
         session = self._session
         if session is None:
             return
-        if self._before_first_step:
-            self._before_first_step = False
-            session.clock.off_backward(self._check_backward_loss)
         optimizer = tick.optimizer
         latest = self._latest
-        if latest is not None and latest[0] is optimizer:
-            state = latest[1]
-        else:
-            key = id(optimizer)
-            state = self._optimizers.get(key)
-            if state is None:
-                state = self._optimizers[key] = _OptimizerSteps(self._next_index)
-                self._next_index += 1
-                # Forget it when it is freed: a later optimizer at the same address is another one,
-                # in the recording and the replay alike, whatever the allocator does.
-                try:
-                    weakref.finalize(optimizer, self._optimizers.pop, key, None)
-                except TypeError:  # not weakly referable: kept under its id to the end
-                    pass
-            self._latest = (optimizer, state)
+        state = latest[1] if latest is not None and latest[0] is optimizer else self._state_of(optimizer)
         loss = session.clock.loss  # what backward() ran on since the last step, or None
         # Held for the whole step: a divergence found on another thread (a stdout line) flushes
         # the batch first (Session.diverge), and must see each step either pending or checked.
         with self._lock:
             pending = self._pending
             if self._recording:
-                digest_now = self._cadence.due(state.index)
+                state.count += 1
+                digest_now = state.count >= state.next_digest
             else:
-                # Batched steps are still pending: the event this step will be checked against is further on.
-                recorded = session.peek(KIND, ahead=len(pending))
-                digest_now = recorded is not MISSING and recorded[2] is not None
+                offset = self._replayed_steps - self._window_start
+                self._replayed_steps += 1
+                window = self._window
+                digest_now = window[offset] if offset < len(window) else self._read_window()
             step = tick.step
             self._last_step = (step, state, digest_now)
             if digest_now:
-                sums = self._digest(optimizer, state)
+                sums = self._digest(optimizer, state, step)
             else:
                 sums = None
                 if state.names is None:  # a first step without a digest (a replayed trace can say so)
@@ -208,19 +202,54 @@ class StepVerifier:
             if state.on_device:
                 pending.append((state.index, _device_loss(self._torch, loss), sums, step, state.names or [], True))
             else:
-                pending.append((state.index, _host_loss(loss), sums, step, state.names or [], False))
+                # _host_loss(), inline: one call fewer at every step.
+                try:
+                    value = None if loss is None else float(loss.item())
+                except Exception:  # noqa: BLE001 - item() refuses more than one element; a tuple has no item()
+                    value = None
+                pending.append((state.index, value, sums, step, state.names or [], False))
                 if self._check_at_once:
                     self.flush()
                     return
             if len(pending) >= SYNC_EVERY:
                 self.flush()
 
-    def _digest(self, optimizer: Any, state: _OptimizerSteps) -> Any:
+    def _state_of(self, optimizer: Any) -> _OptimizerSteps:
+        """Return what is kept of an optimizer other than the latest one (made at its first step)."""
+        if self._before_first_step:
+            self._before_first_step = False
+            self._session.clock.off_backward(self._check_backward_loss)
+        key = id(optimizer)
+        state = self._optimizers.get(key)
+        if state is None:
+            state = self._optimizers[key] = _OptimizerSteps(self._next_index)
+            self._next_index += 1
+            # Forget it when it is freed: a later optimizer at the same address is another one,
+            # in the recording and the replay alike, whatever the allocator does.
+            try:
+                weakref.finalize(optimizer, self._optimizers.pop, key, None)
+            except TypeError:  # not weakly referable: kept under its id to the end
+                pass
+        self._latest = (optimizer, state)
+        return state
+
+    def _read_window(self) -> bool:
+        """Read ahead whether the recording digested at this step and the next ones (replay); return this step's."""
+        # In one go, not at each step: a batch of steps (one under --strict).
+        position = self._replayed_steps - 1  # this step's event: every step takes one, in order
+        size = 1 if self._check_at_once else SYNC_EVERY
+        self._window = [payload[2] is not None for payload in self._session.recorded_range(KIND, position, size)]
+        self._window_start = position
+        return bool(self._window) and self._window[0]  # none left: beyond the recording's steps
+
+    def _digest(self, optimizer: Any, state: _OptimizerSteps, step: int) -> Any:
         """Return the optimizer's per-parameter sums: ints on the host, or one tensor on the device."""
-        self._refresh(optimizer, state)
         started = time.perf_counter()
+        if self._refresh(optimizer, state):
+            started = time.perf_counter()  # naming new parameters is not what each digest costs
         sums = self._sums(state)
-        self._cadence.digested(state.index, time.perf_counter() - started)
+        if self._recording:
+            state.next_digest = self._cadence.digested(state.count, step, started, time.perf_counter())
         return sums
 
     def _sums(self, state: _OptimizerSteps) -> Any:
@@ -228,19 +257,34 @@ class StepVerifier:
         if state.on_device:
             torch = self._torch
             return torch.stack([device_word_sum(torch, p) for p in state.params])
-        return [self._word_sum(p) for p in state.params]
+        add_reduce, uint64, views = self._add_reduce, self._uint64, state.views
+        sums = []
+        for i, param in enumerate(state.params):
+            cached = views[i]
+            # `p.data = ...` swaps the storage: the pointer check notices, and the view is rebuilt.
+            if cached is not None and param.data_ptr() == cached[0]:
+                sums.append(int(add_reduce(cached[1], dtype=uint64)))
+            else:
+                sums.append(self._word_sum(param, views, i))
+        return sums
 
-    def _refresh(self, optimizer: Any, state: _OptimizerSteps) -> None:
-        """Take the optimizer's parameters as they are now; name them (an event) when they changed."""
+    def _refresh(self, optimizer: Any, state: _OptimizerSteps) -> bool:
+        """Take the optimizer's parameters as they are now; name them (an event) when they changed; return whether they did."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        # Every digest: `model.cuda()` moves a parameter without replacing the object.
         state.on_device = bool(params) and params[0].is_cuda
-        if state.names is None or len(params) != len(state.params):
+        old = state.params
+        if state.names is not None and len(params) == len(old) and all(p is q for p, q in zip(params, old)):
+            return False
+        if state.names is None or len(params) != len(old):
             names = parameter_names(self._torch, optimizer, params, self._registry)
             if names != state.names:
                 self.flush()  # the steps before the change go out under the names they had
                 state.names = names
                 self._names_event(state.index, names)
         state.params = params
+        state.views = [None] * len(params)
+        return True
 
     def _finish(self) -> None:
         """Write the batched steps, then digest the parameters after the last step if that step was not."""
@@ -296,18 +340,15 @@ class StepVerifier:
 
     # ------------------------------------------------------------ digests
 
-    def _word_sum(self, param: Any) -> int:
-        """Return the wrapping word sum of a CPU parameter through a cached zero-copy numpy view."""
-        local = local_shard(param)  # an FSDP2 parameter: this rank's shard
-        pointer = local.data_ptr()
-        cached = self._views.get(id(param))
-        if cached is None or cached[0] != pointer:
-            # `p.data = ...` swaps the storage; the pointer check notices and rebuilds the view.
-            cached = self._views[id(param)] = (pointer, word_view(self._torch, local))
-        view = cached[1]
+    def _word_sum(self, param: Any, views: list[tuple[int, Any] | None], index: int) -> int:
+        """Return the wrapping word sum of a CPU parameter; keep a zero-copy view of a plain one in `views[index]`."""
+        local = local_shard(param)  # an FSDP2 parameter: this rank's shard, a new tensor at each call
+        view = word_view(self._torch, local)
         if view is None:  # not contiguous: sum a fresh contiguous copy
             view = word_view(self._torch, local.contiguous())
-        return int(self._add_reduce(view, dtype=self._uint64)) & _MASK64
+        elif local is param:
+            views[index] = (param.data_ptr(), view)
+        return int(self._add_reduce(view, dtype=self._uint64))
 
 
 def record_or_check_step(session: Session, kind: str, step: int, index: int, loss: float | None,
