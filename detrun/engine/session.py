@@ -213,6 +213,12 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         with self._lock:
             self.writer.event(kind, payload)
 
+    def emit_all(self, kind: str, payloads: list[Any]) -> None:
+        """Append events of one kind to the trace, in order (record mode; a batched source's flush)."""
+        assert self.writer is not None
+        with self._lock:
+            self.writer.events(kind, payloads)
+
     def recorded(self, kind: str) -> Sequence[Any]:
         """Return all recorded payloads of a kind for this process's role (replay mode).
 
@@ -235,6 +241,17 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         events = self.recorded(kind)
         with self._lock:  # a lazily decoded kind must not be walked by two threads at once
             return [events[index] for index in range(start, min(start + count, len(events)))]
+
+    def take_range(self, kind: str, count: int) -> list[Any]:
+        """Return the next `count` recorded payloads of a kind, fewer when the recording has no more (replay mode)."""
+        events = self.recorded(kind)
+        with self._lock:
+            start = self._cursors.get(kind, 0)
+            stop = min(start + count, len(events))
+            payloads = [events[index] for index in range(start, stop)]
+            self._cursors[kind] = max(stop, start)
+            self._replayed += len(payloads)
+        return payloads
 
     def take(self, kind: str) -> Any:
         """Return the next recorded payload of a kind, or MISSING when the recording has no more."""

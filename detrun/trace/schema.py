@@ -168,6 +168,12 @@ class OneOf(Schema):
     def __init__(self, *options: Schema) -> None:
         self.options = options
 
+    def matches(self, value: Any) -> bool:
+        for option in self.options:
+            if option.matches(value):
+                return True
+        return False
+
     def check(self, value: Any) -> None:
         for option in self.options:
             if option.matches(value):

@@ -67,6 +67,19 @@ class TraceWriter:
         if len(self._buffer) >= CHUNK_BYTES:
             self.flush()
 
+    def events(self, kind: str, payloads: list[Any]) -> None:
+        """Append events of one kind, in order: event() for a batch, with its lookups made once."""
+        kind_id = self._kind_ids.get(kind)
+        if kind_id is None:
+            kind_id = self._kind_ids[kind] = len(self._kind_ids) + FIRST_USER_KIND
+            self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind]])
+        pack, buffer = self._packer.pack, self._buffer
+        for payload in payloads:
+            buffer += pack([kind_id, payload])
+        self._counts[kind] = self._counts.get(kind, 0) + len(payloads)
+        if len(buffer) >= CHUNK_BYTES:
+            self.flush()
+
     def maybe_flush(self) -> None:
         """Flush if the pending chunk is older than CHUNK_SECONDS (called from cheap periodic points)."""
         if self._buffer and time.monotonic() - self._last_flush >= CHUNK_SECONDS:

@@ -318,8 +318,9 @@ class StepVerifier:
                 self._check_pending()
 
     def _check_pending(self) -> None:
-        """Write or check the pending steps (under the lock)."""
+        """Write or check the pending steps (under the lock), a batch of events at once."""
         pending, self._pending = self._pending, []
+        session = self._session
         device = [entry for entry in pending if entry[5]]
         host_sums: Any = iter(())
         host_losses: Any = iter(())
@@ -329,13 +330,22 @@ class StepVerifier:
             losses = [l for _, l, _, _, _, _ in device if l is not None]
             host_sums = iter(torch.stack(sums).cpu().tolist()) if sums else iter(())
             host_losses = iter(torch.stack(losses).cpu().tolist()) if losses else iter(())
-        for index, loss, sums, step, names, on_device in pending:
+        payloads = []
+        for index, loss, sums, _step, _names, on_device in pending:
             if on_device:
                 loss = next(host_losses) if loss is not None else None
                 sums = [s & _MASK64 for s in next(host_sums)] if sums is not None else None
-            record_or_check_step(self._session, KIND, step, index, loss, sums, names,
-                                 last_digested=self._last_digested_step)
-            if sums is not None:
+            payloads.append(step_payload(session, index, loss, sums))
+        if session.recording:
+            session.emit_all(KIND, payloads)
+            return
+        recorded = session.take_range(KIND, len(payloads))
+        session.count_check("steps", len(recorded))
+        for position, (payload, entry) in enumerate(zip(payloads, pending)):
+            step = entry[3]
+            check_step(session, KIND, recorded[position] if position < len(recorded) else MISSING, step, payload,
+                       entry[4], last_digested=self._last_digested_step)
+            if payload[2] is not None:
                 self._last_digested_step = step
 
     # ------------------------------------------------------------ digests
@@ -351,35 +361,50 @@ class StepVerifier:
         return int(self._add_reduce(view, dtype=self._uint64))
 
 
+def step_payload(session: Session, index: int, loss: float | None, per_param: list[int] | None) -> list[Any]:
+    """Return a step's event payload, [index, loss, digest, lanes], from the 64-bit word sums of its parameters, if digested."""
+    if per_param is None:
+        return [index, loss, None, b""]
+    digest = fold(per_param)
+    folded = bytearray(min(len(per_param), LANES))
+    for i, value in enumerate(per_param):
+        folded[i % LANES] ^= value & 0xFF
+    session.last_digest = digest
+    return [index, loss, digest, bytes(folded)]
+
+
 def record_or_check_step(session: Session, kind: str, step: int, index: int, loss: float | None,
                          per_param: list[int] | None, names: list[str], noun: str = "parameter",
                          last_digested: int | None = None) -> None:
     """Write one step event, or compare it with the recorded one and report what differs.
 
-    Shared by the torch and TensorFlow verifiers: `per_param` holds the 64-bit word sums of the
-    parameters (None on steps between digests), `names` their names, `noun` what to call them,
+    For verifiers that write a step at a time (TensorFlow's): `per_param` holds the 64-bit word sums
+    of the parameters (None on steps between digests), `names` their names, `noun` what to call them,
     `last_digested` the latest earlier step whose parameters were digested.
     """
-    if per_param is None:
-        digest, lanes = None, b""
-    else:
-        digest = fold(per_param)
-        folded = bytearray(min(len(per_param), LANES))
-        for i, value in enumerate(per_param):
-            folded[i % LANES] ^= value & 0xFF
-        lanes = bytes(folded)
-        session.last_digest = digest
+    payload = step_payload(session, index, loss, per_param)
     if session.recording:
-        session.emit(kind, [index, loss, digest, lanes])
+        session.emit(kind, payload)
         return
     recorded = session.take(kind)
+    if recorded is not MISSING:
+        session.count_check("steps")
+    check_step(session, kind, recorded, step, payload, names, noun, last_digested)
+
+
+def check_step(session: Session, kind: str, recorded: Any, step: int, payload: list[Any], names: list[str],
+               noun: str = "parameter", last_digested: int | None = None) -> None:
+    """Compare a step's payload with the recorded one (MISSING: none left) and report what differs."""
+    index, loss, digest, lanes = payload
     if recorded is MISSING:
         if session.trace.complete:
             session.diverge(kind, f"the replay made more training steps than the {len(session.recorded(kind))} "
                                   "recorded", step=step)
         return
+    # The common case in one comparison; a loss of zero is compared by its bits below (-0.0 == 0.0).
+    if recorded == payload and loss:
+        return
     rec_index, rec_loss, rec_digest, rec_lanes = recorded
-    session.count_check("steps")
     problems, parts = [], []
     if rec_index != index:
         problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
