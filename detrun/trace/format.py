@@ -35,6 +35,10 @@ MAX_DECOMPRESSED_BYTES = 1 << 30  # the whole trace, decompressed
 # run of identical steps (frozen weights, constant data) compresses as well as a hostile flood.
 MAX_EVENTS = 10_000_000
 MAX_HELD_EVENTS = 4_000_000  # events of the kinds replay keeps in memory (all but the per-step ones)
+# Per-step events kept from the first pass when a trace has no more than this (about 10 MB): a
+# replay then reads each step's event from memory instead of decoding it again at the step. A
+# longer run's are read again from the file as the replay reaches them, in constant memory.
+MAX_HELD_STEP_EVENTS = 1 << 16
 MAX_BLOB_BYTES = 1 << 24  # one str or bytes value
 MAX_CONTAINER_LEN = 1 << 21  # one list or map
 MAX_BIGINT_BYTES = 1025  # 8,200 bits: every int still converts to str (Python's 4,300-digit limit)

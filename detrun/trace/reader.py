@@ -3,9 +3,10 @@
 Every object is checked as it is decoded: the header, the end record and each event's payload
 against the schema its kind has in detrun.trace.registry. Decompression streams with caps on the
 zstd window, on every record and on the total output, so a small file cannot expand into
-gigabytes. The per-step kinds (`registry.EventKind.streamed`) are counted on the first pass but
-not kept: replay reads them again, lazily, as the program consumes them, so its memory does not
-grow with the length of training.
+gigabytes. The per-step kinds (`registry.EventKind.streamed`) are kept from the first pass only
+while they are few (MAX_HELD_STEP_EVENTS); beyond that they are counted, not kept, and replay reads
+them again, lazily, as the program consumes them, so its memory does not grow with the length of
+training.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from detrun.trace.format import (
     MAX_DECOMPRESSED_BYTES,
     MAX_EVENTS,
     MAX_HELD_EVENTS,
+    MAX_HELD_STEP_EVENTS,
     MAX_WINDOW_BYTES,
     ZSTD_MAGIC,
     make_unpacker,
@@ -330,12 +332,14 @@ class Trace:
     """A checked trace: the header, the events by process role and kind, and the end record.
 
     `events` holds the payloads of every kind except the streamed per-step ones, which `of()`
-    returns as a StreamedEvents read lazily from the file; `counts` has every kind.
+    returns as a list when the first pass kept them (a trace of at most MAX_HELD_STEP_EVENTS), else
+    as a StreamedEvents read lazily from the file; `counts` has every kind.
     """
 
     def __init__(self, path: str, header: dict[str, Any], events: dict[str, dict[str, list[Any]]],
                  end: dict[str, Any] | None, size: int, counts: dict[str, dict[str, int]] | None = None,
-                 identity: tuple[int, ...] | None = None) -> None:
+                 identity: tuple[int, ...] | None = None,
+                 step_events: dict[str, dict[str, list[Any]]] | None = None) -> None:
         self.path = path
         self.header = header
         self.events = events
@@ -344,6 +348,8 @@ class Trace:
         self.counts = counts if counts is not None else {
             role: {kind: len(payloads) for kind, payloads in kinds.items()} for role, kinds in events.items()}
         self._identity = identity
+        # The per-step kinds' payloads, when the first pass kept them (MAX_HELD_STEP_EVENTS).
+        self._step_events = step_events or {}
         self._streams: dict[tuple[str, str], StreamedEvents] = {}
         self._of: dict[tuple[str, str], Sequence[Any]] = {}
 
@@ -363,6 +369,8 @@ class Trace:
 
     def _lookup(self, kind: str, role: str) -> Sequence[Any]:
         held = self.events.get(role, {}).get(kind)
+        if held is None:
+            held = self._step_events.get(role, {}).get(kind)
         if held is not None:
             return held
         count = self.counts.get(role, {}).get(kind, 0)
@@ -383,7 +391,8 @@ class Trace:
         end = dict(ends[-1]) if ends else {"complete": False, "reason": f"the process {role} never finished"}
         if not self.complete:
             end["complete"] = False
-        return Trace(self.path, self.header, self.events, end, self.size, self.counts, self._identity)
+        return Trace(self.path, self.header, self.events, end, self.size, self.counts, self._identity,
+                     self._step_events)
 
     def process_keys(self) -> dict[str, dict[str, Any]]:
         """Return the recorded processes of a launched command (ranks): role -> its `process` event."""
@@ -414,9 +423,16 @@ def read_trace(path: str) -> Trace:
     identity = _identity(path)
     reader = _EventReader(path)
     events: dict[str, dict[str, list[Any]]] = {"main": {}}
-    held = 0
+    step_events: dict[str, dict[str, list[Any]]] | None = {}
+    held = held_steps = 0
     for role, kind, payload in reader.events():
         if kind.streamed:
+            if step_events is not None:
+                held_steps += 1
+                if held_steps > MAX_HELD_STEP_EVENTS:
+                    step_events = None  # a long run: its steps are read again as the replay reaches them
+                else:
+                    step_events.setdefault(role, {}).setdefault(kind.name, []).append(payload)
             continue
         held += 1
         if held > MAX_HELD_EVENTS:
@@ -428,7 +444,8 @@ def read_trace(path: str) -> Trace:
     if identity != _identity(path):
         raise TraceError(f"{path} changed while it was being read")
     counts = {role: kinds for role, kinds in reader.counts.items() if kinds}
-    return Trace(path, reader.header, events, reader.end, identity[2] if identity else 0, counts, identity)
+    return Trace(path, reader.header, events, reader.end, identity[2] if identity else 0, counts, identity,
+                 step_events)
 
 
 def salvage_objects(path: str) -> list[Any]:

@@ -58,10 +58,15 @@ def test_default_cadence_names_the_first_step_whose_loss_differs(workdir: Path) 
     k = next((k for k in skipped if k + 1 not in digested), skipped[0])
     result = detrun("replay", "trace.zst", EXAMPLE, cwd=workdir, env={"PERTURB_STEP": str(k)})
     line = verdict(result.stderr)
-    assert result.returncode == 3 and line.startswith(f"detrun: DIVERGED at step {k + 1}: "), line
-    assert "loss recorded " in line, line
-    if k + 1 not in digested:
-        last = max(step for step in digested if step <= k)
+    assert result.returncode == 3 and line.startswith("detrun: DIVERGED at step "), line
+    # Usually step k + 1's loss shows it; not when the nudged weight meets a unit that ReLU zeroes for
+    # that whole batch. The bound holds either way: named no later than the next digested step.
+    named = int(line.split()[4].rstrip(":"))
+    next_digest = min((step for step in digested if step > k), default=200)
+    assert k + 1 <= named <= next_digest, (k, named, digested)
+    if named not in digested:
+        assert "loss recorded " in line, line
+        last = max(step for step in digested if step < named)
         assert f"not digested at this step (last digested at step {last}): record with --digest-every 1" in line, line
 
 

@@ -163,16 +163,18 @@ def test_trace_round_trip_keeps_every_value_and_order(tmp_path: Path) -> None:
     trace = read_trace(str(path))
     assert trace.complete and trace.header["script"] == {"name": "t.py"}
     assert trace.of("py.seed") == [["a.py:1", 2**70], ["a.py:2", -(2**80)]]
-    assert list(trace.of("step")) == [[0, 1.5, 123, b"\x01"], [0, None, None, b""]]  # read lazily
+    assert list(trace.of("step")) == [[0, 1.5, 123, b"\x01"], [0, None, None, b""]]  # kept from the first pass
     assert trace.end is not None and trace.end["counts"] == {"py.seed": 2, "step": 2}
 
 
 def test_a_replay_cursor_that_peeks_then_takes_decodes_each_step_once(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from detrun.trace import reader
     from detrun.trace.reader import StreamedEvents
 
     path = tmp_path / "t.zst"
     _write(path, [("step", [0, float(i), i, b"\x01"]) for i in range(200)], {"complete": True, "steps": 200})
+    monkeypatch.setattr(reader, "MAX_HELD_STEP_EVENTS", 199)  # one more than kept: a long run's, streamed
     steps = read_trace(str(path)).of("step")
     assert isinstance(steps, StreamedEvents)
     walks = []
@@ -183,6 +185,22 @@ def test_a_replay_cursor_that_peeks_then_takes_decodes_each_step_once(tmp_path: 
         if i >= 63:  # batched device steps: taken up to 64 events behind the peeks
             assert steps[i - 63][2] == i - 63
     assert len(walks) == 1  # one pass over the file, not one per step
+
+
+def test_a_short_run_s_steps_are_kept_from_the_first_pass_and_a_long_run_s_streamed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detrun.trace import reader
+    from detrun.trace.reader import StreamedEvents
+
+    path = tmp_path / "t.zst"
+    steps = [[0, float(i), i, b"\x01"] for i in range(10)]
+    _write(path, [("step", step) for step in steps], {"complete": True, "steps": 10})
+    monkeypatch.setattr(reader, "MAX_HELD_STEP_EVENTS", 10)
+    kept = read_trace(str(path)).of("step")
+    assert type(kept) is list and kept == steps
+    monkeypatch.setattr(reader, "MAX_HELD_STEP_EVENTS", 9)
+    streamed = read_trace(str(path)).of("step")
+    assert isinstance(streamed, StreamedEvents) and list(streamed) == steps and len(streamed) == 10
 
 
 def test_trace_without_end_record_is_refused_and_salvage_marks_it_incomplete(tmp_path: Path) -> None:
