@@ -249,7 +249,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
             start = self._cursors.get(kind, 0)
             stop = min(start + count, len(events))
             payloads = [events[index] for index in range(start, stop)]
-            self._cursors[kind] = max(stop, start)
+            self._cursors[kind] = stop
             self._replayed += len(payloads)
         return payloads
 

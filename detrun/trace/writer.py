@@ -60,8 +60,7 @@ class TraceWriter:
         """Append one event; compress and flush when the chunk is full."""
         kind_id = self._kind_ids.get(kind)
         if kind_id is None:
-            kind_id = self._kind_ids[kind] = len(self._kind_ids) + FIRST_USER_KIND
-            self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind]])
+            kind_id = self._declare(kind)
         self._buffer += self._packer.pack([kind_id, payload])
         self._counts[kind] = self._counts.get(kind, 0) + 1
         if len(self._buffer) >= CHUNK_BYTES:
@@ -71,14 +70,19 @@ class TraceWriter:
         """Append events of one kind, in order: event() for a batch, with its lookups made once."""
         kind_id = self._kind_ids.get(kind)
         if kind_id is None:
-            kind_id = self._kind_ids[kind] = len(self._kind_ids) + FIRST_USER_KIND
-            self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind]])
+            kind_id = self._declare(kind)
         pack, buffer = self._packer.pack, self._buffer
         for payload in payloads:
             buffer += pack([kind_id, payload])
         self._counts[kind] = self._counts.get(kind, 0) + len(payloads)
         if len(buffer) >= CHUNK_BYTES:
             self.flush()
+
+    def _declare(self, kind: str) -> int:
+        """Give a kind its id in this trace, declared before its first event; return the id."""
+        kind_id = self._kind_ids[kind] = len(self._kind_ids) + FIRST_USER_KIND
+        self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind]])
+        return kind_id
 
     def maybe_flush(self) -> None:
         """Flush if the pending chunk is older than CHUNK_SECONDS (called from cheap periodic points)."""
