@@ -39,9 +39,7 @@ def main() -> None:
 
         # The script sees python's own environment and sys.path; its child processes get the bootstrap back.
         child_env = hide(os.environ, sys.path)
-        if isinstance(config.get("settings"), dict):
-            config["settings"]["child_env"] = child_env
-        runner, session = _setup(config)
+        runner, session = _setup(config, child_env)
         # What exists now is the interpreter's, the stdlib's and detrun's, long-lived: frozen, the
         # collector never walks it again (at exit that walk cost ~8 ms of start-up). Everything the
         # script creates is collected as under python.
@@ -71,8 +69,11 @@ def main() -> None:
     outcome.finish()
 
 
-def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
-    """Open the record or replay session the config describes and install every source's hooks."""
+def _setup(config: dict[str, Any], child_env: dict[str, str]) -> tuple[Runner | CommandRunner, Session]:
+    """Open the record or replay session the config describes and install every source's hooks.
+
+    `child_env` is what the script's own child processes need to find the bootstrap again.
+    """
     from detrun.engine.session import Session
     from detrun.engine.sources import all_sources
     from detrun.runner import CommandRunner, Runner, Target
@@ -82,6 +83,10 @@ def _setup(config: dict[str, Any]) -> tuple[Runner | CommandRunner, Session]:
     # Before this process prints anything: the launcher prints its own lines (a replay's environment
     # report) while computing it.
     late = _late_config(config)
+    # A recording's session config comes late, checked while this interpreter started (launch.record).
+    config.update(late.get("config", {}))
+    if isinstance(config.get("settings"), dict):
+        config["settings"]["child_env"] = child_env
     if config.get("process") is not None:
         return _setup_process(config)
     runner: Runner | CommandRunner

@@ -28,6 +28,7 @@ CHILD_CONFIG_VAR = "DETRUN_CHILD_CONFIG"
 # it computes meanwhile ({"header": {"env": ...}}: the fingerprint, off start-up's critical path).
 LATE_CONFIG_FD_KEY = "late_config_fd"
 PROCESSES_DIR = "procs"  # in the scratch directory: role claims, segments, reports
+BOOT_CONFIG = "boot.json"  # in the scratch directory: the config of every process of the run
 
 # The PYTHONPATH entry's only file. It must work on an interpreter without detrun (a different
 # python the command runs): such a process is then noted, so the verdict cannot claim it was checked.
@@ -69,16 +70,30 @@ _detrun_chain()
 
 def prepare(scratch: str, config: dict[str, Any]) -> dict[str, str]:
     """Write the bootstrap directory and config in the scratch directory; return the environment to add."""
+    env = environment(scratch)
+    write_config(scratch, config)
+    return env
+
+
+def environment(scratch: str) -> dict[str, str]:
+    """Write the bootstrap directory in the scratch directory; return the environment that finds it.
+
+    The config may follow (write_config) until the child starts the first process of the user's.
+    """
     boot_dir = os.path.join(scratch, "boot")
     os.makedirs(boot_dir, mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(scratch, PROCESSES_DIR), mode=0o700, exist_ok=True)
     with open(os.path.join(boot_dir, "sitecustomize.py"), "w", encoding="utf-8") as f:
         f.write(_SITECUSTOMIZE)
-    config_path = os.path.join(scratch, "boot.json")
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump({**config, "scratch_dir": scratch}, f)
     existing = os.environ.get("PYTHONPATH")
-    return {BOOT_VAR: config_path, "PYTHONPATH": boot_dir + (os.pathsep + existing if existing else "")}
+    return {BOOT_VAR: os.path.join(scratch, BOOT_CONFIG),
+            "PYTHONPATH": boot_dir + (os.pathsep + existing if existing else "")}
+
+
+def write_config(scratch: str, config: dict[str, Any]) -> None:
+    """Write the bootstrap config that every process of the run reads (environment() named its path)."""
+    with open(os.path.join(scratch, BOOT_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({**config, "scratch_dir": scratch}, f)
 
 
 def hide(environ: MutableMapping[str, str], path: list[str]) -> dict[str, str]:

@@ -92,8 +92,9 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
     """Run the child interpreter with the session config; return its exit status as a shell sees it.
 
     `late_config` computes a part of the config the child needs only once its interpreter is up
-    (the recording's environment fingerprint): it runs while the child starts, and its result goes
-    over a pipe (bootstrap.LATE_CONFIG_FD_KEY), so start-up does not wait for it.
+    (a recording's whole session config and environment fingerprint): it runs while the child
+    starts, and its result goes over a pipe (bootstrap.LATE_CONFIG_FD_KEY), so start-up does not
+    wait for it. If it raises, the child is killed before it read the pipe, and the error passes on.
     """
     child_env = dict(os.environ)
     for key, value in overrides.items():
@@ -141,11 +142,20 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
     if late_config is not None:
         # Before the relay starts: what it prints comes first, and the child waits for it.
         try:
-            _send_late_config(late_write, late_config)
+            late = json.dumps(late_config()).encode()
         except BaseException:
+            # A refused input (or a bug): the child has not run a line of the user's yet. Stop it
+            # while the pipe is still open, so that it never reads a config that did not come and
+            # the launcher's error is the only word.
+            process.kill()
+            process.wait()
+            os.close(late_write)
             if relay is not None:
                 relay.stop()
+            if keep_alive >= 0:
+                os.close(keep_alive)
             raise
+        _send_late_config(late_write, late)
 
     def forward(signum: int, _frame: Any) -> None:
         process.send_signal(signum)
@@ -170,11 +180,11 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
             os.close(keep_alive)
     return status
 
-def _send_late_config(fd: int, compute: Callable[[], dict[str, Any]]) -> None:
-    """Compute the late part of the child's config and write it to the pipe `fd` (closed whatever happens)."""
-    with open(fd, "wb") as pipe:  # a failure in compute() closes it empty: the child stops with an internal error
+def _send_late_config(fd: int, late: bytes) -> None:
+    """Write the late part of the child's config to the pipe `fd`, and close it."""
+    with open(fd, "wb") as pipe:
         try:
-            pipe.write(json.dumps(compute()).encode())
+            pipe.write(late)
         except BrokenPipeError:
             pass  # the child died first; its status says how
 

@@ -64,61 +64,83 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
            digest_every: int = 0, policy: str = "strict", profile_path: str | None = None,
            kernel_steps: int = 0, op_digests: int = 0, op_digest_every: int = 0,
            command: list[str] | None = None, keep_inputs: int = 1 << 30) -> int:
-    """Record one run of the target (or of a launcher `command`) into `output`; return its exit status."""
-    resolved = resolve(target) if target is not None else None
-    check_output(output, force)
-    chosen_ops = policy_ops(policy, profile_path)
-    if resolved is not None and (error := syntax_error_of(resolved)) is not None:
-        # As `python SCRIPT` would: the error alone, status 1, nothing run and no trace written.
-        report_syntax_error(error)
-        return 1
+    """Record one run of the target (or of a launcher `command`) into `output`; return its exit status.
+
+    The child starts first, with only the environment it must be born with (the hash seed, the
+    pinned NCCL variables, the bootstrap); the checks and the session config follow while its
+    interpreter starts (start-up, issue 15). A refused input stops the child before it has run
+    anything: no script ran and no trace was written, as before.
+    """
     user_hashseed = os.environ.get("PYTHONHASHSEED")
     # 0 would disable hash randomisation, which is itself a different program: pick from 1..2**32-1.
     # os.urandom, not secrets (start-up: secrets imports random); the modulo's bias is 2**-32.
     hashseed = (user_hashseed if user_hashseed not in (None, "", "random")
                 else str(int.from_bytes(os.urandom(8), "big") % (2**32 - 1) + 1))
     nccl_env = pinned_collective_env(policy, os.environ)
-    header: dict[str, Any] = {
-        "detrun_version": __version__,
-        # datetime.now(timezone.utc).isoformat(timespec="seconds"), without importing datetime (start-up).
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "env": None,  # the fingerprint, computed while the child starts (run_child's late_config)
-        **({"script": {"name": target.name, "module": target.is_module, "path": resolved.path,
-                       "sha256": resolved.sha256}, "argv": list(target.args)}
-           if target is not None and resolved is not None else {"command": list(command or [])}),
-        "cwd": os.getcwd(),
-        "settings": {
-            "hashseed": hashseed,
-            "hashseed_from_user": user_hashseed is not None,
-            "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_NAMES},
-            "digest_every": digest_every,  # 0: auto (engine/digest_cadence.py)
-            "digest_last_step": True,
-            "policy": policy,
-            "policy_ops": chosen_ops,
-            "tf_op_determinism": policy != "off",
-            "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
-            "op_digests": op_digests,  # op output digests: the first K optimizer steps ...
-            "op_digest_every": op_digest_every,  # ... and every Nth (0: none)
-            "nccl_env": nccl_env,  # env/collectives.py: pinned for every rank, so reductions repeat
-            "keep_inputs": keep_inputs,  # bytes of overwritten inputs kept beside the trace
-        },
-    }
-    assert tuple(header["settings"]) == RECORDED_SETTINGS, "replay passes on only RECORDED_SETTINGS"
+
+    def session_config(scratch: str, temporary: str) -> dict[str, Any]:
+        """Check the inputs and return the child's session config, and the fingerprint (run_child's late_config)."""
+        resolved = resolve(target) if target is not None else None
+        check_output(output, force)
+        chosen_ops = policy_ops(policy, profile_path)
+        if resolved is not None and (error := syntax_error_of(resolved)) is not None:
+            raise _ScriptSyntaxError(error)
+        header: dict[str, Any] = {
+            "detrun_version": __version__,
+            # datetime.now(timezone.utc).isoformat(timespec="seconds"), without importing datetime (start-up).
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+            "env": None,  # the fingerprint, computed while the child starts (run_child's late_config)
+            **({"script": {"name": target.name, "module": target.is_module, "path": resolved.path,
+                           "sha256": resolved.sha256}, "argv": list(target.args)}
+               if target is not None and resolved is not None else {"command": list(command or [])}),
+            "cwd": os.getcwd(),
+            "settings": {
+                "hashseed": hashseed,
+                "hashseed_from_user": user_hashseed is not None,
+                "thread_env": {name: os.environ.get(name) for name in THREAD_ENV_NAMES},
+                "digest_every": digest_every,  # 0: auto (engine/digest_cadence.py)
+                "digest_last_step": True,
+                "policy": policy,
+                "policy_ops": chosen_ops,
+                "tf_op_determinism": policy != "off",
+                "kernel_steps": kernel_steps,  # CUDA kernel names are captured for this many optimizer steps
+                "op_digests": op_digests,  # op output digests: the first K optimizer steps ...
+                "op_digest_every": op_digest_every,  # ... and every Nth (0: none)
+                "nccl_env": nccl_env,  # env/collectives.py: pinned for every rank, so reductions repeat
+                "keep_inputs": keep_inputs,  # bytes of overwritten inputs kept beside the trace
+            },
+        }
+        assert tuple(header["settings"]) == RECORDED_SETTINGS, "replay passes on only RECORDED_SETTINGS"
+        config = {**_runs(target, command), "header": header, "trace_tmp": temporary, "trace_path": output,
+                  "force": force, "quiet": quiet, "settings": header["settings"], "scratch_dir": scratch}
+        bootstrap.write_config(scratch, {"mode": "record", "command": command is not None,
+                                         "settings": header["settings"]})
+        fingerprint_dir = os.path.dirname(resolved.path) if resolved is not None else os.getcwd()
+        return {"config": config, "header": {"env": fingerprint(fingerprint_dir)}}
+
     with scratch_directory() as scratch:
         temporary = os.path.join(scratch, "trace.partial")
-        config = {"mode": "record", **_runs(target, command), "header": header, "trace_tmp": temporary,
-                  "trace_path": output, "force": force, "quiet": quiet, "settings": header["settings"],
-                  "scratch_dir": scratch}
         # Every Python process the run starts finds detrun's bootstrap: the ranks of a launcher, or
         # those Lightning's DDP starts from the script, record under their own role (detrun.bootstrap).
-        boot_env = bootstrap.prepare(scratch, {"mode": "record", "command": command is not None,
-                                               "settings": header["settings"]})
-        fingerprint_dir = os.path.dirname(resolved.path) if resolved is not None else os.getcwd()
-        status = run_child(config, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
-                           late_config=lambda: {"header": {"env": fingerprint(fingerprint_dir)}})
+        boot_env = bootstrap.environment(scratch)
+        try:
+            status = run_child({"mode": "record", "quiet": quiet}, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
+                               late_config=lambda: session_config(scratch, temporary))
+        except _ScriptSyntaxError as refused:
+            # As `python SCRIPT` would: the error alone, status 1, nothing run and no trace written.
+            report_syntax_error(refused.error)
+            return 1
         if os.path.exists(temporary):  # the child died before publishing its trace
             _salvage(temporary, output, status, quiet, force)
     return status
+
+
+class _ScriptSyntaxError(Exception):
+    """The recorded script does not compile: reported as python would, after the child was stopped."""
+
+    def __init__(self, error: SyntaxError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool = False,
            allow_changed_args: bool = False, strict: bool = False, quiet: bool = False,
