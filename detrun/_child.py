@@ -207,8 +207,9 @@ def _progress_pipe(config: dict[str, Any]) -> int | None:
 def _follow_parent(config: dict[str, Any]) -> None:
     """Make sure this process does not outlive the detrun process that started it.
 
-    On Linux the launcher set PR_SET_PDEATHSIG before exec; elsewhere it passes a pipe whose only
-    writer it holds, and a thread here waits for end-of-file on it.
+    The launcher passes a pipe whose only writer it holds, and a thread here waits for end-of-file
+    on it. (PR_SET_PDEATHSIG would need ctypes on both sides, and the launcher's preexec_fn made
+    subprocess fork instead of spawn: some 8 ms of start-up.)
     """
     parent = config.get("parent_pid")
     if parent is not None and os.getppid() != parent:
@@ -221,6 +222,8 @@ def _follow_parent(config: dict[str, Any]) -> None:
 def watch_parent(fd: int) -> None:
     """Kill this process with SIGKILL when the pipe `fd` reaches end-of-file (its writer died)."""
     import _thread  # not `threading`: the watcher must not appear in the program's threading.enumerate()
+
+    os.set_inheritable(fd, False)  # the script's own child processes have no use for it
 
     def watch() -> None:
         try:

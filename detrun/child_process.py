@@ -1,31 +1,24 @@
 """The child interpreter as a process: its private scratch directory, its start, its death, and its exit status.
 
-The child is tied to its parent (PR_SET_PDEATHSIG, or a pipe it watches) so that killing detrun
-never leaves a script running that would later write a trace. Its exit status passes through as a
+The child is tied to its parent (a pipe it watches) so that killing detrun never leaves a script
+running that would later write a trace. Its exit status passes through as a
 shell sees it: 128+N for a signal that cannot be re-raised, the signal itself otherwise.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import gc
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 from typing import Any, Callable, Iterator, NoReturn
 
 from detrun.bootstrap import CHILD_CONFIG_VAR, LATE_CONFIG_FD_KEY
-from detrun.engine.replay_backups import holds_backups
 from detrun.progress_line import PROGRESS_FD_KEY, ProgressRelay
 
-
-_PR_SET_PDEATHSIG = 1
 
 @contextlib.contextmanager
 def scratch_directory() -> Iterator[str]:
@@ -37,18 +30,46 @@ def scratch_directory() -> Iterator[str]:
     holds a lock on it while it runs; the directory is removed at the end.
     """
     _sweep_stale_scratch()
-    path = tempfile.mkdtemp(prefix=f"detrun-{os.getpid()}-")
+    path = _make_private_directory(f"detrun-{os.getpid()}-")
     lock = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield path
     finally:
+        from detrun.engine.replay_backups import holds_backups
+
         if holds_backups(path):  # the recording's files a replay saved and could not put back: never delete
             print(f"detrun: warning: the recording's files a replay replaced are kept in {path}/replaced "
                   "(see its manifest.jsonl: each file's original path)", file=sys.stderr)
         else:
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
         os.close(lock)
+
+def _temporary_root() -> str:
+    """Return the directory for scratch directories: tempfile.gettempdir()'s choice, without importing tempfile.
+
+    Start-up: tempfile (and random, shutil with it) costs some 5 ms before the child can start.
+    Mirrors tempfile._candidate_tempdir_list / _get_default_tempdir (Python 3.x) on POSIX: TMPDIR,
+    TEMP, TMP, then /tmp, /var/tmp, /usr/tmp, then the current directory; the first writable one.
+    """
+    candidates = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
+    for directory in [*candidates, "/tmp", "/var/tmp", "/usr/tmp"]:
+        if directory and os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+            return os.path.abspath(directory)
+    return os.getcwd()
+
+def _make_private_directory(prefix: str) -> str:
+    """Create a directory with a fresh random name under _temporary_root(), mode 0700 (as tempfile.mkdtemp)."""
+    root = _temporary_root()
+    while True:
+        path = os.path.join(root, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
 
 def _sweep_stale_scratch() -> None:
     """Remove scratch directories a killed detrun left behind (`kill -9` leaves nobody to do it).
@@ -57,7 +78,7 @@ def _sweep_stale_scratch() -> None:
     exist and its lock is free. The lock covers a pid from another pid namespace sharing /tmp; the
     pid covers the instant between an owner's mkdtemp and its flock.
     """
-    directory = tempfile.gettempdir()
+    directory = _temporary_root()
     try:
         names = [n for n in os.listdir(directory) if re.fullmatch(r"detrun-[0-9]+-[A-Za-z0-9_]+", n)]
     except OSError:
@@ -79,8 +100,12 @@ def _sweep_stale_scratch() -> None:
             if os.fstat(fd).st_uid != os.getuid():
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            from detrun.engine.replay_backups import holds_backups
+
             if holds_backups(path):
                 continue  # a killed replay's saved files: the user's data, never swept
+            import shutil
+
             shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue  # locked: a live run in another pid namespace
@@ -102,15 +127,11 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
             child_env.pop(key, None)
         else:
             child_env[key] = value
-    preexec = _die_with_parent_linux()
-    pass_fds: list[int] = []
-    watch = keep_alive = -1
-    if preexec is None:
-        # No PR_SET_PDEATHSIG here: the child watches a pipe whose only writer is this process, and
-        # the kernel closes it whatever kills us.
-        watch, keep_alive = os.pipe()
-        pass_fds.append(watch)
-        config = {**config, "parent_pipe": watch}
+    # The child dies with this process: it watches a pipe whose only writer is here, and the kernel
+    # closes it whatever kills us (detrun._child.watch_parent).
+    watch, keep_alive = os.pipe()
+    pass_fds = [watch]
+    config = {**config, "parent_pipe": watch}
     # A terminal's progress line is drawn here, by the one process that sees every byte the script
     # writes to it (detrun.progress_line says why).
     relay = ProgressRelay.for_terminal(bool(config.get("quiet")))
@@ -125,18 +146,18 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
     config = {**config, "parent_pid": os.getpid()}
     child_env[CHILD_CONFIG_VAR] = json.dumps(config)
     try:
-        process = subprocess.Popen([sys.executable, "-m", "detrun._child"], env=child_env, preexec_fn=preexec,
-                                   pass_fds=pass_fds, stdout=relay.child_stdout if relay else None,
-                                   stderr=relay.child_stderr if relay else None)
+        process = ChildProcess.spawn([sys.executable, "-m", "detrun._child"], child_env, pass_fds,
+                                     stdout=relay.child_stdout if relay else None,
+                                     stderr=relay.child_stderr if relay else None)
     except BaseException:
         if relay is not None:
             relay.stop()
         if late_write >= 0:
             os.close(late_write)
+        os.close(keep_alive)
         raise
     finally:
-        if watch >= 0:
-            os.close(watch)
+        os.close(watch)
         if late_read >= 0:
             os.close(late_read)
     if late_config is not None:
@@ -152,8 +173,7 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
             os.close(late_write)
             if relay is not None:
                 relay.stop()
-            if keep_alive >= 0:
-                os.close(keep_alive)
+            os.close(keep_alive)
             raise
         _send_late_config(late_write, late)
 
@@ -176,8 +196,7 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
             relay.stop()  # still under our handlers: a second Ctrl-C here is no traceback of detrun's
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if keep_alive >= 0:
-            os.close(keep_alive)
+        os.close(keep_alive)
     return status
 
 def _send_late_config(fd: int, late: bytes) -> None:
@@ -193,30 +212,51 @@ def _relay_handlers(relay: ProgressRelay) -> dict[signal.Signals, Callable[[int,
     return {signal.SIGINT: lambda _signum, _frame: relay.interrupt(),
             signal.SIGWINCH: lambda _signum, _frame: relay.resize()}
 
-def _die_with_parent_linux() -> Callable[[], None] | None:
-    """Return a preexec_fn that makes the child get SIGKILL when this process dies (Linux), or None.
+class ChildProcess:
+    """A child started with os.posix_spawn: subprocess.Popen's wait, send_signal and kill, without its import.
 
-    SIGKILL rather than SIGTERM: a training script that catches SIGTERM to checkpoint would live on,
-    and a `kill -9` of detrun must not leave a run that later writes a complete trace.
+    Start-up: subprocess (and ctypes for a preexec_fn) cost some 8 ms before the child could start.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    parent = os.getpid()
 
-    def preexec() -> None:
-        # Runs in the forked child before exec; the death signal survives exec. If the parent died
-        # between fork and prctl, nothing would ever send it: check and go now.
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
 
-    return preexec
+    @classmethod
+    def spawn(cls, argv: list[str], env: dict[str, str], pass_fds: list[int], *, stdout: int | None = None,
+              stderr: int | None = None) -> ChildProcess:
+        """Start `argv` with `env`, handing it `pass_fds` (and `stdout`/`stderr` as its 1 and 2)."""
+        for fd in pass_fds:
+            os.set_inheritable(fd, True)
+        actions = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in ((stdout, 1), (stderr, 2)) if fd is not None]
+        try:
+            # setsigdef: as Popen's restore_signals, the signals Python ignores start with their defaults.
+            pid = os.posix_spawn(argv[0], argv, env, file_actions=actions,
+                                 setsigdef=[getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ", "SIGXFZ")
+                                            if hasattr(signal, name)])
+        finally:
+            for fd in pass_fds:  # not inherited by anything else this process starts (git, say)
+                os.set_inheritable(fd, False)
+        return cls(pid)
+
+    def wait(self) -> int:
+        """Wait for the child to end; return its status as Popen.returncode (-N: killed by signal N)."""
+        if self.returncode is None:
+            _pid, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        """Send `signum` to the child, unless it has been waited for (its pid may be another's by now)."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """Send SIGKILL to the child."""
+        self.send_signal(signal.SIGKILL)
 
 def signal_name(signum: int) -> str:
     """Return a signal's name (SIGKILL), or its number for one Python has no name for."""

@@ -19,20 +19,17 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun import __version__, bootstrap
-from detrun.engine.replay_backups import restore_leftovers
 from detrun.env.collectives import pinned_collective_env, validated_collective_env
-from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
 from detrun.errors import ArgsChanged, OutputExists, PolicyError, ScriptChanged, TargetRefused, TraceError
-from detrun.runner import Target, report_syntax_error, resolve, syntax_error_of
 from detrun.child_process import CHILD_CONFIG_VAR, exit_like, run_child, scratch_directory, signal_name
-from detrun.replay_inputs import (RECORDED_SETTINGS, as_dict, is_arg_list, python_command, recorded_script,
-                                  resolve_here, shell_words, validated_hashseed, validated_thread_env)
 
 if TYPE_CHECKING:
     from detrun.env import diff as env_diff
+    from detrun.runner import Target
 
-# Start-up: the trace reader, salvage and env.diff are imported where a replay or a dead child needs
-# them, so that `detrun record` starts its child without loading them.
+# Start-up: `detrun record` starts its child with only the modules above loaded. What checks the
+# script (runner), the fingerprint, the replay's input checks (replay_inputs), the trace reader,
+# salvage and env.diff are imported where they are used, while the child starts or in a replay.
 
 
 def check_output(output: str, force: bool) -> None:
@@ -80,6 +77,10 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
 
     def session_config(scratch: str, temporary: str) -> dict[str, Any]:
         """Check the inputs and return the child's session config, and the fingerprint (run_child's late_config)."""
+        from detrun.env.fingerprint import THREAD_ENV_NAMES, fingerprint
+        from detrun.replay_inputs import RECORDED_SETTINGS
+        from detrun.runner import resolve, syntax_error_of
+
         resolved = resolve(target) if target is not None else None
         check_output(output, force)
         chosen_ops = policy_ops(policy, profile_path)
@@ -127,6 +128,8 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
             status = run_child({"mode": "record", "quiet": quiet}, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
                                late_config=lambda: session_config(scratch, temporary))
         except _ScriptSyntaxError as refused:
+            from detrun.runner import report_syntax_error
+
             # As `python SCRIPT` would: the error alone, status 1, nothing run and no trace written.
             report_syntax_error(refused.error)
             return 1
@@ -153,6 +156,9 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
     `op_capture` (detrun explain's): (S, path): digest every op of steps 1..S, with its call site,
     write them to `path` (a scratch file of the caller's, never the trace's choice) and stop after step S.
     """
+    from detrun.replay_inputs import (is_arg_list, python_command, recorded_script, resolve_here, shell_words,
+                                      validated_hashseed, validated_thread_env)
+    from detrun.runner import Target, report_syntax_error, syntax_error_of
     from detrun.trace import read_header
 
     header = read_header(trace_path)
@@ -224,6 +230,8 @@ def _environment_report(recorded: Any, directory: str, pin_threads: bool,
     """
     def report() -> dict[str, Any]:
         from detrun.env import diff as env_diff
+        from detrun.env.fingerprint import fingerprint
+        from detrun.replay_inputs import as_dict
 
         differences = env_diff.classify(env_diff.diff(as_dict(recorded), fingerprint(directory)),
                                         threads_pinned=pin_threads)
@@ -237,6 +245,8 @@ def _environment_report(recorded: Any, directory: str, pin_threads: bool,
 def _replay_settings(trace_settings: dict[str, Any], hashseed: str, thread_env: dict[str, str | None],
                      refused: list[str], pin_threads: bool) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Return the replay's settings and the environment it pins, from a trace's validated settings."""
+    from detrun.replay_inputs import RECORDED_SETTINGS
+
     settings: dict[str, Any] = {key: trace_settings[key] for key in RECORDED_SETTINGS if key in trace_settings}
     nccl_env, refused_nccl = validated_collective_env(trace_settings.get("nccl_env"))
     settings.update(hashseed=hashseed, thread_env=thread_env, pin_threads=pin_threads, nccl_env=nccl_env)
@@ -255,6 +265,8 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
                     strict: bool, quiet: bool, pin_threads: bool, verbose: bool, report_json: str | None,
                     ignore_output: tuple[str, ...]) -> int:
     """Replay a trace recorded with `detrun record -- COMMAND`: run the user's command, each rank under its role."""
+    from detrun.replay_inputs import as_dict, is_arg_list, shell_words, validated_hashseed, validated_thread_env
+
     recorded = header.get("command")
     if recorded is None:
         raise TargetRefused(f"{trace_path} was recorded from a script, not a command: replay it with "
@@ -298,6 +310,8 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
 
 def _put_back(scratch: str) -> None:
     """Put back the recording's files a replay that died had saved away (engine.replay_backups)."""
+    from detrun.engine.replay_backups import restore_leftovers
+
     restored = restore_leftovers(scratch)
     if restored:
         print(f"detrun: the replay ended before it could put the recording's files back; restored "
@@ -358,4 +372,4 @@ def _salvage(temporary: str, output: str, status: int, quiet: bool, force: bool)
               file=sys.stderr)
 
 
-__all__ = ["record", "replay", "exit_like", "signal_name", "CHILD_CONFIG_VAR", "RECORDED_SETTINGS"]
+__all__ = ["record", "replay", "exit_like", "signal_name", "CHILD_CONFIG_VAR"]

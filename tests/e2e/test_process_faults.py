@@ -129,7 +129,7 @@ def test_shell_sees_137_and_143_when_the_child_is_killed(tmp_path: Path) -> None
 
 
 def test_parent_pipe_watcher_kills_the_child_when_the_parent_goes(tmp_path: Path) -> None:
-    # The fallback where PR_SET_PDEATHSIG does not exist: end-of-file on the parent's pipe.
+    # How the child dies with detrun: end-of-file on the pipe whose only writer is the launcher.
     read_end, write_end = os.pipe()
     watcher = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom detrun._child import watch_parent\n"
