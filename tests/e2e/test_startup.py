@@ -21,10 +21,11 @@ def test_the_fingerprint_computed_while_the_child_starts_is_in_the_header(tmp_pa
 
 def test_a_failing_fingerprint_stops_the_run_before_the_script(tmp_path: Path) -> None:
     (tmp_path / "s.py").write_text("open('ran', 'w').close()\n")
-    code = ("import detrun.launch\n"
+    # launch.record imports it while the child starts: patched where it is defined.
+    code = ("import detrun.env.fingerprint\n"
             "def broken(*args, **kwargs):\n"
             "    raise KeyError('a bug in the fingerprint')\n"
-            "detrun.launch.fingerprint = broken\n"
+            "detrun.env.fingerprint.fingerprint = broken\n"
             "from detrun.cli import main\n"
             "main(['record', 's.py'], prog_name='detrun')\n")
     result = python("-c", code, cwd=tmp_path)
