@@ -14,10 +14,12 @@ import os
 import re
 import signal
 import sys
-from typing import Any, Callable, Iterator, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
 from detrun.bootstrap import CHILD_CONFIG_VAR, LATE_CONFIG_FD_KEY
-from detrun.progress_line import PROGRESS_FD_KEY, ProgressRelay
+
+if TYPE_CHECKING:
+    from detrun.progress_line import ProgressRelay
 
 
 @contextlib.contextmanager
@@ -134,10 +136,14 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
     config = {**config, "parent_pipe": watch}
     # A terminal's progress line is drawn here, by the one process that sees every byte the script
     # writes to it (detrun.progress_line says why).
-    relay = ProgressRelay.for_terminal(bool(config.get("quiet")))
-    if relay is not None:
-        pass_fds.append(relay.progress_write)
-        config = {**config, PROGRESS_FD_KEY: relay.progress_write}
+    relay = None
+    if not config.get("quiet") and os.isatty(2):  # imported only then: its threads and selectors cost start-up
+        from detrun.progress_line import PROGRESS_FD_KEY, ProgressRelay
+
+        relay = ProgressRelay.for_terminal(quiet=False)
+        if relay is not None:
+            pass_fds.append(relay.progress_write)
+            config = {**config, PROGRESS_FD_KEY: relay.progress_write}
     late_read = late_write = -1
     if late_config is not None:
         late_read, late_write = os.pipe()

@@ -27,6 +27,7 @@ def test_the_child_sets_up_without_the_launcher_or_the_helpers_of_later_work() -
         "detrun.child_process", "detrun.launch", "ctypes",  # the launcher's side
         "hashlib", "difflib", "subprocess", "secrets",  # hashing, diffs, git: at their point of use
         "detrun.engine.checkpoint_digest", "zipfile",  # the first written file's digest
+        "importlib.abc", "importlib.resources",  # the import watcher is a finder by its find_spec alone
         "detrun.env.diff",  # a replay's torch facts compared
         "click", "torch", "numpy",
     )) == []
@@ -46,6 +47,20 @@ def test_record_starts_its_child_without_click_the_trace_reader_or_the_replay_si
         "hashlib", "_hashlib",  # OpenSSL: the script's sha256 comes from small_sha256
         "detrun.env.diff", "secrets", "difflib", "datetime",  # datetime: msgpack's, in a replay only
         "detrun.engine.session", "torch", "numpy",
+    )) == []
+
+
+def test_record_spawns_its_child_before_loading_what_checks_the_script() -> None:
+    # launch.record starts the child with only launch's own imports loaded; resolve, the syntax check,
+    # the fingerprint and the session config are computed while the child's interpreter starts.
+    setup = ("from detrun.cli import main\nfrom detrun.cli.direct import parse_direct\n"
+             "assert parse_direct(['record', '-q', '-o', 't.zst', __import__('detrun').__file__]) is not None\n"
+             "import detrun.launch")
+    assert _loaded(setup, (
+        "subprocess", "ctypes",  # the child is started with os.posix_spawn and watches a pipe
+        "tempfile", "shutil", "random",  # the scratch directory is made with os.mkdir, removed at the end
+        "threading", "selectors", "detrun.progress_line",  # the progress relay: only for a terminal
+        "detrun.runner", "tokenize", "detrun.replay_inputs", "detrun.env.fingerprint", "platform",
     )) == []
 
 
