@@ -179,49 +179,59 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                             "replay it in Python with `with detrun.replay(...)`")
     hashseed = validated_hashseed(trace_settings.get("hashseed"), trace_path)
     thread_env, refused = validated_thread_env(trace_settings.get("thread_env"))
-    if target is None:
-        resolved = recorded_script(trace_path, recorded, recorded_args, header.get("cwd"))
-        target = resolved.target
-    else:
-        if not target.args and recorded_args:
-            target = Target(target.name, tuple(recorded_args), target.is_module)
-        elif list(target.args) != recorded_args and not allow_changed_args:
-            raise ArgsChanged(f"arguments {list(target.args)} differ from the recorded {recorded_args}; "
-                              "omit them to use the recorded ones, or pass --allow-changed-args")
-        resolved = resolve_here(target, header.get("cwd"))
-        if resolved.sha256 != recorded.get("sha256") and not allow_changed_script:
-            raise ScriptChanged(f"{target.name} changed since it was recorded (sha256 {resolved.sha256[:12]}… vs "
-                                f"recorded {str(recorded.get('sha256'))[:12]}…); pass --allow-changed-script to "
-                                "replay anyway")
-    if (error := syntax_error_of(resolved)) is not None:  # a changed script (--allow-changed-script)
-        report_syntax_error(error)
-        return 1
     settings, child_env = _replay_settings(trace_settings, hashseed, thread_env, refused, pin_threads)
     # The user's options, never the trace's: where the replay's written files go.
     settings.update(outputs_dir=os.path.abspath(outputs_dir) if outputs_dir else None,
                     outputs_in_place=outputs_in_place)
     if op_capture is not None:
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
-    report = _environment_report(header.get("env"), os.path.dirname(resolved.path), pin_threads,
-                                 None if quiet else f"detrun: replaying: {shell_words(python_command(target))}")
+
+    def session_config() -> dict[str, Any]:
+        """Check the script against the recording; return what runs, and the environment report (run_child's late_config)."""
+        chosen = target
+        if chosen is None:
+            resolved = recorded_script(trace_path, recorded, recorded_args, header.get("cwd"))
+            chosen = resolved.target
+        else:
+            if not chosen.args and recorded_args:
+                chosen = Target(chosen.name, tuple(recorded_args), chosen.is_module)
+            elif list(chosen.args) != recorded_args and not allow_changed_args:
+                raise ArgsChanged(f"arguments {list(chosen.args)} differ from the recorded {recorded_args}; "
+                                  "omit them to use the recorded ones, or pass --allow-changed-args")
+            resolved = resolve_here(chosen, header.get("cwd"))
+            if resolved.sha256 != recorded.get("sha256") and not allow_changed_script:
+                raise ScriptChanged(f"{chosen.name} changed since it was recorded (sha256 {resolved.sha256[:12]}… "
+                                    f"vs recorded {str(recorded.get('sha256'))[:12]}…); pass --allow-changed-script "
+                                    "to replay anyway")
+        if (error := syntax_error_of(resolved)) is not None:  # a changed script (--allow-changed-script)
+            raise _ScriptSyntaxError(error)
+        report = _environment_report(header.get("env"), os.path.dirname(resolved.path), pin_threads,
+                                     None if quiet else f"detrun: replaying: {shell_words(python_command(chosen))}")
+        return {"config": {"target": _target_data(chosen),
+                           "main_script_alias": main_script_alias(chosen, resolved.sha256, recorded)}, **report()}
+
     with scratch_directory() as scratch:
-        config = {"mode": "replay", "target": _target_data(target), "trace_path": os.path.abspath(trace_path),
+        # What runs comes late (session_config), checked while the child starts, as in record().
+        config = {"mode": "replay", "trace_path": os.path.abspath(trace_path),
                   "strict": strict, "quiet": quiet, "settings": settings, "scratch_dir": scratch,
                   # The user's options, never the trace's: a trace chooses no path detrun writes to.
                   "verbose": verbose, "report_json": os.path.abspath(report_json) if report_json else None,
-                  "ignore_output": list(ignore_output),
-                  "main_script_alias": main_script_alias(target, resolved.sha256, recorded)}
+                  "ignore_output": list(ignore_output)}
         boot_env = bootstrap.prepare(scratch, {"mode": "replay", "command": False, "settings": settings,
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output)})
-        status = run_child(config, {**child_env, **boot_env}, late_config=report)
+        try:
+            status = run_child(config, {**child_env, **boot_env}, late_config=session_config)
+        except _ScriptSyntaxError as refused:
+            report_syntax_error(refused.error)
+            return 1
         _put_back(scratch)
         _say_if_killed(status)
         return status
 
 def _environment_report(recorded: Any, directory: str, pin_threads: bool,
                         replaying: str | None) -> Callable[[], dict[str, Any]]:
-    """Return a replay's late config (child_process.run_child): its environment compared with the recording's.
+    """Return the environment report of a replay's late config: its environment compared with the recording's.
 
     It runs while the child starts (the fingerprint is off start-up's critical path) and before the
     child can print anything: the differences that can change bits, one per line, then the
