@@ -6,7 +6,6 @@ session folds into the verdict. Both live in a private scratch directory, never 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -74,7 +73,7 @@ class ChildSegments:
                 for kind, message in self._unused_events():
                     self.mismatch(kind, f"{self.role}: {message}")
             with open(report_path, "w", encoding="utf-8") as report:
-                json.dump({"divergences": [dataclasses.asdict(d) for d in self.divergences + self.mismatches],
+                json.dump({"divergences": [d._asdict() for d in self.divergences + self.mismatches],
                            "checks": self.checked, "hook_failures": self.hook_failures}, report)
 
     def _merge_children(self) -> None:

@@ -13,12 +13,11 @@ environment the launcher sets, never from the order in which the processes happe
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
 import sys
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from detrun.runner import Target
 
@@ -31,8 +30,8 @@ _ROLE = re.compile(r"(main(\.[0-9]{1,6})?|rank[0-9]{1,7}|node[0-9]{1,6}\.local[0
 _INT = re.compile(r"[0-9]{1,7}")
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessKey:
+# A NamedTuple, not a dataclass: every session imports this module, and dataclasses brings inspect.
+class ProcessKey(NamedTuple):
     """Where a process sits in a distributed run, from the environment its launcher gave it."""
 
     role: str
@@ -60,7 +59,7 @@ class ProcessKey:
 
     def as_dict(self) -> dict[str, object]:
         """Return the key as plain data (the `process` event, the claim file)."""
-        return dataclasses.asdict(self)
+        return dict(self._asdict())
 
 
 def is_role(name: object) -> bool:

@@ -9,7 +9,6 @@ verdict that names the rank: `DIVERGED at step 12 on rank 1: ...`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -113,8 +112,8 @@ class ProcessSegments:
         facts = self.facts()
         label = self.process_key.label if self.process_key is not None else self.role
         with open(self.settings["process_report"] + ".partial", "w", encoding="utf-8") as out:
-            json.dump({"label": label, "divergences": [dataclasses.asdict(d) for d in facts.divergences],
-                       "mismatches": [dataclasses.asdict(d) for d in facts.mismatches], "causes": facts.causes,
+            json.dump({"label": label, "divergences": [d._asdict() for d in facts.divergences],
+                       "mismatches": [d._asdict() for d in facts.mismatches], "causes": facts.causes,
                        "checks": facts.checks, "hook_failures": facts.hook_failures, "unrecorded": facts.unrecorded,
                        "steps": facts.steps, "events_used": facts.events_used, "final_digest": facts.final_digest},
                       out)
@@ -198,7 +197,7 @@ class ProcessSegments:
                 continue  # no process of ours ever takes such a name (the trace's names are only matched)
             if nodes and key.get("node_rank") is not None and key.get("node_rank") not in nodes:
                 continue
-            label = ProcessKey(**{k: key.get(k) for k in ProcessKey.__dataclass_fields__}).label or role
+            label = ProcessKey(**{k: key.get(k) for k in ProcessKey._fields}).label or role
             try:
                 with open(os.path.join(directory, f"{role}.report.json"), encoding="utf-8") as f:
                     data = json.load(f)

@@ -11,8 +11,7 @@ does not have) are *causes*: they are listed beside the verdict and never decide
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
+from typing import Literal, NamedTuple, Sequence
 
 from detrun.errors import ExitCode
 
@@ -22,8 +21,9 @@ CheckKind = Literal["state", "output", "event"]
 STATE_CHECKS = ("steps", "losses", "final state")
 
 
-@dataclasses.dataclass
-class Divergence:
+# NamedTuples, not dataclasses: every session imports this module, and dataclasses brings inspect
+# (some 8 ms of start-up, issue 15). Made once and never changed.
+class Divergence(NamedTuple):
     """One point where a replay departed from its recording."""
 
     kind: str
@@ -38,8 +38,7 @@ class Divergence:
     process: str = ""
 
 
-@dataclasses.dataclass
-class ReplayFacts:
+class ReplayFacts(NamedTuple):
     """Everything a replay found, as the verdict needs it."""
 
     divergences: list[Divergence]  # state and output checks that differed, in order
@@ -54,11 +53,10 @@ class ReplayFacts:
     trace_reason: str  # why an incomplete recording ended ("killed by SIGTERM")
     final_digest: int | None = None
     # Recorded processes of a launched command (ranks) whose replay never reported its checks.
-    missing_processes: list[str] = dataclasses.field(default_factory=list)
+    missing_processes: Sequence[str] = ()
 
 
-@dataclasses.dataclass
-class Verdict:
+class Verdict(NamedTuple):
     """The outcome of a replay: a status, its one-line text, and the exit code it maps to."""
 
     status: Literal["REPRODUCED", "DIVERGED", "UNVERIFIED"]
@@ -163,8 +161,8 @@ def report(facts: ReplayFacts, verdict: Verdict) -> dict[str, object]:
         "checks": dict(facts.checks),
         "steps": facts.steps,
         "events_used": facts.events_used,
-        "divergences": [dataclasses.asdict(d) for d in facts.divergences],
-        "mismatches": [dataclasses.asdict(d) for d in facts.mismatches],
+        "divergences": [d._asdict() for d in facts.divergences],
+        "mismatches": [d._asdict() for d in facts.mismatches],
         "causes": list(facts.causes),
         "hook_failures": list(facts.hook_failures),
         "unrecorded_processes": list(facts.unrecorded),

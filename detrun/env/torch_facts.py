@@ -5,9 +5,8 @@ catalogue is shared by the backend-flags source (record and pin) and `detrun env
 """
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from detrun.env.fingerprint import UNAVAILABLE, probe
 
@@ -181,8 +180,8 @@ def when(step: int) -> str:
     return "before the first optimizer step" if step == 0 else f"after step {step}"
 
 
-@dataclasses.dataclass
-class Flag:
+# A NamedTuple, not a dataclass: the sources import this module at start-up, and dataclasses brings inspect.
+class Flag(NamedTuple):
     """One backend flag: how to read it, how to set it, and whether it is a view on another."""
 
     name: str

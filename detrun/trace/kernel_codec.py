@@ -12,8 +12,7 @@ The capture that produces the launches is `detrun.engine.sources.cuda_kernels`.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from detrun.trace.format import pack_indices, unpack_indices
 
@@ -52,8 +51,8 @@ class StringTable:
         return [self.strings[i] if 0 <= i < len(self.strings) else "?" for i in ids]
 
 
-@dataclasses.dataclass
-class StepKernels:
+# A NamedTuple, not a dataclass: a source imports this module at start-up, and dataclasses brings inspect.
+class StepKernels(NamedTuple):
     """The kernels one optimizer step launched, in launch order, with the op behind each."""
 
     step: int

@@ -17,8 +17,7 @@ The capture is `detrun.engine.sources.op_digests`; the comparison is `detrun.exp
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from detrun.trace.format import pack_indices, unpack_indices
 from detrun.trace.kernel_codec import StringTable
@@ -45,8 +44,8 @@ def fold64(value: int) -> int:
     return (value ^ (value >> 32)) & MASK32
 
 
-@dataclasses.dataclass
-class OpStep:
+# A NamedTuple, not a dataclass: a source imports this module at start-up, and dataclasses brings inspect.
+class OpStep(NamedTuple):
     """The ops of one optimizer step in the order they ran, the digest of each one's outputs, and where."""
 
     step: int

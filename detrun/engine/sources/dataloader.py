@@ -17,7 +17,6 @@ land in a trace segment named `dl<loader>.i<iteration>.w<worker>`.
 """
 from __future__ import annotations
 
-import inspect
 import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Iterator
@@ -383,6 +382,8 @@ class _WorkerEntry:
         loop = _original_worker_loop or worker_module._worker_loop
         session = None
         try:
+            import inspect  # here, in the worker: at start-up it costs the main process some 8 ms
+
             worker_id = inspect.signature(loop).bind(*args, **kwargs).arguments["worker_id"]
             session = _start_worker_session(self.config, f"{self.config['prefix']}.w{worker_id}")
         except Exception as exc:  # noqa: BLE001 - the worker must run even if detrun cannot follow it
