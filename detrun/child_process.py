@@ -1,8 +1,8 @@
 """The child interpreter as a process: its private scratch directory, its start, its death, and its exit status.
 
 The child is tied to its parent (a pipe it watches) so that killing detrun never leaves a script
-running that would later write a trace. Its exit status passes through as a
-shell sees it: 128+N for a signal that cannot be re-raised, the signal itself otherwise.
+running that would later write a trace. Its exit status passes through as a shell sees it: 128+N
+for a signal that cannot be re-raised, the signal itself otherwise.
 """
 from __future__ import annotations
 
@@ -248,8 +248,12 @@ class ChildProcess:
     def wait(self) -> int:
         """Wait for the child to end; return its status as Popen.returncode (-N: killed by signal N)."""
         if self.returncode is None:
-            _pid, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            try:
+                _pid, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                # As Popen.wait: SIGCHLD ignored (inherited so) reaps children unseen; the status is lost.
+                self.returncode = 0
         return self.returncode
 
     def send_signal(self, signum: int) -> None:

@@ -125,7 +125,8 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
         # those Lightning's DDP starts from the script, record under their own role (detrun.bootstrap).
         boot_env = bootstrap.environment(scratch)
         try:
-            status = run_child({"mode": "record", "quiet": quiet}, {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
+            status = run_child({"mode": "record", "quiet": quiet},
+                               {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
                                late_config=lambda: session_config(scratch, temporary))
         except _ScriptSyntaxError as refused:
             from detrun.runner import report_syntax_error
@@ -187,7 +188,7 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
         settings.update(explain_until=int(op_capture[0]), op_dump=os.path.abspath(op_capture[1]))
 
     def session_config() -> dict[str, Any]:
-        """Check the script against the recording; return what runs, and the environment report (run_child's late_config)."""
+        """Check the script against the recording; return what runs and the environment report (late_config)."""
         chosen = target
         if chosen is None:
             resolved = recorded_script(trace_path, recorded, recorded_args, header.get("cwd"))
