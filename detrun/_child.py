@@ -83,7 +83,7 @@ def _setup(config: dict[str, Any], child_env: dict[str, str]) -> tuple[Runner | 
     # Before this process prints anything: the launcher prints its own lines (a replay's environment
     # report) while computing it.
     late = _late_config(config)
-    # A recording's session config comes late, checked while this interpreter started (launch.record).
+    # The config's part the launcher checked while this interpreter started (launch.record, launch.replay).
     config.update(late.get("config", {}))
     if isinstance(config.get("settings"), dict):
         config["settings"]["child_env"] = child_env

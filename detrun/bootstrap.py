@@ -25,7 +25,8 @@ BOOT_VAR = "DETRUN_BOOT"  # the bootstrap config's path, inherited by every proc
 # must not import the launcher's machinery (subprocess, ctypes, shutil) to learn a name.
 CHILD_CONFIG_VAR = "DETRUN_CHILD_CONFIG"
 # In that config: a pipe on which the launcher sends, once the child has started, the config's part
-# it computes meanwhile ({"header": {"env": ...}}: the fingerprint, off start-up's critical path).
+# it computes meanwhile ({"config": {...}} after its checks of the script, and the fingerprint or a
+# replay's environment report: off start-up's critical path).
 LATE_CONFIG_FD_KEY = "late_config_fd"
 PROCESSES_DIR = "procs"  # in the scratch directory: role claims, segments, reports
 BOOT_CONFIG = "boot.json"  # in the scratch directory: the config of every process of the run

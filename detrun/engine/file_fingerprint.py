@@ -11,6 +11,7 @@ Pure: no detrun state, no session.
 """
 from __future__ import annotations
 
+import functools
 import os
 import site
 import struct
@@ -128,23 +129,12 @@ def trace_path(absolute: str, cwd: str) -> str:
     return absolute
 
 
-_library_prefixes: tuple[str, ...] | None = None
-
-
+@functools.cache  # the sources each ask at start-up; the answer cannot change within a process
 def library_prefixes() -> tuple[str, ...]:
     """Return the directories whose files are the interpreter's, the libraries' and the system's, never data.
 
     /etc is the system's configuration (time zone, MIME types, os-release) that libraries read.
-    Computed once per process (the sources each ask at start-up; the answer cannot change).
     """
-    global _library_prefixes
-    if _library_prefixes is None:
-        _library_prefixes = _find_library_prefixes()
-    return _library_prefixes
-
-
-def _find_library_prefixes() -> tuple[str, ...]:
-    """Compute library_prefixes()'s answer."""
     paths = sysconfig.get_paths()
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, paths["stdlib"], paths["purelib"], paths["platlib"],
              os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "/proc", "/sys", "/dev", "/etc"}

@@ -59,7 +59,7 @@ class ProcessKey(NamedTuple):
 
     def as_dict(self) -> dict[str, object]:
         """Return the key as plain data (the `process` event, the claim file)."""
-        return dict(self._asdict())
+        return self._asdict()
 
 
 def is_role(name: object) -> bool:
