@@ -37,8 +37,9 @@ def main() -> None:
         _follow_parent(config)
         from detrun.bootstrap import hide
 
-        # The script sees python's own environment and sys.path; its child processes get the bootstrap back.
-        child_env = hide(os.environ, sys.path)
+        # The script sees python's own environment and sys.path; its child processes get the bootstrap
+        # (back: a rank was started through it; the launcher's child was not, and has it in its config).
+        child_env = hide(os.environ, sys.path) or config.get("boot_env") or {}
         runner, session = _setup(config, child_env)
         # What exists now is the interpreter's, the stdlib's and detrun's, long-lived: frozen, the
         # collector never walks it again (at exit that walk cost ~8 ms of start-up). Everything the

@@ -70,25 +70,26 @@ _detrun_chain()
 
 
 def prepare(scratch: str, config: dict[str, Any]) -> dict[str, str]:
-    """Write the bootstrap directory and config in the scratch directory; return the environment to add."""
+    """Write the bootstrap directory and config in the scratch directory; return the variables that find them."""
     env = environment(scratch)
     write_config(scratch, config)
     return env
 
 
 def environment(scratch: str) -> dict[str, str]:
-    """Write the bootstrap directory in the scratch directory; return the environment that finds it.
+    """Write the bootstrap directory in the scratch directory; return the variables that find it.
 
-    The config may follow (write_config) until the child starts the first process of the user's.
+    They are what child_environment() puts in front of a process's environment: the child that
+    runs the script starts without them (it needs no bootstrap, and python would then compile the
+    fresh sitecustomize at its start-up) and gives them to the processes the script starts. The
+    config may follow (write_config) until the child starts the first process of the user's.
     """
     boot_dir = os.path.join(scratch, "boot")
     os.makedirs(boot_dir, mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(scratch, PROCESSES_DIR), mode=0o700, exist_ok=True)
     with open(os.path.join(boot_dir, "sitecustomize.py"), "w", encoding="utf-8") as f:
         f.write(_SITECUSTOMIZE)
-    existing = os.environ.get("PYTHONPATH")
-    return {BOOT_VAR: os.path.join(scratch, BOOT_CONFIG),
-            "PYTHONPATH": boot_dir + (os.pathsep + existing if existing else "")}
+    return {BOOT_VAR: os.path.join(scratch, BOOT_CONFIG), "PYTHONPATH": boot_dir}
 
 
 def write_config(scratch: str, config: dict[str, Any]) -> None:
@@ -98,7 +99,7 @@ def write_config(scratch: str, config: dict[str, Any]) -> None:
 
 
 def hide(environ: MutableMapping[str, str], path: list[str]) -> dict[str, str]:
-    """Take the bootstrap out of the script's view (os.environ, sys.path); return the variables its children need.
+    """Take the bootstrap out of a rank's view (os.environ, sys.path); return the variables its children need.
 
     The user's code sees the environment and sys.path plain `python` gives it; the variables come
     back only in the environment of the processes it starts (engine.sources.child_processes), so a

@@ -115,8 +115,11 @@ def _sweep_stale_scratch() -> None:
             os.close(fd)
 
 def run_child(config: dict[str, Any], overrides: dict[str, str | None],
-              late_config: Callable[[], dict[str, Any]] | None = None) -> int:
+              late_config: Callable[[], dict[str, Any]] | None = None, boot_env: dict[str, str] | None = None) -> int:
     """Run the child interpreter with the session config; return its exit status as a shell sees it.
+
+    `boot_env` (bootstrap.environment's) goes in the config, not the child's environment: the
+    child hands it to the processes the script starts (detrun._child).
 
     `late_config` computes a part of the config the child needs only once its interpreter is up
     (a recording's whole session config and environment fingerprint): it runs while the child
@@ -133,7 +136,7 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
     # closes it whatever kills us (detrun._child.watch_parent).
     watch, keep_alive = os.pipe()
     pass_fds = [watch]
-    config = {**config, "parent_pipe": watch}
+    config = {**config, "parent_pipe": watch, "boot_env": boot_env or {}}
     # A terminal's progress line is drawn here, by the one process that sees every byte the script
     # writes to it (detrun.progress_line says why).
     relay = None

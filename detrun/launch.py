@@ -123,11 +123,10 @@ def record(target: Target | None, output: str, *, force: bool = False, quiet: bo
         temporary = os.path.join(scratch, "trace.partial")
         # Every Python process the run starts finds detrun's bootstrap: the ranks of a launcher, or
         # those Lightning's DDP starts from the script, record under their own role (detrun.bootstrap).
-        boot_env = bootstrap.environment(scratch)
         try:
-            status = run_child({"mode": "record", "quiet": quiet},
-                               {"PYTHONHASHSEED": hashseed, **nccl_env, **boot_env},
-                               late_config=lambda: session_config(scratch, temporary))
+            status = run_child({"mode": "record", "quiet": quiet}, {"PYTHONHASHSEED": hashseed, **nccl_env},
+                               late_config=lambda: session_config(scratch, temporary),
+                               boot_env=bootstrap.environment(scratch))
         except _ScriptSyntaxError as refused:
             from detrun.runner import report_syntax_error
 
@@ -222,7 +221,7 @@ def replay(trace_path: str, target: Target | None, *, allow_changed_script: bool
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output)})
         try:
-            status = run_child(config, {**child_env, **boot_env}, late_config=session_config)
+            status = run_child(config, child_env, late_config=session_config, boot_env=boot_env)
         except _ScriptSyntaxError as refused:
             report_syntax_error(refused.error)
             return 1
@@ -314,7 +313,7 @@ def _replay_command(trace_path: str, header: dict[str, Any], command: list[str] 
                                                "trace_path": os.path.abspath(trace_path),
                                                "ignore_output": list(ignore_output),
                                                "node_hashseeds": node_hashseeds})
-        status = run_child(config, {**child_env, **boot_env}, late_config=report)
+        status = run_child(config, child_env, late_config=report, boot_env=boot_env)
         _put_back(scratch)
         _say_if_killed(status)
         return status

@@ -114,6 +114,7 @@ class FileInputSource:
         self._versions: dict[str, _Version] = {}  # record: the last version read of each path
         self._queue: queue.SimpleQueue[_Version | None] = queue.SimpleQueue()
         self._worker_done = _thread.allocate_lock()
+        self._finished = False  # no worker starts after the end-of-run check
         self._keep_left = 0
         self._recorded: dict[str, list[dict[str, Any]]] = {}  # replay: path -> versions, by read ordinal
         self._kept: dict[tuple[str, int], dict[str, Any]] = {}
@@ -133,8 +134,6 @@ class FileInputSource:
         if session.recording:
             keep = session.settings.get("keep_inputs", DEFAULT_KEEP_BYTES)
             self._keep_left = keep if isinstance(keep, int) else DEFAULT_KEEP_BYTES
-            self._worker_done.acquire()
-            self.worker_ident = _thread.start_new_thread(self._work, ())
         else:
             self._load_recording(session)
         session.on_stop(self._finish)
@@ -215,6 +214,12 @@ class FileInputSource:
             version = _Version(absolute, read, self.session.steps + 1 if self.session else 0)
             version.key = key
             self._versions[absolute] = version
+            if self.worker_ident is None and not self._finished:
+                # At the first input, not at install: a run that reads no file starts no thread, and
+                # does not wait for one at its end (start-up). Its ident is set before it has work,
+                # so the audit hook never takes the worker's own opens for the program's.
+                self._worker_done.acquire()
+                self.worker_ident = _thread.start_new_thread(self._work, ())
         self._queue.put(version)
 
     def _work(self) -> None:
@@ -282,6 +287,8 @@ class FileInputSource:
             _local.busy = False
 
     def _finish(self) -> None:
+        with self._lock:
+            self._finished = True
         if self.session is not None and self.session.recording and self.worker_ident is not None:
             self._queue.put(None)
             self._worker_done.acquire()
