@@ -160,15 +160,15 @@ def launcher_command(script: str, args: tuple[str, ...], module: bool) -> list[s
     A word ending in .py, a directory or a readable file that is not executable runs under python as
     before; an executable file or a name on PATH (`torchrun`, `python`, `bash`) is a command.
     """
-    import shutil
-
     if module or script.endswith((".py", ".pyz")) or os.path.isdir(script):
         return None
     if os.path.isfile(script):
         return [script, *args] if os.access(script, os.X_OK) else None
-    if os.sep not in script and shutil.which(script) is not None:
-        return [script, *args]
-    return None
+    if os.sep in script:
+        return None
+    import shutil  # here, not for a script: start-up, before the child starts
+
+    return [script, *args] if shutil.which(script) is not None else None
 
 
 def make_target(script: str | None, args: tuple[str, ...], module: bool) -> Target | None:

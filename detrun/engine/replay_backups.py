@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 BACKUPS_DIR = "replaced"
 MANIFEST = "manifest.jsonl"
@@ -54,6 +53,8 @@ class ReplayBackups:
                 return
             except OSError:
                 pass
+        import shutil  # here: every launcher imports this module at its end (holds_backups), start-up
+
         shutil.copy2(absolute, backup)
         self._saved[absolute] = backup
 
@@ -62,6 +63,8 @@ class ReplayBackups:
 
         Return how many of the replay's files were handed over, and the paths that could not be restored.
         """
+        import shutil
+
         moved, failed = 0, []
         for absolute, backup in self._saved.items():
             try:
@@ -102,6 +105,8 @@ def restore_leftovers(scratch_dir: str) -> list[str]:
                 entries = [json.loads(line) for line in manifest if line.strip()]
         except (OSError, ValueError):
             continue
+        import shutil
+
         for entry in entries:
             backup, path = entry.get("backup"), entry.get("path")
             if isinstance(backup, str) and isinstance(path, str) and os.path.isfile(backup):

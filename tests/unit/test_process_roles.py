@@ -124,3 +124,20 @@ def test_a_refusal_cut_short_by_the_launcher_does_not_hide_the_ranks_that_said_w
     (processes / "rank1.refused").write_text("trace.zst was recorded with world size 2, and this replay runs 3")
     with pytest.raises(TargetRefused, match="world size 2, and this replay runs 3"):
         session.merge_process_reports()
+
+
+def test_the_scratch_directory_is_removed_with_its_links_never_followed(tmp_path: Path) -> None:
+    from detrun.child_process import _remove_tree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("the user's")
+    scratch = tmp_path / "scratch"
+    (scratch / "procs" / "deep").mkdir(parents=True)
+    (scratch / "boot.json").write_text("{}")
+    (scratch / "procs" / "deep" / "main.seg").write_bytes(b"\0" * 10)
+    (scratch / "link").symlink_to(outside)
+    (scratch / "procs" / "file_link").symlink_to(outside / "keep.txt")
+    _remove_tree(str(scratch))
+    assert not scratch.exists() and (outside / "keep.txt").read_text() == "the user's"
+    _remove_tree(str(scratch))  # already gone: nothing to do, nothing raised

@@ -56,10 +56,14 @@ def test_record_spawns_its_child_before_loading_what_checks_the_script() -> None
     # the fingerprint and the session config are computed while the child's interpreter starts.
     setup = ("from detrun.cli import main\nfrom detrun.cli.direct import parse_direct\n"
              "assert parse_direct(['record', '-q', '-o', 't.zst', __import__('detrun').__file__]) is not None\n"
+             "from detrun.cli.direct import launcher_command\n"
+             "assert launcher_command(__import__('detrun').__file__, (), False) is None\n"
              "import detrun.launch")
     assert _loaded(setup, (
         "subprocess", "ctypes",  # the child is started with os.posix_spawn and watches a pipe
-        "tempfile", "shutil", "random",  # the scratch directory is made with os.mkdir, removed at the end
+        # The scratch directory is made with os.mkdir and removed without shutil; a script's name is
+        # looked up on PATH (shutil.which) only when it is not a .py file.
+        "tempfile", "shutil", "random",
         "threading", "selectors", "detrun.progress_line",  # the progress relay: only for a terminal
         "detrun.runner", "tokenize", "detrun.replay_inputs", "detrun.env.fingerprint", "platform",
     )) == []
