@@ -18,8 +18,9 @@ machine was too noisy to tell). The DataLoader workload has no training steps, s
 
     python benchmarks/overhead.py                   # both workloads, 5 rounds
     python benchmarks/overhead.py --rounds 7 --only train
-    python benchmarks/overhead.py --only startup    # `detrun record/replay hello.py` against `python hello.py`
-                                                    # (with a bytecode cache, as an install has)
+    python benchmarks/overhead.py --only startup    # `detrun record/replay hello.py` against `python hello.py`,
+                                                    # then a script that imports torch (with a bytecode
+                                                    # cache, as an install has)
 """
 from __future__ import annotations
 
@@ -148,31 +149,41 @@ def startup_env(cache: str) -> dict[str, str]:
     return env
 
 
+# What start-up is measured on: a script that only prints, and one that imports torch first, as a
+# training script does (detrun's hooks on torch's import run then).
+STARTUP_SCRIPTS = {
+    "hello.py": 'print("hello")\n',
+    "torch_hello.py": 'import torch\nprint(torch.__version__)\n',
+}
+
+
 def measure_startup(rounds: int) -> None:
-    """Time a script that only prints, as a whole process: python against detrun record and replay."""
-    with tempfile.TemporaryDirectory() as work:
-        Path(work, "hello.py").write_text('print("hello")\n')
-        env = startup_env(os.path.join(work, "pycache"))
-        modes = {
-            "python": [sys.executable, "hello.py"],
-            "record": [*DETRUN, "record", "-q", "--force", "hello.py"],
-            "replay": [*DETRUN, "replay", "-q", "trace.zst", "hello.py"],
-        }
-        walls: dict[str, list[float]] = {mode: [] for mode in modes}
-        for _ in range(rounds + 1):  # the first round fills the bytecode and file caches and is dropped
-            for mode, command in modes.items():  # interleaved: each round runs every mode
-                start = time.perf_counter()
-                # A replay of it is UNVERIFIED (exit 5): nothing of a training state to check.
-                result = subprocess.run(command, cwd=work, capture_output=True, env=env)
-                walls[mode].append(time.perf_counter() - start)
-                if result.returncode not in ((0, 5) if mode == "replay" else (0,)):
-                    raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
-    print(f"\nstartup: hello.py as a whole process, with a bytecode cache ({rounds} interleaved rounds, medians)")
-    base, best_base = statistics.median(walls["python"][1:]), min(walls["python"][1:])
-    print(f"{'mode':<10} {'wall ms':>8} {'added ms':>9} {'best ms':>8} {'added ms':>9}")
-    for mode, values in walls.items():
-        wall, best = statistics.median(values[1:]), min(values[1:])
-        print(f"{mode:<10} {wall * 1e3:8.1f} {(wall - base) * 1e3:9.1f} {best * 1e3:8.1f} {(best - best_base) * 1e3:9.1f}")
+    """Time each start-up script as a whole process: python against detrun record and replay."""
+    for script, source in STARTUP_SCRIPTS.items():
+        with tempfile.TemporaryDirectory() as work:
+            Path(work, script).write_text(source)
+            env = startup_env(os.path.join(work, "pycache"))
+            modes = {
+                "python": [sys.executable, script],
+                "record": [*DETRUN, "record", "-q", "--force", script],
+                "replay": [*DETRUN, "replay", "-q", "trace.zst", script],
+            }
+            walls: dict[str, list[float]] = {mode: [] for mode in modes}
+            for _ in range(rounds + 1):  # the first round fills the bytecode and file caches and is dropped
+                for mode, command in modes.items():  # interleaved: each round runs every mode
+                    start = time.perf_counter()
+                    # A replay of it is UNVERIFIED (exit 5): nothing of a training state to check.
+                    result = subprocess.run(command, cwd=work, capture_output=True, env=env)
+                    walls[mode].append(time.perf_counter() - start)
+                    if result.returncode not in ((0, 5) if mode == "replay" else (0,)):
+                        raise subprocess.CalledProcessError(result.returncode, command, result.stdout, result.stderr)
+        print(f"\nstartup: {script} as a whole process, with a bytecode cache ({rounds} interleaved rounds, medians)")
+        base, best_base = statistics.median(walls["python"][1:]), min(walls["python"][1:])
+        print(f"{'mode':<10} {'wall ms':>8} {'added ms':>9} {'best ms':>8} {'added ms':>9}")
+        for mode, values in walls.items():
+            wall, best = statistics.median(values[1:]), min(values[1:])
+            print(f"{mode:<10} {wall * 1e3:8.1f} {(wall - base) * 1e3:9.1f} {best * 1e3:8.1f} "
+                  f"{(best - best_base) * 1e3:9.1f}")
 
 
 def main() -> None:
