@@ -71,6 +71,7 @@ def _remove_tree(path: str) -> None:
     except OSError:
         pass
 
+
 def _temporary_root() -> str:
     """Return the directory for scratch directories: tempfile.gettempdir()'s choice, without importing tempfile.
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import importlib.machinery
 import io
 import os
-import runpy
 import signal
 import sys
-import tokenize
 import types
 from typing import Callable, NamedTuple
 
@@ -130,6 +128,8 @@ def report_syntax_error(error: SyntaxError) -> None:
 
 def _read_source(path: str) -> str:
     """Read Python source honouring its coding cookie, with universal newlines, as `python` does."""
+    import tokenize  # here: the launchers make a Target before their child starts (start-up)
+
     with open(path, "rb") as f:
         raw = f.read()
     encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
@@ -189,6 +189,8 @@ class Runner:
         if self.target.is_module:
             # Mirrors runpy._run_module_as_main + runpy._run_code (CPython 3.10-3.13): runpy finds the
             # spec and code (importing parent packages, as python -m does), we run it in a fresh module.
+            import runpy
+
             try:
                 _, spec, code = runpy._get_module_details(self.target.name, ScriptNotFound)  # type: ignore[attr-defined]
             except ScriptNotFound as exc:

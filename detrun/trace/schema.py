@@ -133,13 +133,19 @@ class Str(Schema):
 
     def __init__(self, max_len: int, pattern: str | None = None) -> None:
         self.max_len = max_len
-        self.pattern = re.compile(pattern) if pattern else None
+        self.pattern = pattern or None
+        # Compiled at the first check: the registry builds dozens of schemas at import, and a
+        # replay's launcher imports it before its child starts (start-up).
+        self._compiled: re.Pattern[str] | None = None
 
     def check(self, value: Any) -> None:
         if type(value) is not str or len(value) > self.max_len:
             raise self.fail(value)
-        if self.pattern is not None and not self.pattern.fullmatch(value):
-            raise SchemaError(f"expected a str matching {self.pattern.pattern}, got {_short(value)}")
+        if self.pattern is not None:
+            if self._compiled is None:
+                self._compiled = re.compile(self.pattern)
+            if not self._compiled.fullmatch(value):
+                raise SchemaError(f"expected a str matching {self.pattern}, got {_short(value)}")
 
     def describe(self) -> str:
         return f"str of at most {self.max_len} characters"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import time
 from typing import Any, BinaryIO
 
@@ -185,6 +184,8 @@ def _copy_beside(source: str, final: str) -> str:
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+        import shutil  # here, on this rare path: a replay's launcher imports the trace package (start-up)
+
         try:
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
@@ -211,6 +212,8 @@ def _link_exclusive(source: str, final: str) -> bool:
         fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
         return False
+    import shutil
+
     with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
         shutil.copyfileobj(src, out, 1 << 20)
     return True

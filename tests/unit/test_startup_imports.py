@@ -56,8 +56,9 @@ def test_record_spawns_its_child_before_loading_what_checks_the_script() -> None
     # the fingerprint and the session config are computed while the child's interpreter starts.
     setup = ("from detrun.cli import main\nfrom detrun.cli.direct import parse_direct\n"
              "assert parse_direct(['record', '-q', '-o', 't.zst', __import__('detrun').__file__]) is not None\n"
-             "from detrun.cli.direct import launcher_command\n"
+             "from detrun.cli.direct import launcher_command, make_target\n"
              "assert launcher_command(__import__('detrun').__file__, (), False) is None\n"
+             "make_target(__import__('detrun').__file__, (), False)\n"
              "import detrun.launch")
     assert _loaded(setup, (
         "subprocess", "ctypes",  # the child is started with os.posix_spawn and watches a pipe
@@ -65,18 +66,23 @@ def test_record_spawns_its_child_before_loading_what_checks_the_script() -> None
         # looked up on PATH (shutil.which) only when it is not a .py file.
         "tempfile", "shutil", "random",
         "threading", "selectors", "detrun.progress_line",  # the progress relay: only for a terminal
-        "detrun.runner", "tokenize", "detrun.replay_inputs", "detrun.env.fingerprint", "platform",
+        # The Target is made before (cli/direct.py); reading the script (tokenize) and running a
+        # module (runpy) come after.
+        "tokenize", "runpy", "detrun.replay_inputs", "detrun.env.fingerprint", "platform",
     )) == []
 
 
 def test_replay_reads_the_header_and_starts_its_child_without_dataclasses(tmp_path: object) -> None:
     # read_header validates the header against trace.registry (EventKind is a NamedTuple); the
-    # environment's comparison (env.diff) runs while the child starts.
-    setup = ("import os, tempfile\nfrom detrun.cli import main\nimport detrun.launch\n"
+    # environment's comparison (env.diff) runs while the child starts. The trace package's writer
+    # copies a file with shutil only where it cannot link one.
+    setup = ("import os\nfrom detrun.cli import main\nimport detrun.launch\n"
+             "from detrun.replay_inputs import validated_hashseed, validated_thread_env\n"
              "from detrun.trace import TraceWriter, read_header\n"
-             "path = os.path.join(tempfile.mkdtemp(), 't.zst')\n"
+             f"path = os.path.join({str(tmp_path)!r}, 't.zst')\n"
              "TraceWriter(path, {'detrun_version': '0', 'created': 'now', 'env': {}, 'cwd': '/', 'settings': {}})"
              ".close()\n"
              "read_header(path)")
-    assert _loaded(setup, ("dataclasses", "inspect", "click", "hashlib", "detrun.env.diff")) == []
+    assert _loaded(setup, ("dataclasses", "inspect", "click", "hashlib", "detrun.env.diff",
+                           "shutil", "tokenize", "runpy")) == []
 
