@@ -35,13 +35,13 @@ def main() -> None:
     try:
         config = json.loads(raw)
         _follow_parent(config)
-        from detrun.bootstrap import hide
+        from detrun.bootstrap import BOOT_ENV_KEY, hide
 
         # The script sees python's own environment and sys.path; its child processes get the bootstrap:
         # the launcher's child has it in its config (it starts without it), a rank was started
         # through it and gives it back. The config's first: a detrun run inside a recorded one
         # inherits the outer run's variables, which its own child leaves as python would.
-        child_env = config.get("boot_env") or hide(os.environ, sys.path)
+        child_env = config.get(BOOT_ENV_KEY) or hide(os.environ, sys.path)
         runner, session = _setup(config, child_env)
         # What exists now is the interpreter's, the stdlib's and detrun's, long-lived: frozen, the
         # collector never walks it again (at exit that walk cost ~8 ms of start-up). Everything the

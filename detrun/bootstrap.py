@@ -28,6 +28,9 @@ CHILD_CONFIG_VAR = "DETRUN_CHILD_CONFIG"
 # it computes meanwhile ({"config": {...}} after its checks of the script, and the fingerprint or a
 # replay's environment report: off start-up's critical path).
 LATE_CONFIG_FD_KEY = "late_config_fd"
+# In that config: the bootstrap's variables (environment()), which the child starts without and
+# gives to the processes the script starts.
+BOOT_ENV_KEY = "boot_env"
 PROCESSES_DIR = "procs"  # in the scratch directory: role claims, segments, reports
 BOOT_CONFIG = "boot.json"  # in the scratch directory: the config of every process of the run
 

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn
 
-from detrun.bootstrap import CHILD_CONFIG_VAR, LATE_CONFIG_FD_KEY
+from detrun.bootstrap import BOOT_ENV_KEY, CHILD_CONFIG_VAR, LATE_CONFIG_FD_KEY
 
 if TYPE_CHECKING:
     from detrun.progress_line import ProgressRelay
@@ -52,7 +52,8 @@ def _remove_tree(path: str) -> None:
     """Remove a directory this process made and everything in it, ignoring errors, as shutil.rmtree would.
 
     Without importing shutil: some 2 ms between the child's exit and ours (start-up). Symbolic
-    links are removed, never followed; the directory is this process's own, mode 0700.
+    links are removed, never followed; the directory is this user's own, mode 0700 (this run's,
+    or a dead run's that _sweep_stale_scratch holds the lock of).
     """
     try:
         entries = list(os.scandir(path))
@@ -129,9 +130,7 @@ def _sweep_stale_scratch() -> None:
 
             if holds_backups(path):
                 continue  # a killed replay's saved files: the user's data, never swept
-            import shutil
-
-            shutil.rmtree(path, ignore_errors=True)
+            _remove_tree(path)
         except OSError:
             continue  # locked: a live run in another pid namespace
         finally:
@@ -159,7 +158,7 @@ def run_child(config: dict[str, Any], overrides: dict[str, str | None],
     # closes it whatever kills us (detrun._child.watch_parent).
     watch, keep_alive = os.pipe()
     pass_fds = [watch]
-    config = {**config, "parent_pipe": watch, "boot_env": boot_env or {}}
+    config = {**config, "parent_pipe": watch, BOOT_ENV_KEY: boot_env or {}}
     # A terminal's progress line is drawn here, by the one process that sees every byte the script
     # writes to it (detrun.progress_line says why).
     relay = None
