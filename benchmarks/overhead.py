@@ -13,10 +13,11 @@ disturbs less than the wall time: a machine that is not quiet shows in the gap b
 Absolute times on a shared 2-core machine are noisy (the same run swings by 20-40% here): read
 the ratios of the medians and of the best runs, measured in the same interleaved rounds, and the
 median of the rounds' own ratios with its 90% bootstrap interval (too wide an interval means the
-machine was too noisy to tell). The DataLoader workload has no training steps, so it skips the
+machine was too noisy to tell). The DataLoader workloads have no training steps, so they skip the
 `--digest-every 1` modes.
 
-    python benchmarks/overhead.py                   # both workloads, 5 rounds
+    python benchmarks/overhead.py                   # every workload, 5 rounds
+    python benchmarks/overhead.py --only images     # CIFAR-sized batches: where their digest costs CPU
     python benchmarks/overhead.py --rounds 7 --only train
     python benchmarks/overhead.py --only startup    # `detrun record/replay hello.py` against `python hello.py`,
                                                     # then a script that imports torch (with a bytecode
@@ -40,7 +41,9 @@ DETRUN = [str(Path(sys.executable).with_name("detrun"))]
 WORKLOADS = {
     "train": ("workloads/cpu_train.py", ["2000"], "steps", 2000),
     "dataloader": ("workloads/dataloader_bound.py", ["100000"], "sample indices", 100_000),
+    "images": ("workloads/dataloader_images.py", ["12800"], "sample indices", 12_800),
 }
+DATA_ONLY = ("dataloader", "images")  # no training steps
 
 
 # One intra-op thread in every mode: on a shared 2-core machine two threads make each run's time
@@ -82,7 +85,7 @@ def measure(name: str, rounds: int) -> None:
         }
         # Every mode with a bytecode cache, as a user's install has: without it, each detrun process
         # (and each DataLoader worker that imports a detrun module) recompiles it inside the loop.
-        if name == "dataloader":  # no training steps: the digest cadence changes nothing, and the rounds are shorter
+        if name in DATA_ONLY:  # no training steps: the digest cadence changes nothing, and the rounds are shorter
             del modes["rec-every1"], modes["rep-every1"]
         env = startup_env(os.path.join(work, "pycache"))
         for mode in ("record", "rec-every1", "rec-off"):  # warm the file and bytecode caches; the replays' traces

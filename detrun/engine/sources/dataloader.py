@@ -9,6 +9,13 @@ Events, keyed by loader (in order of first iteration) and epoch (each `iter(load
 - `dl.batch`   `[loader, epoch, batch, digests]`: crc32 of every tensor/array/value in each
   collated batch the program receives.
 
+A batch from worker processes is digested by the worker that collated it, while its bytes are
+still in that worker's caches, and the digests reach the main process through a small shared
+file (`BatchDigestBoard`) beside the batch itself: in the main process the batch's memory is cold,
+and digesting it there cost the loop tens of microseconds a batch. The main process digests a
+batch itself when the board has no entry for it (more than BOARD_LEAVES fields, a worker loop
+detrun does not know, `in_order=False`).
+
 On replay the recorded order and base seeds are forced even if the sampler would now produce
 something else (the sampler still runs, so its RNG side effects stay the same), and every batch is
 checked against its digest: the first differing batch is named by epoch, batch index and field.
@@ -17,6 +24,9 @@ land in a trace segment named `dl<loader>.i<iteration>.w<worker>`.
 """
 from __future__ import annotations
 
+import mmap
+import os
+import struct
 import weakref
 import zlib
 from typing import TYPE_CHECKING, Any, Iterator
@@ -36,6 +46,14 @@ if TYPE_CHECKING:
 # Record: how many sampler and batch events wait to be written together (two per batch).
 PENDING_EVENTS = 128
 
+# The digest board: per slot, the tag ((generation << 32 | batch index) + 1, 0 when empty), the
+# number of digests (NOT_POSTED: the main process digests the batch itself), and up to BOARD_LEAVES
+# crc32s. A batch index uses slot `index % slots`; at most prefetch_factor * num_workers batches are
+# in flight, and the board has at least four times as many slots.
+BOARD_LEAVES = 8
+_BOARD_SLOT = struct.Struct(f"<QI{BOARD_LEAVES}I")
+_NOT_POSTED = 0xFFFFFFFF
+
 # Set in the main process at install; a forked worker inherits it, a spawned one imports this
 # module afresh and finds torch's own function still in place.
 _original_worker_loop: Any = None
@@ -54,6 +72,8 @@ class _Epoch:
         self.digests: list[list[int]] = []  # replay: the recorded batch digests, in order
         self.sampler_departures = 0
         self.unforced = False  # replay: the dataset changed size, so the sampler's own order is used
+        self.board: BatchDigestBoard | None = None  # the workers' digests of this pass's batches
+        self.generation = 0  # persistent workers: the passes their board served before this one
 
     @property
     def label(self) -> str:
@@ -105,6 +125,75 @@ def batch_digests(torch: Any, data: Any) -> list[int]:
     if (type(data) is tuple or type(data) is list) and all(isinstance(item, tensor) for item in data):
         return [_digest_leaf(torch, item) for item in data]
     return [_digest_leaf(torch, leaf) for _name, leaf in _leaves(data)]
+
+
+class BatchDigestBoard:
+    """A shared file where DataLoader workers post each batch's digests for the main process to take."""
+
+    def __init__(self, path: str, slots: int, create: bool) -> None:
+        self.path = path
+        self.slots = slots
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        descriptor = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(descriptor, slots * _BOARD_SLOT.size)  # zeros: every slot empty
+            self._memory = mmap.mmap(descriptor, slots * _BOARD_SLOT.size)
+        finally:
+            os.close(descriptor)
+
+    def post(self, generation: int, index: int, digests: list[int]) -> None:
+        """Post a batch's digests (a worker, before it sends the batch)."""
+        count = len(digests)
+        if count > BOARD_LEAVES:
+            values: list[int] = [_NOT_POSTED] + [0] * BOARD_LEAVES
+        else:
+            values = [count, *digests, *([0] * (BOARD_LEAVES - count))]
+        _BOARD_SLOT.pack_into(self._memory, (index % self.slots) * _BOARD_SLOT.size,
+                              ((generation << 32) | index) + 1, *values)
+
+    def take(self, generation: int, index: int) -> list[int] | None:
+        """Return the digests posted for a batch the main process received, or None if none were."""
+        tag, count, *digests = _BOARD_SLOT.unpack_from(self._memory, (index % self.slots) * _BOARD_SLOT.size)
+        if tag != ((generation << 32) | index) + 1 or count > BOARD_LEAVES:
+            return None
+        return digests[:count]
+
+    def close(self) -> None:
+        self._memory.close()
+
+
+class _DigestPostingQueue:
+    """A worker's data queue: each batch's digests go on the board before the batch goes to the main process."""
+
+    def __init__(self, queue: Any, board: BatchDigestBoard) -> None:
+        import torch
+        from torch.utils.data._utils import worker as worker_module
+
+        self._queue = queue
+        self._board = board
+        self._torch = torch
+        from torch._utils import ExceptionWrapper
+
+        self._resume = worker_module._ResumeIteration
+        self._not_batches = (ExceptionWrapper, worker_module._IterableDatasetStopIteration)
+        self._generation = 0
+
+    def put(self, item: Any, *args: Any, **kwargs: Any) -> Any:
+        # Mirrors torch.utils.data._utils.worker._worker_loop's `data_queue.put((idx, data))` (torch 2.x),
+        # and its acknowledgement `(_ResumeIteration, None)` of a persistent worker's next pass.
+        try:
+            index, data = item
+            if isinstance(index, self._resume):
+                self._generation += 1
+            elif type(index) is int and data is not None and not isinstance(data, self._not_batches):
+                self._board.post(self._generation, index, batch_digests(self._torch, data))
+        except Exception:  # noqa: BLE001 - the batch still goes; the main process digests it itself
+            pass
+        return self._queue.put(item, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
 
 
 def _encode_indices(value: Any) -> tuple[int, Any, bool]:
@@ -169,6 +258,7 @@ class DataLoaderSource(ImportTimeSource):
             states.pop(iterator_ref, None)
 
         live_worker_iterators: weakref.WeakSet[Any] = weakref.WeakSet()
+        boards: list[BatchDigestBoard] = []  # closed at the end, with the scratch directory they are in
         recorded_epochs = _index_recording(session) if not session.recording else {}
         # Record: the sampler's indices and the batch digests wait here for a batch of events, or the
         # session's flush (about a second, between steps), or the end: emitting at each batch cost
@@ -239,7 +329,23 @@ class DataLoaderSource(ImportTimeSource):
                           "complete": trace.complete,
                           "events": {role: trace.events.get(role, {}) for role in roles}}
                 session.report_paths.extend(f"{config['base']}.{role}.json" for role in roles)
+            if state.board is not None:
+                config["board"] = [state.board.path, state.board.slots]
             return _WorkerEntry(config)
+
+        def open_board(state: _Epoch, loader: Any) -> None:
+            """Give a pass of worker processes a board for their batch digests (in-order delivery only)."""
+            if getattr(loader, "in_order", True) is not True:
+                return  # batches arrive out of order: the main process cannot tell which one it received
+            in_flight = max(1, loader.prefetch_factor or 2) * loader.num_workers
+            slots = 64
+            while slots < 4 * in_flight:
+                slots *= 2
+            prefix = f"dl{state.loader}.i{state.epoch}"
+            if session.process_key is not None:
+                prefix = f"{session.role}.{prefix}"
+            state.board = BatchDigestBoard(session.scratch_path(f"{prefix}.board"), slots, create=True)
+            boards.append(state.board)
 
         # Mirrors torch.utils.data.dataloader._BaseDataLoaderIter.__init__ (torch 2.x): the base
         # seed is drawn there, before _MultiProcessingDataLoaderIter starts its workers with it.
@@ -248,6 +354,10 @@ class DataLoaderSource(ImportTimeSource):
             try:
                 state = start_epoch(self, loader, self._base_seed)
                 if loader.num_workers > 0:
+                    try:
+                        open_board(state, loader)
+                    except Exception:  # noqa: BLE001 - no board: the main process digests the batches itself
+                        state.board = None
                     worker_module._worker_loop = worker_entry(state, loader.num_workers)
                     live_worker_iterators.add(self)
             except Exception as exc:  # noqa: BLE001
@@ -255,9 +365,12 @@ class DataLoaderSource(ImportTimeSource):
 
         # Mirrors _BaseDataLoaderIter._reset (torch 2.x): persistent workers start later epochs here.
         def _reset(self: Any, loader: Any, first_iter: bool = False) -> None:
-            if not first_iter and weak(self) in states:
+            previous = states.get(weak(self)) if not first_iter else None
+            if previous is not None:
                 try:
-                    start_epoch(self, loader, None)
+                    state = start_epoch(self, loader, None)
+                    # The same workers, told of the new pass before their next batch.
+                    state.board, state.generation = previous.board, previous.generation + 1
                 except Exception as exc:  # noqa: BLE001
                     session.hook_failed("DataLoader iteration", exc)
             return original_reset(self, loader, first_iter)
@@ -302,13 +415,21 @@ class DataLoaderSource(ImportTimeSource):
             if state is None:
                 return data
             try:
-                check_batch(state, data)
+                check_batch(state, data, self)
             except Exception as exc:  # noqa: BLE001
                 session.hook_failed("DataLoader batch digest", exc)
             return data
 
-        def check_batch(state: _Epoch, data: Any) -> None:
-            digests = batch_digests(torch, data)
+        def check_batch(state: _Epoch, data: Any, iterator: Any) -> None:
+            digests = None
+            if state.board is not None:
+                # Mirrors _MultiProcessingDataLoaderIter._next_data (torch 2.x): with in-order delivery
+                # the batch it returned is the one before `_rcvd_idx`.
+                received = getattr(iterator, "_rcvd_idx", None)
+                if type(received) is int:
+                    digests = state.board.take(state.generation, received - 1)
+            if digests is None:
+                digests = batch_digests(torch, data)
             batch = state.batch
             state.batch += 1
             if session.recording:
@@ -336,6 +457,9 @@ class DataLoaderSource(ImportTimeSource):
                 shutdown = getattr(iterator, "_shutdown_workers", None)
                 if shutdown is not None:
                     shutdown()
+            for board in boards:
+                board.close()
+            boards.clear()
             departures = [s for s in states.values() if s.sampler_departures]
             for state in departures[:1]:
                 session.note_cause(f"{state.label}: the sampler produced another order in "
@@ -384,8 +508,14 @@ class _WorkerEntry:
         try:
             import inspect  # here, in the worker: at start-up it costs the main process some 8 ms
 
-            worker_id = inspect.signature(loop).bind(*args, **kwargs).arguments["worker_id"]
+            bound = inspect.signature(loop).bind(*args, **kwargs)
+            worker_id = bound.arguments["worker_id"]
             session = _start_worker_session(self.config, f"{self.config['prefix']}.w{worker_id}")
+            board = self.config.get("board")
+            if board is not None and "data_queue" in bound.arguments:
+                posting = _DigestPostingQueue(bound.arguments["data_queue"], BatchDigestBoard(*board, create=False))
+                bound.arguments["data_queue"] = posting
+                args, kwargs = bound.args, bound.kwargs
         except Exception as exc:  # noqa: BLE001 - the worker must run even if detrun cannot follow it
             import sys
 

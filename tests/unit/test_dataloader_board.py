@@ -1,0 +1,111 @@
+"""The workers' digest board: batches from worker processes are digested where they were collated.
+
+The digests on the board must be the ones the main process would have computed from the batch it
+received (every trace before the board holds those), and the main process must not digest a batch
+a worker posted; where it cannot tell which batch it received (`in_order=False`), it digests.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import detrun
+from detrun.engine.sources import dataloader as dataloader_source
+from detrun.engine.sources.dataloader import BOARD_LEAVES, BatchDigestBoard
+from detrun.trace import read_trace
+
+
+class Augmented(Dataset):
+    """An unseeded augmentation in the worker, two fields per sample."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.full((3,), float(index)) + torch.rand(3), index
+
+
+def _epochs(loader: DataLoader, epochs: int = 2) -> list[list[int]]:
+    """Iterate; return crc32 of each field of every batch, as the main process received it."""
+    return [[zlib.crc32(field.numpy()) for field in batch] for _ in range(epochs) for batch in loader]
+
+
+@pytest.fixture
+def main_digests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the batches the main process digests itself (forked workers count in their own copy)."""
+    counted: list[int] = []
+    original, main = dataloader_source.batch_digests, os.getpid()
+
+    def counting(torch_module: Any, data: Any) -> list[int]:
+        if os.getpid() == main:
+            counted.append(1)
+        return original(torch_module, data)
+
+    monkeypatch.setattr(dataloader_source, "batch_digests", counting)
+    return counted
+
+
+@pytest.mark.parametrize("options", [{}, {"persistent_workers": True}, {"pin_memory": False, "prefetch_factor": 5}])
+def test_worker_digests_are_the_received_batches_and_replay_checks_them(options: dict[str, Any], tmp_path: Path,
+                                                                       main_digests: list[int]) -> None:
+    trace = str(tmp_path / "trace.zst")
+    with detrun.record(trace, quiet=True):
+        received = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2, **options))
+    recorded = [payload[3] for payload in read_trace(trace).events["main"]["dl.batch"]]
+    assert recorded == received  # the workers' digests are the bytes the program received
+    assert main_digests == []  # and the main process digested none of them
+    plain = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2, **options))
+    assert plain != received  # the augmentation is unseeded: a run without detrun differs
+
+    with detrun.replay(trace, quiet=True) as result:
+        replayed = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2, **options))
+    assert replayed == received
+    assert result.checks.get("batches") == len(received), result
+
+
+def test_out_of_order_delivery_is_digested_by_the_main_process(tmp_path: Path, main_digests: list[int]) -> None:
+    trace = str(tmp_path / "trace.zst")
+    with detrun.record(trace, quiet=True):
+        received = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2, in_order=False), epochs=1)
+    assert len(main_digests) == len(received) == 5
+    recorded = [payload[3] for payload in read_trace(trace).events["main"]["dl.batch"]]
+    assert recorded == received
+
+
+def test_a_replayed_worker_batch_that_differs_is_named(tmp_path: Path) -> None:
+    trace = str(tmp_path / "trace.zst")
+    with detrun.record(trace, quiet=True):
+        _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2), epochs=1)
+    # The sampler order and the worker RNGs replay; a dataset that now adds 1 to one sample does not.
+    shifted = Augmented()
+    shifted.__class__ = type("Shifted", (Augmented,), {
+        "__getitem__": lambda self, i: (Augmented.__getitem__(self, i)[0] + (i == 13), i)})
+    with detrun.replay(trace, quiet=True) as result:
+        _epochs(DataLoader(shifted, batch_size=8, num_workers=2), epochs=1)
+    assert result.verdict != "REPRODUCED"
+    named = [*result.divergences, *result.causes, result.reason]
+    assert any("DataLoader #0 epoch 0, batch 1: field [0] differs" in line for line in named), result
+
+
+def test_the_board_keeps_a_batch_by_pass_and_index(tmp_path: Path) -> None:
+    path = str(tmp_path / "board")
+    main = BatchDigestBoard(path, 64, create=True)
+    worker = BatchDigestBoard(path, 64, create=False)
+    assert main.take(0, 3) is None  # nothing posted
+    worker.post(0, 3, [1, 2**32 - 1])
+    assert main.take(0, 3) == [1, 2**32 - 1]
+    assert main.take(1, 3) is None and main.take(0, 67) is None  # another pass, or the slot's next batch
+    worker.post(0, 4, [])
+    assert main.take(0, 4) == []
+    worker.post(0, 5, list(range(BOARD_LEAVES + 1)))
+    assert main.take(0, 5) is None  # too many fields for a slot: the main process digests them
+    with pytest.raises(FileExistsError):
+        BatchDigestBoard(path, 64, create=True)
+    main.close()
+    worker.close()
