@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import detrun
+from detrun.engine.session import active_session
 from detrun.engine.sources import dataloader as dataloader_source
 from detrun.engine.sources.dataloader import BOARD_LEAVES, BatchDigestBoard
 from detrun.trace import read_trace
@@ -109,3 +110,19 @@ def test_the_board_keeps_a_batch_by_pass_and_index(tmp_path: Path) -> None:
         BatchDigestBoard(path, 64, create=True)
     main.close()
     worker.close()
+
+
+
+def test_a_pass_closes_and_removes_its_board_when_its_iterator_goes(tmp_path: Path) -> None:
+    with detrun.record(str(tmp_path / "trace.zst"), quiet=True):
+        scratch = Path(active_session().scratch_path("x")).parent
+        loader = DataLoader(Augmented(), batch_size=8, num_workers=2)
+        iterator = iter(loader)
+        assert len(list(scratch.glob("*.board"))) == 1
+        descriptors = len(os.listdir("/proc/self/fd"))
+        del iterator
+        for _ in range(3):
+            assert sum(1 for _batch in loader) == 5
+        # One pass's board at a time: each goes (file and mapping) with its iterator.
+        assert not list(scratch.glob("*.board"))
+        assert len(os.listdir("/proc/self/fd")) <= descriptors

@@ -133,6 +133,7 @@ class BatchDigestBoard:
     def __init__(self, path: str, slots: int, create: bool) -> None:
         self.path = path
         self.slots = slots
+        self._creator = os.getpid() if create else None  # a forked worker's copy never removes the file
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         descriptor = os.open(path, flags, 0o600)
         try:
@@ -159,8 +160,14 @@ class BatchDigestBoard:
             return None
         return digests[:count]
 
-    def close(self) -> None:
+    def close(self, remove: bool = False) -> None:
+        """Unmap the board (mmap holds a descriptor of its own until then); `remove` deletes its file too."""
         self._memory.close()
+        if remove and os.getpid() == self._creator:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass  # the scratch directory went first (the end of the run)
 
 
 class _DigestPostingQueue:
@@ -258,7 +265,6 @@ class DataLoaderSource(ImportTimeSource):
             states.pop(iterator_ref, None)
 
         live_worker_iterators: weakref.WeakSet[Any] = weakref.WeakSet()
-        boards: list[BatchDigestBoard] = []  # closed at the end, with the scratch directory they are in
         recorded_epochs = _index_recording(session) if not session.recording else {}
         # Record: the sampler's indices and the batch digests wait here for a batch of events, or the
         # session's flush (about a second, between steps), or the end: emitting at each batch cost
@@ -333,7 +339,7 @@ class DataLoaderSource(ImportTimeSource):
                 config["board"] = [state.board.path, state.board.slots]
             return _WorkerEntry(config)
 
-        def open_board(state: _Epoch, loader: Any) -> None:
+        def open_board(state: _Epoch, loader: Any, iterator: Any) -> None:
             """Give a pass of worker processes a board for their batch digests (in-order delivery only)."""
             if getattr(loader, "in_order", True) is not True:
                 return  # batches arrive out of order: the main process cannot tell which one it received
@@ -345,7 +351,8 @@ class DataLoaderSource(ImportTimeSource):
             if session.process_key is not None:
                 prefix = f"{session.role}.{prefix}"
             state.board = BatchDigestBoard(session.scratch_path(f"{prefix}.board"), slots, create=True)
-            boards.append(state.board)
+            # Closed with its iterator: a run of many epochs must not keep a descriptor for each.
+            weakref.finalize(iterator, state.board.close, True)
 
         # Mirrors torch.utils.data.dataloader._BaseDataLoaderIter.__init__ (torch 2.x): the base
         # seed is drawn there, before _MultiProcessingDataLoaderIter starts its workers with it.
@@ -355,7 +362,7 @@ class DataLoaderSource(ImportTimeSource):
                 state = start_epoch(self, loader, self._base_seed)
                 if loader.num_workers > 0:
                     try:
-                        open_board(state, loader)
+                        open_board(state, loader, self)
                     except Exception:  # noqa: BLE001 - no board: the main process digests the batches itself
                         state.board = None
                     worker_module._worker_loop = worker_entry(state, loader.num_workers)
@@ -457,9 +464,6 @@ class DataLoaderSource(ImportTimeSource):
                 shutdown = getattr(iterator, "_shutdown_workers", None)
                 if shutdown is not None:
                     shutdown()
-            for board in boards:
-                board.close()
-            boards.clear()
             departures = [s for s in states.values() if s.sampler_departures]
             for state in departures[:1]:
                 session.note_cause(f"{state.label}: the sampler produced another order in "
@@ -511,11 +515,7 @@ class _WorkerEntry:
             bound = inspect.signature(loop).bind(*args, **kwargs)
             worker_id = bound.arguments["worker_id"]
             session = _start_worker_session(self.config, f"{self.config['prefix']}.w{worker_id}")
-            board = self.config.get("board")
-            if board is not None and "data_queue" in bound.arguments:
-                posting = _DigestPostingQueue(bound.arguments["data_queue"], BatchDigestBoard(*board, create=False))
-                bound.arguments["data_queue"] = posting
-                args, kwargs = bound.args, bound.kwargs
+            args, kwargs = _posting_digests(self.config, bound, args, kwargs)
         except Exception as exc:  # noqa: BLE001 - the worker must run even if detrun cannot follow it
             import sys
 
@@ -525,6 +525,19 @@ class _WorkerEntry:
         finally:
             if session is not None:
                 session.finish_child()
+
+
+def _posting_digests(config: dict[str, Any], bound: Any, args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """Return the worker loop's arguments with a data queue that posts each batch's digests, if it can."""
+    board = config.get("board")
+    if board is None or "data_queue" not in bound.arguments:
+        return args, kwargs
+    try:
+        posting = _DigestPostingQueue(bound.arguments["data_queue"], BatchDigestBoard(*board, create=False))
+    except Exception:  # noqa: BLE001 - no board: the main process digests this worker's batches itself
+        return args, kwargs
+    bound.arguments["data_queue"] = posting
+    return bound.args, bound.kwargs
 
 
 def _start_worker_session(config: dict[str, Any], role: str) -> Any:
