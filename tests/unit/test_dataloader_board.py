@@ -32,6 +32,14 @@ class Augmented(Dataset):
         return torch.full((3,), float(index)) + torch.rand(3), index
 
 
+class OneSampleShifted(Augmented):
+    """The same data but for sample 13 (in batch 1 without shuffling): a changed dataset."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        values, label = super().__getitem__(index)
+        return values + (index == 13), label
+
+
 def _epochs(loader: DataLoader, epochs: int = 2) -> list[list[int]]:
     """Iterate; return crc32 of each field of every batch, as the main process received it."""
     return [[zlib.crc32(field.numpy()) for field in batch] for _ in range(epochs) for batch in loader]
@@ -84,11 +92,8 @@ def test_a_replayed_worker_batch_that_differs_is_named(tmp_path: Path) -> None:
     with detrun.record(trace, quiet=True):
         _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2), epochs=1)
     # The sampler order and the worker RNGs replay; a dataset that now adds 1 to one sample does not.
-    shifted = Augmented()
-    shifted.__class__ = type("Shifted", (Augmented,), {
-        "__getitem__": lambda self, i: (Augmented.__getitem__(self, i)[0] + (i == 13), i)})
     with detrun.replay(trace, quiet=True) as result:
-        _epochs(DataLoader(shifted, batch_size=8, num_workers=2), epochs=1)
+        _epochs(DataLoader(OneSampleShifted(), batch_size=8, num_workers=2), epochs=1)
     assert result.verdict != "REPRODUCED"
     named = [*result.divergences, *result.causes, result.reason]
     assert any("DataLoader #0 epoch 0, batch 1: field [0] differs" in line for line in named), result
