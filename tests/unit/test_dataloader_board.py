@@ -60,7 +60,8 @@ def main_digests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counted
 
 
-@pytest.mark.parametrize("options", [{}, {"persistent_workers": True}, {"pin_memory": False, "prefetch_factor": 5}])
+@pytest.mark.parametrize("options", [{}, {"persistent_workers": True}, {"prefetch_factor": 5},
+                                     {"multiprocessing_context": "spawn", "persistent_workers": True}])
 def test_worker_digests_are_the_received_batches_and_replay_checks_them(options: dict[str, Any], tmp_path: Path,
                                                                        main_digests: list[int]) -> None:
     trace = str(tmp_path / "trace.zst")
