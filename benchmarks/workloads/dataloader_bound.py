@@ -6,13 +6,13 @@ less than the wall time; and the main process's alone, where detrun's per-batch 
 """
 from __future__ import annotations
 
-import resource
 import sys
-import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from epoch_clock import EpochClock
 
 
 class Synthetic(Dataset):
@@ -32,15 +32,7 @@ if __name__ == "__main__":
     generator.manual_seed(torch.seed())
     loader = DataLoader(Synthetic(samples), batch_size=256, shuffle=True, num_workers=2, generator=generator,
                         multiprocessing_context="fork")
-    start, cpu_start = time.perf_counter(), time.process_time()
-    workers_start = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = 0.0
-    for batch in loader:
-        total += float(batch[0, 0])
-    wall, main_cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = main_cpu + workers.ru_utime + workers.ru_stime - workers_start.ru_utime - workers_start.ru_stime
-    print(f"loop_seconds {wall:.6f}")
-    print(f"loop_cpu_seconds {cpu:.6f}")
-    print(f"loop_main_cpu_seconds {main_cpu:.6f}")  # the main process alone, where the per-batch hooks run
-    print(f"loop_batches {len(loader)}")
+    with EpochClock(len(loader)):
+        total = 0.0
+        for batch in loader:
+            total += float(batch[0, 0])

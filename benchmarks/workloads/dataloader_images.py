@@ -6,12 +6,12 @@ The program reads every batch once (its mean), as a training step would.
 """
 from __future__ import annotations
 
-import resource
 import sys
-import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from epoch_clock import EpochClock
 
 
 class Images(Dataset):
@@ -28,15 +28,7 @@ class Images(Dataset):
 if __name__ == "__main__":
     samples = int(sys.argv[1]) if len(sys.argv) > 1 else 12_800
     loader = DataLoader(Images(samples), batch_size=128, shuffle=True, num_workers=2, multiprocessing_context="fork")
-    start, cpu_start = time.perf_counter(), time.process_time()
-    workers_start = resource.getrusage(resource.RUSAGE_CHILDREN)
-    total = 0.0
-    for images, _labels in loader:
-        total += float(images.mean())
-    wall, main_cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = main_cpu + workers.ru_utime + workers.ru_stime - workers_start.ru_utime - workers_start.ru_stime
-    print(f"loop_seconds {wall:.6f}")
-    print(f"loop_cpu_seconds {cpu:.6f}")
-    print(f"loop_main_cpu_seconds {main_cpu:.6f}")
-    print(f"loop_batches {len(loader)}")
+    with EpochClock(len(loader)):
+        total = 0.0
+        for images, _labels in loader:
+            total += float(images.mean())

@@ -25,7 +25,6 @@ land in a trace segment named `dl<loader>.i<iteration>.w<worker>`.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import weakref
@@ -48,12 +47,11 @@ if TYPE_CHECKING:
 PENDING_EVENTS = 128
 
 # The digest board: per slot, the tag ((generation << 32 | batch index) + 1, 0 when empty), the
-# number of digests (NOT_POSTED: the main process digests the batch itself), and up to BOARD_LEAVES
-# crc32s. A batch index uses slot `index % slots`; at most prefetch_factor * num_workers batches are
-# in flight, and the board has at least four times as many slots.
+# number of digests and up to BOARD_LEAVES crc32s. A batch index uses slot `index % slots`; at most
+# prefetch_factor * num_workers batches are in flight, and the board has at least four times as
+# many slots. A batch with more fields is not posted: its slot keeps another tag.
 BOARD_LEAVES = 8
 _BOARD_SLOT = struct.Struct(f"<QI{BOARD_LEAVES}I")
-_NOT_POSTED = 0xFFFFFFFF
 
 # Set in the main process at install; a forked worker inherits it, a spawned one imports this
 # module afresh and finds torch's own function still in place.
@@ -135,6 +133,8 @@ class BatchDigestBoard:
         self.path = path
         self.slots = slots
         self._creator = os.getpid() if create else None  # a forked worker's copy never removes the file
+        import mmap  # start-up: only a run whose DataLoader has workers needs it
+
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         descriptor = os.open(path, flags, 0o600)
         try:
@@ -145,19 +145,16 @@ class BatchDigestBoard:
             os.close(descriptor)
 
     def post(self, generation: int, index: int, digests: list[int]) -> None:
-        """Post a batch's digests (a worker, before it sends the batch)."""
+        """Post a batch's digests (a worker, before it sends the batch); one with too many fields is not posted."""
         count = len(digests)
-        if count > BOARD_LEAVES:
-            values: list[int] = [_NOT_POSTED] + [0] * BOARD_LEAVES
-        else:
-            values = [count, *digests, *([0] * (BOARD_LEAVES - count))]
-        _BOARD_SLOT.pack_into(self._memory, (index % self.slots) * _BOARD_SLOT.size,
-                              ((generation << 32) | index) + 1, *values)
+        if count <= BOARD_LEAVES:
+            _BOARD_SLOT.pack_into(self._memory, (index % self.slots) * _BOARD_SLOT.size, ((generation << 32) | index) + 1,
+                                  count, *digests, *([0] * (BOARD_LEAVES - count)))
 
     def take(self, generation: int, index: int) -> list[int] | None:
         """Return the digests posted for a batch the main process received, or None if none were."""
         tag, count, *digests = _BOARD_SLOT.unpack_from(self._memory, (index % self.slots) * _BOARD_SLOT.size)
-        if tag != ((generation << 32) | index) + 1 or count > BOARD_LEAVES:
+        if tag != ((generation << 32) | index) + 1:
             return None
         return digests[:count]
 
@@ -319,11 +316,16 @@ class DataLoaderSource(ImportTimeSource):
             states[weak(iterator, forget)] = state
             return state
 
-        def worker_entry(state: _Epoch, num_workers: int) -> Any:
-            """Return the picklable worker target for this iterator's workers, registering their files."""
+        def pass_prefix(state: _Epoch) -> str:
+            """Return the name of a pass's worker files: `dl<loader>.i<epoch>`, after the rank's role in a rank."""
             prefix = f"dl{state.loader}.i{state.epoch}"
             if session.process_key is not None:  # a rank's workers: unique across the command's trace
                 prefix = f"{session.role}.{prefix}"
+            return prefix
+
+        def worker_entry(state: _Epoch, num_workers: int) -> Any:
+            """Return the picklable worker target for this iterator's workers, registering their files."""
+            prefix = pass_prefix(state)
             roles = [f"{prefix}.w{worker}" for worker in range(num_workers)]
             if session.recording:
                 config: dict[str, Any] = {"mode": "record", "prefix": prefix,
@@ -347,10 +349,7 @@ class DataLoaderSource(ImportTimeSource):
             slots = 64
             while slots < 4 * in_flight:
                 slots *= 2
-            prefix = f"dl{state.loader}.i{state.epoch}"
-            if session.process_key is not None:
-                prefix = f"{session.role}.{prefix}"
-            state.board = BatchDigestBoard(session.scratch_path(f"{prefix}.board"), slots, create=True)
+            state.board = BatchDigestBoard(session.scratch_path(f"{pass_prefix(state)}.board"), slots, create=True)
             # Closed with its iterator: a run of many epochs must not keep a descriptor for each.
             weakref.finalize(iterator, state.board.close, True)
 
