@@ -13,6 +13,7 @@ backend_flags source records it with the program's line, and a replay makes it a
 from __future__ import annotations
 
 import sys
+from types import CodeType
 from typing import TYPE_CHECKING, Any, Callable
 
 from detrun.engine.patcher import Patcher
@@ -69,20 +70,32 @@ class PolicySource:
 
         from detrun.engine.file_fingerprint import library_prefixes
 
-        libraries = library_prefixes()
+        libraries = (*library_prefixes(), "<frozen")
         watch = self._empty_watch
+        getframe = sys._getframe
+        # Each caller is judged once, by its code object: a library that calls on and on (torch
+        # rebuilds every tensor a DataLoader worker sends with torch.empty, at every batch) then
+        # costs one set lookup a call, not a walk to its file name and two prefix tests.
+        library_callers: set[CodeType] = set()
+        switched = False
 
-        def from_program() -> bool:
-            filename = sys._getframe(2).f_code.co_filename
-            return not filename.startswith(libraries) and not filename.startswith("<frozen")
+        def judge(code: CodeType) -> None:
+            """Turn the fill on if `code` is the program's own; remember it if it is a library's."""
+            nonlocal switched
+            if code.co_filename.startswith(libraries):
+                library_callers.add(code)
+            elif not switched:  # a wrapper bound before the undo may still be called
+                switched = True
+                watch.undo()  # once on, it stays on: nothing more to watch
+                torch.utils.deterministic.fill_uninitialized_memory = True
 
         def watched(original: Callable[..., Any]) -> Callable[..., Any]:
             # Mirrors torch.empty / empty_like / empty_strided and Tensor.new_empty / resize_ (torch 2.x).
             def call(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    if watch.active and from_program():
-                        watch.undo()  # once on, it stays on: nothing more to watch
-                        torch.utils.deterministic.fill_uninitialized_memory = True
+                    code = getframe(1).f_code
+                    if code not in library_callers:
+                        judge(code)
                 except Exception as exc:  # noqa: BLE001
                     session.hook_failed("the uninitialised-memory watch", exc)
                 return original(*args, **kwargs)
