@@ -3,7 +3,9 @@
 Modes: `record`/`replay` with the defaults (parameters digested within 0.25% of the step time,
 `--digest-every auto`); `rec-every1`/`rep-every1` with `--digest-every 1` (every step digested);
 `rec-off`, the hooks alone (`--policy off`: no deterministic algorithms, no patches), which shows
-what the policy costs.
+what the policy costs; `plain-again`, a second plain run in each round, the control: its ratio to
+`plain` is what the machine's noise alone makes of two identical runs, so a mode's ratio means
+something only where it falls outside the control's interval.
 
 Every mode runs with a bytecode cache, as an install has. Each workload prints its own loop time
 (`loop_seconds`), so interpreter and torch start-up, which detrun does not change per step, stay
@@ -13,12 +15,14 @@ disturbs less than the wall time: a machine that is not quiet shows in the gap b
 Absolute times on a shared 2-core machine are noisy (the same run swings by 20-40% here): read
 the ratios of the medians and of the best runs, measured in the same interleaved rounds, and the
 median of the rounds' own ratios with its 90% bootstrap interval (too wide an interval means the
-machine was too noisy to tell). The DataLoader workloads have no training steps, so they skip the
-`--digest-every 1` modes.
+machine was too noisy to tell; so does a control far from 1.00x). The DataLoader workloads have no
+training steps, so they skip the `--digest-every 1` modes. `--modes` runs fewer modes in the same
+time, for more rounds.
 
     python benchmarks/overhead.py                   # every workload, 5 rounds
     python benchmarks/overhead.py --only images     # CIFAR-sized batches: where their digest costs CPU
     python benchmarks/overhead.py --rounds 7 --only train
+    python benchmarks/overhead.py --rounds 25 --only train --modes record,replay,plain-again
     python benchmarks/overhead.py --only startup    # `detrun record/replay hello.py` against `python hello.py`,
                                                     # then a script that imports torch (with a bytecode
                                                     # cache, as an install has)
@@ -66,7 +70,10 @@ def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tu
     return float(match.group(1)), float(cpu.group(1)), wall, result.stdout
 
 
-def measure(name: str, rounds: int) -> None:
+MODES = ("plain", "record", "replay", "rec-every1", "rep-every1", "rec-off", "plain-again")
+
+
+def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
     script, args, unit, units = WORKLOADS[name]
     path = str(HERE / script)
     with tempfile.TemporaryDirectory() as work:
@@ -82,6 +89,8 @@ def measure(name: str, rounds: int) -> None:
             # The hooks alone: no determinism policy (deterministic algorithms, patches) at all.
             "rec-off": [*DETRUN, "record", "-q", "--force", "--policy", "off", "-o",
                         os.path.join(work, "off.zst"), path, *args],
+            # The control: the same command as plain, so its ratio is the machine's noise alone.
+            "plain-again": [sys.executable, path, *args],
         }
         # Every mode with a bytecode cache, as a user's install has: without it, each detrun process
         # (and each DataLoader worker that imports a detrun module) recompiles it inside the loop.
@@ -91,13 +100,17 @@ def measure(name: str, rounds: int) -> None:
         for mode in ("record", "rec-every1", "rec-off"):  # warm the file and bytecode caches; the replays' traces
             if mode in modes:
                 timed(modes[mode], work, env)
+        modes = {mode: command for mode, command in modes.items() if mode in wanted or mode == "plain"}
         loops: dict[str, list[float]] = {mode: [] for mode in modes}
         cpus: dict[str, list[float]] = {mode: [] for mode in modes}
         walls: dict[str, list[float]] = {mode: [] for mode in modes}
         per_batch: dict[str, list[float]] = {mode: [] for mode in modes}  # main-process CPU µs per batch
-        for _ in range(rounds):
-            for mode, command in modes.items():  # interleaved: each round runs every mode
-                loop, cpu, wall, output = timed(command, work, env)
+        order = list(modes)
+        for turn in range(rounds):
+            # Interleaved: each round runs every mode, each round starting one mode later, so that
+            # no mode always runs first (after the previous round's last) or last.
+            for mode in order[turn % len(order):] + order[:turn % len(order)]:
+                loop, cpu, wall, output = timed(modes[mode], work, env)
                 loops[mode].append(loop)
                 cpus[mode].append(cpu)
                 walls[mode].append(wall)
@@ -111,13 +124,13 @@ def measure(name: str, rounds: int) -> None:
     print(f"\n{name}: {script} {' '.join(args)}  ({rounds} interleaved rounds, medians)")
     best_plain = min(loops["plain"])
     plain_cpu = statistics.median(cpus["plain"])
-    print(f"{'mode':<10} {'loop s':>9} {'ratio':>7} {'best s':>9} {'ratio':>7} {'cpu s':>9} {'ratio':>7} "
+    print(f"{'mode':<11} {'loop s':>9} {'ratio':>7} {'best s':>9} {'ratio':>7} {'cpu s':>9} {'ratio':>7} "
           f"{'wall s':>9} {'ratio':>7}   {'paired loop ratio (90% CI)':<26}")
     for mode in modes:
         loop, wall, best = statistics.median(loops[mode]), statistics.median(walls[mode]), min(loops[mode])
         cpu = statistics.median(cpus[mode])
         paired, low, high = paired_ratio(loops[mode], loops["plain"])
-        print(f"{mode:<10} {loop:9.3f} {loop / plain_loop:6.3f}x {best:9.3f} {best / best_plain:6.3f}x "
+        print(f"{mode:<11} {loop:9.3f} {loop / plain_loop:6.3f}x {best:9.3f} {best / best_plain:6.3f}x "
               f"{cpu:9.3f} {cpu / plain_cpu:6.3f}x {wall:9.3f} {wall / plain_wall:6.3f}x   "
               f"{paired:.3f}x ({low:.3f}-{high:.3f})")
     if per_batch["plain"]:
@@ -193,12 +206,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", choices=sorted([*WORKLOADS, "startup"]))
+    parser.add_argument("--modes", default=",".join(MODES[1:]),
+                        help=f"comma-separated, plain always runs (default: {','.join(MODES[1:])})")
     options = parser.parse_args()
+    wanted = tuple(mode.strip() for mode in options.modes.split(","))
+    unknown = sorted(set(wanted) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     for name in [options.only] if options.only else [*WORKLOADS, "startup"]:
         if name == "startup":
             measure_startup(max(options.rounds, 9))
         else:
-            measure(name, options.rounds)
+            measure(name, options.rounds, wanted)
 
 
 if __name__ == "__main__":
