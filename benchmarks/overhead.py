@@ -105,11 +105,12 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
         cpus: dict[str, list[float]] = {mode: [] for mode in modes}
         walls: dict[str, list[float]] = {mode: [] for mode in modes}
         per_batch: dict[str, list[float]] = {mode: [] for mode in modes}  # main-process CPU µs per batch
-        order = list(modes)
-        for turn in range(rounds):
-            # Interleaved: each round runs every mode, each round starting one mode later, so that
-            # no mode always runs first (after the previous round's last) or last.
-            for mode in order[turn % len(order):] + order[:turn % len(order)]:
+        order, shuffle = list(modes), random.Random(0).shuffle
+        for _ in range(rounds):
+            # Interleaved: each round runs every mode, in an order of its own (a fixed seed), so that
+            # no mode always runs first, or always after the same one: a run seems to slow the next.
+            shuffle(order)
+            for mode in order:
                 loop, cpu, wall, output = timed(modes[mode], work, env)
                 loops[mode].append(loop)
                 cpus[mode].append(cpu)
