@@ -77,15 +77,12 @@ class PolicySource:
         # rebuilds every tensor a DataLoader worker sends with torch.empty, at every batch) then
         # costs one set lookup a call, not a walk to its file name and two prefix tests.
         library_callers: set[CodeType] = set()
-        switched = False
 
         def judge(code: CodeType) -> None:
             """Turn the fill on if `code` is the program's own; remember it if it is a library's."""
-            nonlocal switched
             if code.co_filename.startswith(libraries):
                 library_callers.add(code)
-            elif not switched:  # a wrapper bound before the undo may still be called
-                switched = True
+            elif watch.active:  # not after the undo: a wrapper bound before it may still be called
                 watch.undo()  # once on, it stays on: nothing more to watch
                 torch.utils.deterministic.fill_uninitialized_memory = True
 
