@@ -1,9 +1,7 @@
 """`detrun env`: print the environment fingerprint, or compare it with a trace's (the probes are in detrun.env)."""
 from __future__ import annotations
 
-import dataclasses
 import json
-
 from typing import Any
 
 import click
@@ -39,7 +37,7 @@ def env_command(as_json: bool, with_torch: bool, trace: str | None) -> None:
     if trace is not None:
         differences = env_diff.compare_with_trace(trace)
         if as_json:
-            click.echo(json.dumps([dataclasses.asdict(d) for d in differences], indent=2, default=str))
+            click.echo(json.dumps([d._asdict() for d in differences], indent=2, default=str))
         else:
             click.echo("\n".join(env_diff.report_lines(differences, limit=1000)) or "no differences")
         return

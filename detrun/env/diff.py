@@ -1,10 +1,9 @@
 """Compare two environment fingerprints and class each difference: can change bits, cosmetic, or pinned."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from detrun.env.fingerprint import COSMETIC_ENV, THREAD_ENV_NAMES, UNAVAILABLE, UNSET, fingerprint
 
@@ -35,8 +34,7 @@ COSMETIC = "cosmetic"
 PINNED = "pinned"
 
 
-@dataclasses.dataclass
-class Difference:
+class Difference(NamedTuple):
     """One field of the environment that differs from the recording, and what that can do."""
 
     key: str

@@ -160,3 +160,8 @@ def test_replay_reports_the_environment_and_names_the_likely_cause(tmp_path: Pat
     assert "the replay departed from the recorded events: os.urandom(8) at knob.py:2" in line, line
     shown = detrun("env", "--diff", "trace.zst", cwd=tmp_path, env={"NVIDIA_TF32_OVERRIDE": "0"})
     assert "can change bits: env NVIDIA_TF32_OVERRIDE" in shown.stdout, shown.stdout
+    as_json = detrun("env", "--diff", "trace.zst", "--json", cwd=tmp_path, env={"NVIDIA_TF32_OVERRIDE": "0"})
+    assert as_json.returncode == 0, as_json.stderr
+    by_key = {d["key"]: d for d in json.loads(as_json.stdout)}
+    assert by_key["env.NVIDIA_TF32_OVERRIDE"]["impact"] == "can change bits", by_key
+    assert by_key["env.NVIDIA_TF32_OVERRIDE"]["current"] == "0"

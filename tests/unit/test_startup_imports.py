@@ -86,3 +86,12 @@ def test_replay_reads_the_header_and_starts_its_child_without_dataclasses(tmp_pa
     assert _loaded(setup, ("dataclasses", "inspect", "click", "hashlib", "detrun.env.diff",
                            "shutil", "tokenize", "runpy")) == []
 
+
+
+def test_the_replays_environment_comparison_loads_no_dataclasses() -> None:
+    # It runs in the launcher while the child starts: on a 2-core machine its imports take CPU from
+    # the child's start-up (dataclasses and inspect: ~8 ms).
+    setup = ("from detrun.env import diff\n"
+             "found = diff.classify([('env.OMP_NUM_THREADS', '1', '2'), ('cuda.cudnn', 1, 2)])\n"
+             "assert diff.report_lines(found) and diff.causes(found)")
+    assert _loaded(setup, ("dataclasses", "inspect")) == []
