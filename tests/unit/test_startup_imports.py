@@ -87,7 +87,6 @@ def test_replay_reads_the_header_and_starts_its_child_without_dataclasses(tmp_pa
                            "shutil", "tokenize", "runpy")) == []
 
 
-
 def test_the_replays_environment_comparison_loads_no_dataclasses() -> None:
     # It runs in the launcher while the child starts: on a 2-core machine its imports take CPU from
     # the child's start-up (dataclasses and inspect: ~8 ms).

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -20,12 +20,12 @@ class _Failures:
         self.failures.append(f"{what}: {exc!r}")
 
 
-def _call_from_library(function_name: str) -> None:
-    """Call torch.empty from code whose file lies in the standard library's directory."""
-    source = f"def {function_name}():\n    return torch.empty(4)\n"
+def _library_function() -> Callable[[], torch.Tensor]:
+    """Return a function that calls torch.empty from a file in the standard library's directory."""
     namespace: dict[str, object] = {"torch": torch}
+    source = "def rebuild():\n    return torch.empty(4)\n"
     exec(compile(source, f"{sysconfig.get_paths()['stdlib']}/detrun_test_library.py", "exec"), namespace)
-    namespace[function_name]()  # type: ignore[operator]
+    return namespace["rebuild"]  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -46,10 +46,12 @@ def watch() -> Iterator[tuple[PolicySource, _Failures]]:
     assert torch.empty is original_empty
 
 
-def test_library_calls_leave_the_fill_off_and_the_programs_first_call_turns_it_on(watch: tuple[PolicySource, _Failures]) -> None:
+def test_library_calls_leave_the_fill_off_and_the_programs_first_call_turns_it_on(
+        watch: tuple[PolicySource, _Failures]) -> None:
     source, session = watch
-    for _ in range(3):  # the same library caller, judged once and then looked up
-        _call_from_library("rebuild")
+    rebuild = _library_function()
+    for _ in range(3):  # one library caller: judged at its first call, then found among the judged
+        rebuild()
     assert torch.utils.deterministic.fill_uninitialized_memory is False
     assert source._empty_watch.active
     buffer = torch.empty(16)  # this test's own line: the program's
