@@ -97,8 +97,12 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
         if name in DATA_ONLY:  # no training steps: the digest cadence changes nothing, and the rounds are shorter
             del modes["rec-every1"], modes["rep-every1"]
         env = startup_env(os.path.join(work, "pycache"))
-        for mode in ("record", "rec-every1", "rec-off"):  # warm the file and bytecode caches; the replays' traces
-            if mode in modes:
+        # Warm the file and bytecode caches, and write the replays' traces: `record` always (its trace's
+        # size is printed), the others when they or their replay run.
+        warm = {"record": True, "rec-every1": bool({"rec-every1", "rep-every1"} & set(wanted)),
+                "rec-off": "rec-off" in wanted}
+        for mode, needed in warm.items():
+            if needed and mode in modes:
                 timed(modes[mode], work, env)
         modes = {mode: command for mode, command in modes.items() if mode in wanted or mode == "plain"}
         loops: dict[str, list[float]] = {mode: [] for mode in modes}
