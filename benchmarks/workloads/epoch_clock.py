@@ -10,6 +10,8 @@ import resource
 import time
 from types import TracebackType
 
+from instruction_window import close_window, open_window
+
 
 class EpochClock:
     """Time the `with` block and print `loop_seconds`, `loop_cpu_seconds`, `loop_main_cpu_seconds`, `loop_batches`."""
@@ -18,6 +20,7 @@ class EpochClock:
         self.batches = batches
 
     def __enter__(self) -> EpochClock:
+        open_window()
         self.start, self.cpu_start = time.perf_counter(), time.process_time()
         self.workers_start = resource.getrusage(resource.RUSAGE_CHILDREN)
         return self
@@ -25,6 +28,7 @@ class EpochClock:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
         wall, main_cpu = time.perf_counter() - self.start, time.process_time() - self.cpu_start
+        close_window()
         workers, before = resource.getrusage(resource.RUSAGE_CHILDREN), self.workers_start
         cpu = main_cpu + workers.ru_utime + workers.ru_stime - before.ru_utime - before.ru_stime
         print(f"loop_seconds {wall:.6f}")
