@@ -11,6 +11,10 @@ Read the ratios, not the absolute counts, and as CPU work, not time: an instruct
 the cache costs more than one that hits, and a process that waits costs none. Under callgrind a
 run is some 50 times slower, so the writer's flush of a second (CHUNK_SECONDS) runs more often
 than it would: record's count is an upper bound. `git`, which the fingerprint runs, is not counted.
+A loop's count includes what it does once: the first and last steps' full parameter digests (a
+short loop's "per step" is more than a long one's), and the DataLoader workers' start and exit
+(plain workers import `numpy.random` themselves, detrun's inherit it from its main process, so
+their column can come out below plain's). The main process's column is the per-batch hooks'.
 
     python benchmarks/instructions.py                  # every workload (about 4 minutes)
     python benchmarks/instructions.py --only dataloader
