@@ -143,7 +143,8 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
         added = ", ".join(f"{mode} {statistics.median(per_batch[mode]) - base:+.1f}" for mode in modes if mode != "plain")
         print(f"main-process CPU per batch (medians): plain {base:.1f} µs; added: {added} µs")
     every1_note = f"; with --digest-every 1 {every1_size} bytes" if every1_size is not None else ""
-    print(f"trace: {size} bytes = {size / units:.2f} bytes per {unit[:-1]} ({units} {unit}){every1_note}")
+    each = {"steps": "step", "sample indices": "sample index"}[unit]
+    print(f"trace: {size} bytes = {size / units:.2f} bytes per {each} ({units} {unit}){every1_note}")
 
 
 def paired_ratio(values: list[float], plain: list[float]) -> tuple[float, float, float]:
