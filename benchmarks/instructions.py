@@ -8,15 +8,18 @@ the script's main process and its DataLoader workers, not detrun's launcher. Sta
 whole instead: every process from exec to exit, `detrun record hello.py` against `python hello.py`.
 
 Read the ratios, not the absolute counts, and as CPU work, not time: an instruction that misses
-the cache costs more than one that hits, and a process that waits costs none. Under callgrind a
-run is some 50 times slower, so the writer's flush of a second (CHUNK_SECONDS) runs more often
-than it would: record's count is an upper bound. `git`, which the fingerprint runs, is not counted.
+the cache costs more than one that hits, and a process that waits costs none; nor is the kernel's
+time counted. Under callgrind a run is some 50 times slower, and detrun's choices that follow the
+clock are made on callgrind's: the writer flushes each second (CHUNK_SECONDS), and the digest
+cadence (`--digest-every auto`) times a digest against a step whose Python and numpy slow down
+unequally. Record's and replay's counts are upper bounds. `git`, which the fingerprint runs, is
+not counted. callgrind_control switches every callgrind process of the machine: run one at a time.
 A loop's count includes what it does once: the first and last steps' full parameter digests (a
 short loop's "per step" is more than a long one's), and the DataLoader workers' start and exit
 (plain workers import `numpy.random` themselves, detrun's inherit it from its main process, so
 their column can come out below plain's). The main process's column is the per-batch hooks'.
 
-    python benchmarks/instructions.py                  # every workload (about 4 minutes)
+    python benchmarks/instructions.py                  # every workload (about 8 minutes)
     python benchmarks/instructions.py --only dataloader
 """
 from __future__ import annotations
@@ -30,8 +33,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from overhead import DETRUN, mode_commands
+
 HERE = Path(__file__).resolve().parent
-DETRUN = [str(Path(sys.executable).with_name("detrun"))]
 # Shorter than overhead.py's: a counted loop runs some 50 times slower. (script, args, unit, units, plural)
 WORKLOADS = {
     "train": ("workloads/cpu_train.py", ["50"], "step", 50, "steps"),
@@ -93,14 +97,7 @@ def measure(name: str, env: dict[str, str]) -> None:
     script, args, unit, units, plural = WORKLOADS[name]
     path = str(HERE / script)
     with tempfile.TemporaryDirectory() as work:
-        trace = os.path.join(work, "trace.zst")
-        commands = {
-            "plain": [sys.executable, path, *args],
-            "record": [*DETRUN, "record", "-q", "--force", "-o", trace, path, *args],
-            "replay": [*DETRUN, "replay", "-q", trace, path, *args],
-            "rec-off": [*DETRUN, "record", "-q", "--force", "--policy", "off", "-o", os.path.join(work, "off.zst"),
-                        path, *args],
-        }
+        commands = mode_commands(path, args, work)
         run_counted(commands["record"], work, env)  # the replay's trace, and warm bytecode caches
         rows = {}
         for mode in MODES:

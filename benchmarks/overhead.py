@@ -77,21 +77,8 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
     script, args, unit, units = WORKLOADS[name]
     path = str(HERE / script)
     with tempfile.TemporaryDirectory() as work:
-        trace = os.path.join(work, "trace.zst")
-        every1 = os.path.join(work, "every1.zst")
-        modes = {
-            "plain": [sys.executable, path, *args],
-            "record": [*DETRUN, "record", "-q", "--force", "-o", trace, path, *args],
-            "replay": [*DETRUN, "replay", "-q", trace, path, *args],
-            # --digest-every 1: every step's parameters digested (the exact step and parameter).
-            "rec-every1": [*DETRUN, "record", "-q", "--force", "--digest-every", "1", "-o", every1, path, *args],
-            "rep-every1": [*DETRUN, "replay", "-q", every1, path, *args],
-            # The hooks alone: no determinism policy (deterministic algorithms, patches) at all.
-            "rec-off": [*DETRUN, "record", "-q", "--force", "--policy", "off", "-o",
-                        os.path.join(work, "off.zst"), path, *args],
-            # The control: the same command as plain, so its ratio is the machine's noise alone.
-            "plain-again": [sys.executable, path, *args],
-        }
+        trace, every1 = os.path.join(work, "trace.zst"), os.path.join(work, "every1.zst")
+        modes = mode_commands(path, args, work)
         # Every mode with a bytecode cache, as a user's install has: without it, each detrun process
         # (and each DataLoader worker that imports a detrun module) recompiles it inside the loop.
         if name in DATA_ONLY:  # no training steps: the digest cadence changes nothing, and the rounds are shorter
@@ -145,6 +132,24 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
     every1_note = f"; with --digest-every 1 {every1_size} bytes" if every1_size is not None else ""
     each = {"steps": "step", "sample indices": "sample index"}[unit]
     print(f"trace: {size} bytes = {size / units:.2f} bytes per {each} ({units} {unit}){every1_note}")
+
+
+def mode_commands(path: str, args: list[str], work: str) -> dict[str, list[str]]:
+    """Return each mode's command for a workload script, with its traces in `work` (instructions.py's too)."""
+    trace, every1 = os.path.join(work, "trace.zst"), os.path.join(work, "every1.zst")
+    return {
+        "plain": [sys.executable, path, *args],
+        "record": [*DETRUN, "record", "-q", "--force", "-o", trace, path, *args],
+        "replay": [*DETRUN, "replay", "-q", trace, path, *args],
+        # --digest-every 1: every step's parameters digested (the exact step and parameter).
+        "rec-every1": [*DETRUN, "record", "-q", "--force", "--digest-every", "1", "-o", every1, path, *args],
+        "rep-every1": [*DETRUN, "replay", "-q", every1, path, *args],
+        # The hooks alone: no determinism policy (deterministic algorithms, patches) at all.
+        "rec-off": [*DETRUN, "record", "-q", "--force", "--policy", "off", "-o", os.path.join(work, "off.zst"),
+                    path, *args],
+        # The control: the same command as plain, so its ratio is the machine's noise alone.
+        "plain-again": [sys.executable, path, *args],
+    }
 
 
 def paired_ratio(values: list[float], plain: list[float]) -> tuple[float, float, float]:
