@@ -17,7 +17,7 @@ from typing import Any, Literal, Sequence
 from detrun.env import diff as env_diff
 from detrun.errors import ExitCode
 from detrun.trace import Trace, read_trace
-from detrun.trace.registry import BACKWARD_LOSS, FINAL_STATE, STEP, STEP_NAMES, TF_STEP
+from detrun.trace.registry import BACKWARD_LOSS, FINAL_STATE, STEP, STEP_NAMES, TF_STEP, step_lane_bytes
 
 LANES = 16  # engine.sources.torch_steps.LANES: the lanes a step event's per-parameter bytes fold onto
 Status = Literal["equal", "differ", "nothing compared"]
@@ -139,7 +139,7 @@ def _parameters(lanes: list[int], width: int, names: Sequence[str] | None = None
     """Name the parameters behind differing lanes: parameter i folds onto lane i % 16.
 
     A step event holds min(parameters, 16) lanes, so fewer than 16 lanes name each parameter
-    exactly; with 16, a lane stands for parameters i, i + 16, i + 32, ...
+    exactly; with 16, a lane stands for parameters i, i + 16, i + 32, ... `width`: the lanes held.
     """
     if not lanes:
         return "the parameters differ (no lane tells which)"
@@ -157,17 +157,22 @@ def _parameters(lanes: list[int], width: int, names: Sequence[str] | None = None
 
 
 def _compare_step(kind: str, step: int, offset: int, a: Sequence[Any], b: Sequence[Any],
-                  names: dict[int, list[str]]) -> StepDiff | None:
-    """Return what differs between two step events [optimizer, loss, digest, lanes], or None."""
+                  names: dict[int, list[str]], lane_bytes: int) -> StepDiff | None:
+    """Return what differs between two step events [optimizer, loss, digest, lanes], or None.
+
+    `lane_bytes`: the bytes per lane of both traces' events (0 when they differ: no lane is compared).
+    """
     (ia, la, da, lanes_a), (ib, lb, db, lanes_b) = a, b
     parts, problems, lanes = [], [], []
     if ia != ib:
         parts.append("optimizer")
         problems.append(f"optimizer #{ia} stepped in A, #{ib} in B")
     if da is not None and db is not None and da != db:
-        lanes = [i for i, (x, y) in enumerate(zip(lanes_a, lanes_b)) if x != y]
+        if lane_bytes:
+            lanes = sorted({i // lane_bytes for i, (x, y) in enumerate(zip(lanes_a, lanes_b)) if x != y})
         parts.append("parameters")
-        shown = _parameters(lanes, min(len(lanes_a), len(lanes_b)), names.get(ia) if kind == STEP else None)
+        width = min(len(lanes_a), len(lanes_b)) // max(lane_bytes, 1)
+        shown = _parameters(lanes, width, names.get(ia) if kind == STEP else None)
         problems.append(f"{shown} (digest A {da:08x}, B {db:08x})")
     if _bits(la) != _bits(lb):
         parts.append("loss")
@@ -226,6 +231,8 @@ def compare(path_a: str, path_b: str, offset_b: int = 0) -> TraceDiff:
         steps_b += len(events_b)
         if not events_a and not events_b:
             continue
+        # Traces of different detrun versions may fold lanes differently: then no lane is compared.
+        lane_bytes = step_lane_bytes(a.version(kind)) if a.version(kind) == b.version(kind) else 0
         iter_a = iter(events_a)  # streamed from the file, decoded once each
         for step, event in enumerate(itertools.islice(iter_a, offset_b), 1):  # A's steps before B began
             if event[1] is not None:
@@ -236,7 +243,7 @@ def compare(path_a: str, path_b: str, offset_b: int = 0) -> TraceDiff:
                 if event[1] is not None:
                     series.append((step, event[1]))
             compared += 1
-            found = _compare_step(kind, step, offset_b, event_a, event_b, names)
+            found = _compare_step(kind, step, offset_b, event_a, event_b, names, lane_bytes)
             if found is not None:
                 differing += 1
                 first = first or found

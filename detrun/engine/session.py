@@ -24,7 +24,7 @@ from detrun.engine.step_clock import StepClock
 from detrun.engine.verdict import Divergence, Verdict
 from detrun.progress_line import ProgressPipe
 from detrun.runner import Outcome
-from detrun.trace import Trace, TraceWriter
+from detrun.trace import Trace, TraceWriter, registry
 from detrun.trace.writer import CHUNK_SECONDS as FLUSH_SECONDS, publish
 
 # Captured before any source patches os.urandom: detrun's own seeds must never appear as the
@@ -218,6 +218,13 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
         assert self.writer is not None
         with self._lock:
             self.writer.events(kind, payloads)
+
+    def event_version(self, kind: str) -> int:
+        """Return the payload version to write a kind's events in, or to compute them in to compare (replay)."""
+        if self.trace is not None:
+            return self.trace.version(kind)
+        declared = registry.kind(kind)
+        return declared.version if declared is not None else 1
 
     def recorded(self, kind: str) -> Sequence[Any]:
         """Return all recorded payloads of a kind for this process's role (replay mode).

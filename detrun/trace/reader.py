@@ -179,6 +179,7 @@ class _EventReader:
         self.header: dict[str, Any] = {}
         self.end: dict[str, Any] | None = None
         self.counts: dict[str, dict[str, int]] = {}
+        self.versions: dict[str, int] = {}  # kind name -> the payload version its declarations gave
 
     def _corrupt(self, number: int, what: str, problem: str) -> TraceError:
         return TraceError(f"{self.path} is corrupt (record {number}, {what}: {problem})")
@@ -258,6 +259,7 @@ class _EventReader:
         if version > declared.version:
             raise TraceError(f"{self.path} was written by a newer detrun ({name} events of version {version}; "
                              f"this detrun reads up to {declared.version}): upgrade detrun")
+        self.versions[name] = max(version, self.versions.get(name, 0))
         previous = kinds.get(kind_id)
         if previous is not None and previous.name != name:
             raise self._corrupt(number, f"a kind declaration in role {role}",
@@ -339,7 +341,8 @@ class Trace:
     def __init__(self, path: str, header: dict[str, Any], events: dict[str, dict[str, list[Any]]],
                  end: dict[str, Any] | None, size: int, counts: dict[str, dict[str, int]] | None = None,
                  identity: tuple[int, ...] | None = None,
-                 step_events: dict[str, dict[str, list[Any]]] | None = None) -> None:
+                 step_events: dict[str, dict[str, list[Any]]] | None = None,
+                 versions: dict[str, int] | None = None) -> None:
         self.path = path
         self.header = header
         self.events = events
@@ -352,6 +355,15 @@ class Trace:
         self._step_events = step_events or {}
         self._streams: dict[tuple[str, str], StreamedEvents] = {}
         self._of: dict[tuple[str, str], Sequence[Any]] = {}
+        self._versions = versions or {}
+
+    def version(self, kind: str) -> int:
+        """Return the payload version of a kind's events here (this detrun's own for a kind the trace lacks)."""
+        known = self._versions.get(kind)
+        if known is not None:
+            return known
+        declared = registry.kind(kind)
+        return declared.version if declared is not None else 1
 
     @property
     def complete(self) -> bool:
@@ -392,7 +404,7 @@ class Trace:
         if not self.complete:
             end["complete"] = False
         return Trace(self.path, self.header, self.events, end, self.size, self.counts, self._identity,
-                     self._step_events)
+                     self._step_events, self._versions)
 
     def process_keys(self) -> dict[str, dict[str, Any]]:
         """Return the recorded processes of a launched command (ranks): role -> its `process` event."""
@@ -445,7 +457,7 @@ def read_trace(path: str) -> Trace:
         raise TraceError(f"{path} changed while it was being read")
     counts = {role: kinds for role, kinds in reader.counts.items() if kinds}
     return Trace(path, reader.header, events, reader.end, identity[2] if identity else 0, counts, identity,
-                 step_events)
+                 step_events, reader.versions)
 
 
 def salvage_objects(path: str) -> list[Any]:

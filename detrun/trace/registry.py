@@ -238,9 +238,19 @@ FS_LISTING = _declare(
 
 # --- per-step digests (streamed: the only kinds that grow with the length of training)
 
-STEP_PAYLOAD = Tuple(SMALL, OneOf(Null, Float()), OneOf(Null, U32), Bytes(16))
+# `lanes`, by payload version: 1 byte per lane (the low byte of each parameter's 64-bit word sum) in
+# version 1; 2 bytes per lane (the 16-bit fold of all 64 bits) in version 2, so a change to any word of
+# a parameter shows in its lane, and a chance collision hides it 1 time in 65,536 instead of 256.
+STEP_PAYLOAD = Tuple(SMALL, OneOf(Null, Float()), OneOf(Null, U32), Bytes(32))
+
+
+def step_lane_bytes(version: int) -> int:
+    """Return the bytes per lane of a step event of this payload version."""
+    return 1 if version == 1 else 2
+
+
 STEP = _declare(
-    "step", 1, STEP_PAYLOAD,
+    "step", 2, STEP_PAYLOAD,
     "[optimizer_index, loss, digest, lanes] after every torch optimizer step: the state check", "torch_steps",
     streamed=True)
 STEP_NAMES = _declare(
@@ -248,7 +258,7 @@ STEP_NAMES = _declare(
     "[optimizer_index, names] of an optimizer's parameters, once when it first steps (names the lanes of its steps)",
     "torch_steps")
 TF_STEP = _declare(
-    "tf.step", 1, STEP_PAYLOAD, "[optimizer_index, loss, digest, lanes] after every TensorFlow/Keras training step",
+    "tf.step", 2, STEP_PAYLOAD, "[optimizer_index, loss, digest, lanes] after every TensorFlow/Keras training step",
     "tf_steps", streamed=True)
 
 # --- TensorFlow and Keras

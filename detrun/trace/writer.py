@@ -17,6 +17,7 @@ from detrun.trace.format import (
     FORMAT_VERSION,
     make_packer,
 )
+from detrun.trace import registry
 
 # A chunk is compressed and flushed to disk once it holds this many bytes or is this old, so a
 # killed run loses at most about one chunk while a step still costs only a bytearray append.
@@ -80,7 +81,10 @@ class TraceWriter:
     def _declare(self, kind: str) -> int:
         """Give a kind its id in this trace, declared before its first event; return the id."""
         kind_id = self._kind_ids[kind] = len(self._kind_ids) + FIRST_USER_KIND
-        self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind]])
+        declared = registry.kind(kind)
+        version = declared.version if declared is not None else 1
+        # Version 1 is implied; a later one is written, so older readers refuse the events they would misread.
+        self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind] if version == 1 else [kind_id, kind, version]])
         return kind_id
 
     def maybe_flush(self) -> None:

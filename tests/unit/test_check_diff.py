@@ -73,7 +73,7 @@ def _trace(path: Path, losses: list[float], digests: list[int], *, names: list[s
     if names is not None:
         writer.event("step.names", [0, names])
     for i, (loss, digest) in enumerate(zip(losses, digests)):
-        writer.event("step", [0, loss, digest, lanes[i] if lanes else b"\x00\x00"])
+        writer.event("step", [0, loss, digest, lanes[i] if lanes else bytes(4)])  # 2 lanes of 2 bytes
     writer.event("final.state", {"items": [["module#0:Linear", final, "module #0 (Linear)"]]})
     writer.close({"complete": True, "exit_status": 0, "steps": len(losses)})
     return str(path)
@@ -89,7 +89,7 @@ def test_diff_aligns_by_offset_and_names_parameters(tmp_path: Path) -> None:
     unaligned = compare(full, resumed)
     assert unaligned.status == "differ" and unaligned.first is not None and unaligned.first.step == 1
     assert unaligned.length == "A made 4 optimizer steps, B 2"
-    lanes = [b"\x00\x00", b"\x00\x05"]  # lane 1 (parameter 'b') differs at B's step 2
+    lanes = [bytes(4), b"\x00\x00\x00\x05"]  # lane 1 (parameter 'b') differs at B's step 2
     changed = _trace(tmp_path / "c.zst", [2.0, 1.0], [3, 5], names=["w", "b"], lanes=lanes)
     found = compare(full, changed, offset_b=2)
     assert found.first is not None and (found.first.step, found.first.step_b) == (4, 2)
@@ -98,8 +98,8 @@ def test_diff_aligns_by_offset_and_names_parameters(tmp_path: Path) -> None:
 
 
 def test_diff_without_names_gives_positions_and_compares_the_final_state(tmp_path: Path) -> None:
-    a = _trace(tmp_path / "a.zst", [1.0], [1], lanes=[bytes(16)])
-    b = _trace(tmp_path / "b.zst", [1.0], [2], lanes=[bytes([0, 0, 9] + [0] * 13)], final=8)
+    a = _trace(tmp_path / "a.zst", [1.0], [1], lanes=[bytes(32)])
+    b = _trace(tmp_path / "b.zst", [1.0], [2], lanes=[bytes([0, 0, 0, 0, 0, 9] + [0] * 26)], final=8)
     result = compare(a, b)
     assert result.first is not None and "lane #2 of 16" in result.first.message
     assert result.final == "1 of 1 items differ: module #0 (Linear)"

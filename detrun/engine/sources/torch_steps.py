@@ -7,8 +7,11 @@ One event per optimizer step: `[optimizer_index, loss, digest, lanes]`.
   recording did not digest (engine/digest_cadence.py: every N, or auto); a replay digests exactly
   the steps its recording did, and with `digest_last_step` both digest the parameters after the
   last step at the end (the trace end's `final_digest`);
-- `lanes` holds one byte per parameter (parameters beyond LANES fold onto lane i % LANES), so a
-  divergence can be attributed to a parameter by name for about a byte per parameter and step.
+- `lanes` holds two bytes per parameter, the 16-bit fold of its 64-bit word sum (parameters beyond
+  LANES fold onto lane i % LANES), so a divergence is attributed to a parameter by name for about
+  two bytes per parameter and digested step. Version 1 of the event held one byte, the sum's low
+  byte: blind to a change in the upper words of a float32 pair, and fooled 1 time in 256; a replay
+  of such a trace computes its lanes that way to compare them.
 
 A parameter's digest is the wrapping sum of its bytes read as 64-bit words (32- or 16-bit words
 when its size is not a multiple of 8), mod 2**64: exact integer arithmetic, so any single changed
@@ -37,6 +40,7 @@ from detrun.trace.registry import (  # the kinds, their payload schemas and vers
     BACKWARD_LOSS as BACKWARD_KIND,
     STEP as KIND,
     STEP_NAMES as NAMES_KIND,
+    step_lane_bytes,
 )
 
 if TYPE_CHECKING:
@@ -331,11 +335,12 @@ class StepVerifier:
             host_sums = iter(torch.stack(sums).cpu().tolist()) if sums else iter(())
             host_losses = iter(torch.stack(losses).cpu().tolist()) if losses else iter(())
         payloads = []
+        width = lane_width(session, KIND)
         for index, loss, sums, _step, _names, on_device in pending:
             if on_device:
                 loss = next(host_losses) if loss is not None else None
                 sums = [s & _MASK64 for s in next(host_sums)] if sums is not None else None
-            payloads.append(step_payload(session, index, loss, sums))
+            payloads.append(step_payload(session, index, loss, sums, width))
         if session.recording:
             session.emit_all(KIND, payloads)
             return
@@ -361,14 +366,31 @@ class StepVerifier:
         return int(self._add_reduce(view, dtype=self._uint64))
 
 
-def step_payload(session: Session, index: int, loss: float | None, per_param: list[int] | None) -> list[Any]:
-    """Return a step's event payload, [index, loss, digest, lanes], from the 64-bit word sums of its parameters, if digested."""
+def lane_width(session: Session, kind: str) -> int:
+    """Return the bytes per lane of a step kind's events in this session (1 for a version-1 trace, else 2)."""
+    return step_lane_bytes(session.event_version(kind))
+
+
+def step_payload(session: Session, index: int, loss: float | None, per_param: list[int] | None,
+                 width: int = 2) -> list[Any]:
+    """Return a step's event payload, [index, loss, digest, lanes], from the 64-bit word sums of its parameters, if digested.
+
+    `width` is the bytes per lane (`lane_width`).
+    """
     if per_param is None:
         return [index, loss, None, b""]
     digest = fold(per_param)
-    folded = bytearray(min(len(per_param), LANES))
+    folded = bytearray(min(len(per_param), LANES) * width)
     for i, value in enumerate(per_param):
-        folded[i % LANES] ^= value & 0xFF
+        lane = (i % LANES) * width
+        if width == 1:
+            folded[lane] ^= value & 0xFF
+        else:
+            value &= _MASK64
+            value ^= value >> 32
+            value ^= value >> 16
+            folded[lane] ^= value & 0xFF
+            folded[lane + 1] ^= (value >> 8) & 0xFF
     session.last_digest = digest
     return [index, loss, digest, bytes(folded)]
 
@@ -382,7 +404,7 @@ def record_or_check_step(session: Session, kind: str, step: int, index: int, los
     of the parameters (None on steps between digests), `names` their names, `noun` what to call them,
     `last_digested` the latest earlier step whose parameters were digested.
     """
-    payload = step_payload(session, index, loss, per_param)
+    payload = step_payload(session, index, loss, per_param, lane_width(session, kind))
     if session.recording:
         session.emit(kind, payload)
         return
@@ -410,7 +432,7 @@ def check_step(session: Session, kind: str, recorded: Any, step: int, payload: l
         problems.append(f"optimizer #{index} stepped where the recording has optimizer #{rec_index}")
         parts.append("optimizer")
     if rec_digest is not None and digest is not None and rec_digest != digest:
-        culprits = _attribute(rec_lanes, lanes, names).replace("parameter", noun)
+        culprits = _attribute(rec_lanes, lanes, names, lane_width(session, kind)).replace("parameter", noun)
         problems.append(f"{culprits} (digest recorded {rec_digest:08x}, got {digest:08x})")
         parts.append("parameters")
     if not _same_float(rec_loss, loss):
@@ -452,9 +474,9 @@ def _same_float(a: float | None, b: float | None) -> bool:
     return struct.pack("<d", a) == struct.pack("<d", b)
 
 
-def _attribute(recorded: bytes, got: bytes, names: list[str]) -> str:
-    """Name the parameters whose lanes differ (all parameters sharing a differing lane)."""
-    lanes = {i for i, (a, b) in enumerate(zip(recorded, got)) if a != b}
+def _attribute(recorded: bytes, got: bytes, names: list[str], width: int) -> str:
+    """Name the parameters whose lanes (of `width` bytes) differ: all parameters sharing a differing lane."""
+    lanes = {i // width for i, (a, b) in enumerate(zip(recorded, got)) if a != b}
     if not lanes:
         return "the parameters differ"
     suspects = [name for i, name in enumerate(names) if i % LANES in lanes]
