@@ -171,8 +171,8 @@ def _compare_step(kind: str, step: int, offset: int, a: Sequence[Any], b: Sequen
         if lane_bytes:
             lanes = sorted({i // lane_bytes for i, (x, y) in enumerate(zip(lanes_a, lanes_b)) if x != y})
         parts.append("parameters")
-        width = min(len(lanes_a), len(lanes_b)) // max(lane_bytes, 1)
-        shown = (_parameters(lanes, width, names.get(ia) if kind == STEP else None) if lane_bytes else
+        held = min(len(lanes_a), len(lanes_b)) // max(lane_bytes, 1)  # lanes in both events
+        shown = (_parameters(lanes, held, names.get(ia) if kind == STEP else None) if lane_bytes else
                  "the parameters differ (the two traces' detrun versions write lanes differently)")
         problems.append(f"{shown} (digest A {da:08x}, B {db:08x})")
     if _bits(la) != _bits(lb):
