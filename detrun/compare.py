@@ -168,12 +168,13 @@ def _compare_step(kind: str, step: int, offset: int, a: Sequence[Any], b: Sequen
         parts.append("optimizer")
         problems.append(f"optimizer #{ia} stepped in A, #{ib} in B")
     if da is not None and db is not None and da != db:
+        parts.append("parameters")
         if lane_bytes:
             lanes = sorted({i // lane_bytes for i, (x, y) in enumerate(zip(lanes_a, lanes_b)) if x != y})
-        parts.append("parameters")
-        held = min(len(lanes_a), len(lanes_b)) // max(lane_bytes, 1)  # lanes in both events
-        shown = (_parameters(lanes, held, names.get(ia) if kind == STEP else None) if lane_bytes else
-                 "the parameters differ (the two traces' detrun versions write lanes differently)")
+            held = min(len(lanes_a), len(lanes_b)) // lane_bytes  # lanes in both events
+            shown = _parameters(lanes, held, names.get(ia) if kind == STEP else None)
+        else:
+            shown = "the parameters differ (the two traces' detrun versions write lanes differently)"
         problems.append(f"{shown} (digest A {da:08x}, B {db:08x})")
     if _bits(la) != _bits(lb):
         parts.append("loss")

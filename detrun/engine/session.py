@@ -221,10 +221,7 @@ class Session(ChildSegments, ProcessSegments, ReplayEnd):
 
     def event_version(self, kind: str) -> int:
         """Return the payload version to write a kind's events in, or to compute them in to compare (replay)."""
-        if self.trace is not None:
-            return self.trace.version(kind)
-        declared = registry.kind(kind)
-        return declared.version if declared is not None else 1
+        return self.trace.version(kind) if self.trace is not None else registry.current_version(kind)
 
     def recorded(self, kind: str) -> Sequence[Any]:
         """Return all recorded payloads of a kind for this process's role (replay mode).

@@ -359,11 +359,7 @@ class Trace:
 
     def version(self, kind: str) -> int:
         """Return the payload version of a kind's events here (this detrun's own for a kind the trace lacks)."""
-        known = self._versions.get(kind)
-        if known is not None:
-            return known
-        declared = registry.kind(kind)
-        return declared.version if declared is not None else 1
+        return self._versions.get(kind) or registry.current_version(kind)
 
     @property
     def complete(self) -> bool:

@@ -102,6 +102,12 @@ def kind(name: str) -> EventKind | None:
     return KINDS.get(name)
 
 
+def current_version(name: str) -> int:
+    """Return the payload version this detrun writes a kind's events in (1 for a name it does not know)."""
+    declared = KINDS.get(name)
+    return declared.version if declared is not None else 1
+
+
 # --- Python, OS entropy, NumPy (also recorded inside DataLoader workers)
 
 OS_ENTROPY = _declare(

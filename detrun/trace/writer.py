@@ -81,8 +81,7 @@ class TraceWriter:
     def _declare(self, kind: str) -> int:
         """Give a kind its id in this trace, declared before its first event; return the id."""
         kind_id = self._kind_ids[kind] = len(self._kind_ids) + FIRST_USER_KIND
-        declared = registry.kind(kind)
-        version = declared.version if declared is not None else 1
+        version = registry.current_version(kind)
         # Version 1 is implied; a later one is written, so older readers refuse the events they would misread.
         self._buffer += self._packer.pack([DECLARE_KIND, [kind_id, kind] if version == 1 else [kind_id, kind, version]])
         return kind_id

@@ -372,7 +372,7 @@ def lane_width(session: Session, kind: str) -> int:
 
 
 def step_payload(session: Session, index: int, loss: float | None, per_param: list[int] | None,
-                 width: int = 2) -> list[Any]:
+                 width: int) -> list[Any]:
     """Return a step's event payload, [index, loss, digest, lanes], from the 64-bit word sums of its parameters, if digested.
 
     `width` is the bytes per lane (`lane_width`).
