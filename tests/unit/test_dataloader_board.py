@@ -1,19 +1,21 @@
-"""The workers' digest board: batches from worker processes are digested where they were collated.
+"""Batches from worker processes are digested where they were collated, and recorded by their workers.
 
-The digests on the board must be the ones the main process would have computed from the batch it
-received (every trace before the board holds those), and the main process must not digest a batch
-a worker posted; where it cannot tell which batch it received (`in_order=False`), it digests.
+The digests a worker records (`dl.fetched`) and posts on the board (replay) must be the ones the
+main process would have computed from the batch it received (every trace before them holds those),
+and the main process must not digest a batch a worker posted; where it cannot tell which batch it
+received (`in_order=False`), it digests.
 """
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import detrun
 from detrun.engine.session import active_session
@@ -38,6 +40,17 @@ class OneSampleShifted(Augmented):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         values, label = super().__getitem__(index)
         return values + (index == 13), label
+
+
+def _fetched_digests(trace: str) -> list[list[int]]:
+    """Return the digests the workers recorded, in the order the program received them (in-order delivery)."""
+    found = []
+    for role, kinds in read_trace(trace).events.items():
+        if role.startswith("dl0.i"):
+            first_epoch = int(role.split(".")[1][1:])  # dl0.i<epoch>.w<worker>: the pass's first epoch
+            found += [(first_epoch + generation, batch, digests)
+                      for generation, batch, _width, _indices, _scalar, digests in kinds.get("dl.fetched", [])]
+    return [digests for _epoch, _batch, digests in sorted(found)]
 
 
 def _epochs(loader: DataLoader, epochs: int = 2) -> list[list[int]]:
@@ -67,8 +80,8 @@ def test_worker_digests_are_the_received_batches_and_replay_checks_them(options:
     trace = str(tmp_path / "trace.zst")
     with detrun.record(trace, quiet=True):
         received = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2, **options))
-    recorded = [payload[3] for payload in read_trace(trace).events["main"]["dl.batch"]]
-    assert recorded == received  # the workers' digests are the bytes the program received
+    assert _fetched_digests(trace) == received  # the workers' digests are the bytes the program received
+    assert "dl.batch" not in read_trace(trace).events["main"]
     assert main_digests == []  # and the main process digested none of them
     plain = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2, **options))
     assert plain != received  # the augmentation is unseeded: a run without detrun differs
@@ -118,9 +131,19 @@ def test_the_board_keeps_a_batch_by_pass_and_index(tmp_path: Path) -> None:
     worker.close()
 
 
+def _iterate_and_drop(loader: DataLoader) -> None:
+    """Start a pass and drop it, then make three whole passes."""
+    iterator = iter(loader)
+    del iterator
+    for _ in range(3):
+        assert sum(1 for _batch in loader) == 5
+
 
 def test_a_pass_closes_and_removes_its_board_when_its_iterator_goes(tmp_path: Path) -> None:
-    with detrun.record(str(tmp_path / "trace.zst"), quiet=True):
+    trace = str(tmp_path / "trace.zst")
+    with detrun.record(trace, quiet=True):
+        _iterate_and_drop(DataLoader(Augmented(), batch_size=8, num_workers=2))
+    with detrun.replay(trace, quiet=True):  # the board serves a replay: a recording's workers record their digests
         scratch = Path(active_session().scratch_path("x")).parent
         loader = DataLoader(Augmented(), batch_size=8, num_workers=2)
         iterator = iter(loader)
@@ -132,3 +155,60 @@ def test_a_pass_closes_and_removes_its_board_when_its_iterator_goes(tmp_path: Pa
         # One pass's board at a time: each goes (file and mapping) with its iterator.
         assert not list(scratch.glob("*.board"))
         assert len(os.listdir("/proc/self/fd")) <= descriptors
+
+
+class UnevenStream(IterableDataset):
+    """Worker 0 yields one batch of two, worker 1 three: batch numbers and send indices part ways."""
+
+    def __iter__(self) -> Any:
+        count = 2 if get_worker_info().id == 0 else 6
+        for index in range(count):
+            yield torch.rand(2) + index
+
+
+def test_an_iterable_dataset_whose_workers_run_out_unevenly_replays_without_a_false_departure(tmp_path: Path) -> None:
+    trace = str(tmp_path / "trace.zst")
+    with detrun.record(trace, quiet=True):
+        received = [zlib.crc32(batch.numpy()) for batch in DataLoader(UnevenStream(), batch_size=2, num_workers=2)]
+    assert len(received) == 4
+    assert received != [zlib.crc32(batch.numpy()) for batch in DataLoader(UnevenStream(), batch_size=2, num_workers=2)]
+    with detrun.replay(trace, quiet=True) as result:
+        replayed = [zlib.crc32(batch.numpy()) for batch in DataLoader(UnevenStream(), batch_size=2, num_workers=2)]
+    assert replayed == received
+    assert result.checks.get("batches") == 4 and "departed" not in result.line, result
+
+
+class SlowAugmented(Augmented):
+    """Slow to load, so that the workers still have indices queued when the program leaves the pass."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        time.sleep(0.01)
+        return super().__getitem__(index)
+
+
+def _train_on_two_batches(data: Augmented) -> list[float]:
+    """Train a tiny model on the first two batches of a shuffled pass, then stop iterating (prefetched batches wait)."""
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for number, (values, _labels) in enumerate(DataLoader(data, batch_size=4, shuffle=True, num_workers=2)):
+        if number == 2:
+            break
+        optimizer.zero_grad()
+        model(values).pow(2).mean().backward()
+        optimizer.step()
+    return [float(value) for value in model.weight.detach().flatten()]
+
+
+def test_a_pass_left_early_replays_reproduced_though_its_workers_never_fetched_the_rest(tmp_path: Path) -> None:
+    # The sampler drew indices for batches the workers were still to fetch when the program left the
+    # pass; no worker recorded those, and the replay must not take that for a departure.
+    trace = str(tmp_path / "trace.zst")
+    assert _train_on_two_batches(SlowAugmented()) != _train_on_two_batches(SlowAugmented())  # shuffled, augmented
+    with detrun.record(trace, quiet=True):
+        recorded = _train_on_two_batches(SlowAugmented())
+    fetched = sum(len(kinds.get("dl.fetched", [])) for kinds in read_trace(trace).events.values())
+    assert 2 <= fetched < 10  # the workers left some of the pass's batches unfetched
+    with detrun.replay(trace, quiet=True) as result:
+        replayed = _train_on_two_batches(SlowAugmented())
+    assert replayed == recorded
+    assert result.verdict == "REPRODUCED" and "departed" not in result.line, result

@@ -57,6 +57,7 @@ SAMPLES: dict[str, list[Any]] = {
     "dl.epoch": [[0, 0, 40, 12345, "BatchSampler"], [0, 1, None, None, "BatchSampler"]],
     "dl.indices": [[0, 0, 1, b"\x01\x02", False], [0, 0, 0, ["a", -1], True]],
     "dl.batch": [[0, 0, 0, [1, 2]]],
+    "dl.fetched": [[0, 3, 0, [7, 2], False, [1, 2]], [1, 0, 2, b"\x01\x00", True, None]],
     "fs.listing": [["a.py:14", ["b.txt", "a.txt"]]],
     "step": [[0, 0.5, 123, b"\x01\x02"], [0, None, None, b""]],
     "step.names": [[0, ["fc1.weight", "fc1.bias"]], [1, []]],
@@ -178,7 +179,9 @@ def test_every_registered_kind_has_a_sample_that_its_schema_accepts() -> None:
     ("step", [0, None, None, b"x" * 33]), ("np.seed", ["a:1", 2**32]), ("np.seed", ["a:1", "7"]),
     ("np.seed", ["a:1", []]), ("py.seed", ["a:1", [1]]), ("py.seed", ["a:1", 10**5000]), ("threads", [0, 1]),
     ("threads", [True, 1]), ("dl.indices", [0, 0, 3, b"\x00\x01\x02\x03", False]),
-    ("dl.indices", [0, 0, 2, b"\x00", False]), ("kernels", {"step": 1}), ("policy", {"patches": [["x"]]}),
+    ("dl.indices", [0, 0, 2, b"\x00", False]), ("dl.fetched", [0, 0, 0, [1], False]),
+    ("dl.fetched", [0, 0, 3, b"\x00\x01\x02", False, None]), ("dl.fetched", [0, 0, 0, [1], False, [-1]]),
+    ("kernels", {"step": 1}), ("policy", {"patches": [["x"]]}),
     ("backends", {"a": {"deep": 1}}), ("fs.listing", ["a:1", [b"bytes"]]), ("signal", [0, 0, 99, 0]),
     ("backward.loss", 1), ("final.state", {"items": [["k", -1, "x"]]}), ("stdout", {"lines": "x"}),
 ])

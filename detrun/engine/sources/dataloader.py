@@ -7,19 +7,32 @@ Events, keyed by loader (in order of first iteration) and epoch (each `iter(load
   sampler yields: `width` 0 and the sampler's own list (what it usually is), or numpy integers
   packed by the trace codec;
 - `dl.batch`   `[loader, epoch, batch, digests]`: crc32 of every tensor/array/value in each
-  collated batch the program receives.
+  collated batch the program receives;
+- `dl.fetched` `[pass, batch, width, packed, scalar, digests]`, in a worker's segment: the indices
+  a worker was sent for a batch, and the digests of the batch it collated from them (null for a
+  pass delivered out of order, whose batches the main process digests in the order it receives
+  them). `pass` counts the epochs of persistent workers (0 for the first).
 
-A batch from worker processes is digested by the worker that collated it, while its bytes are
-still in that worker's caches, and the digests reach the main process through a small shared
-file (`BatchDigestBoard`) beside the batch itself. The main process feeds the model: digesting a
-CIFAR-sized batch (1.5 MB) there cost it some 0.6 ms of CPU a batch, and the board about 40 µs
-(benchmarks/overhead.py --only images). The main process digests a batch itself when the board
-has no entry for it (more than BOARD_LEAVES fields, a worker loop detrun does not know,
-`in_order=False`): the board is never the only way a batch gets checked.
+Where a pass has worker processes, its workers record what they were sent and what they collated
+(`dl.fetched`), and the main process records nothing per batch: every batch's round trip through
+the main process is on the critical path of a DataLoader-bound epoch, and the workers have the
+indices (unpickled) and the batch (in their caches) anyway. Recording the indices and digests in
+the main process cost it some 100,000 instructions a batch (benchmarks/instructions.py). A loader
+without workers records `dl.indices` and `dl.batch` in the main process.
+
+On replay, a batch from worker processes is digested by the worker that collated it, and the
+digests reach the main process through a small shared file (`BatchDigestBoard`) beside the batch
+itself: digesting a CIFAR-sized batch (1.5 MB) in the main process cost it some 0.6 ms of CPU a
+batch, and the board about 40 µs (benchmarks/overhead.py --only images). The main process digests a
+batch itself when the board has no entry for it (more than BOARD_LEAVES fields, a worker loop
+detrun does not know, `in_order=False`): the board is never the only way a batch gets checked.
 
 On replay the recorded order and base seeds are forced even if the sampler would now produce
 something else (the sampler still runs, so its RNG side effects stay the same), and every batch is
 checked against its digest: the first differing batch is named by epoch, batch index and field.
+A batch whose indices no worker recorded was drawn by the sampler but never fetched (a prefetch
+when the program stopped iterating, or a worker stopped before its queue was empty): the sampler's
+own indices are used, and if the program receives that batch, its missing digest is a mismatch.
 Worker processes (fork or spawn, persistent or not) run under a session of their own whose events
 land in a trace segment named `dl<loader>.i<iteration>.w<worker>`.
 """
@@ -36,6 +49,7 @@ from detrun.trace.format import pack_indices, unpack_indices
 from detrun.trace.registry import (  # the kinds, their payload schemas and versions
     DL_BATCH as BATCH_KIND,
     DL_EPOCH as EPOCH_KIND,
+    DL_FETCHED as FETCHED_KIND,
     DL_INDICES as INDICES_KIND,
 )
 
@@ -58,6 +72,10 @@ _BOARD_SLOT = struct.Struct(f"<QI{BOARD_LEAVES}I")
 _original_worker_loop: Any = None
 
 
+# A batch the recording has no indices or digests for.
+_MISSING: Any = object()
+
+
 class _Epoch:
     """What one pass over one loader recorded, or what its replay has consumed so far."""
 
@@ -66,12 +84,22 @@ class _Epoch:
         self.epoch = epoch
         self.iterable = iterable
         self.batch = 0
-        self.indices: list[Any] = []  # replay: the recorded sampler output, in order
-        self.next_index = 0  # replay: the position in `indices` of the next one to force
-        self.digests: list[list[int]] = []  # replay: the recorded batch digests, in order
+        self.sent_in_workers = False  # record: the workers record the indices they are sent
+        self.digested_in_workers = False  # record: and the digests of the batches they collate (in order)
+        self.indices: dict[int, Any] = {}  # replay: the recorded sampler output by batch
+        # replay: whether `indices` holds every batch the sampler yielded (the main process recorded
+        # them), not only those a worker fetched
+        self.all_drawn = True
+        self.next_index = 0  # replay: the batch whose indices are forced next
+        self.digests: dict[int, list[int]] = {}  # replay: the recorded batch digests by batch
+        # replay: `digests` are keyed by the index the main process sent each batch's indices with (the
+        # workers recorded them), not by the order the program received the batches
+        self.digests_by_sent = False
+        self.missing_told = False  # replay: a batch without a recorded digest was reported
         self.sampler_departures = 0
         self.unforced = False  # replay: the dataset changed size, so the sampler's own order is used
         self.board: BatchDigestBoard | None = None  # the workers' digests of this pass's batches
+        self.prefix = ""  # the pass's worker segments are `<prefix>.w<worker>`
         self.generation = 0  # persistent workers: the passes their board served before this one
 
     @property
@@ -168,32 +196,98 @@ class BatchDigestBoard:
                 pass  # the scratch directory went first (the end of the run)
 
 
-class _DigestPostingQueue:
-    """A worker's data queue: each batch's digests go on the board before the batch goes to the main process."""
+class _WorkerBatches:
+    """What a worker was sent and what it collated: recorded (record), or its digests posted on the board (replay)."""
 
-    def __init__(self, queue: Any, board: BatchDigestBoard) -> None:
+    def __init__(self, session: Session, board: BatchDigestBoard | None, record_digests: bool) -> None:
         import torch
         from torch._utils import ExceptionWrapper
         from torch.utils.data._utils import worker as worker_module
 
-        self._queue = queue
+        self._owner = session
+        self._session = session if session.recording else None
         self._board = board
+        self._digests = record_digests or board is not None
         self._torch = torch
         self._resume = worker_module._ResumeIteration
         self._not_batches = (ExceptionWrapper, worker_module._IterableDatasetStopIteration)
         self._generation = 0
+        self._sent: dict[int, Any] = {}  # record: batch -> the indices it was sent with, until it is put
+
+    def received(self, item: Any) -> None:
+        """Note what the worker took from its index queue."""
+        # Mirrors torch.utils.data._utils.worker._worker_loop's `r = index_queue.get(...)` (torch 2.x): a
+        # persistent worker's next pass starts with `_ResumeIteration`, then `(idx, index)` per batch.
+        if isinstance(item, self._resume):
+            self._sent.clear()  # what it was sent and dropped when the last pass ended
+        elif self._session is not None and type(item) is tuple and len(item) == 2 and type(item[0]) is int:
+            indices = item[1]
+            self._sent[item[0]] = list(indices) if isinstance(indices, (list, tuple)) else indices
+
+    def sending(self, item: Any) -> None:
+        """Record, or post on the board, a batch the worker is about to put on its data queue."""
+        # Mirrors _worker_loop's `data_queue.put((idx, data))` (torch 2.x), and its acknowledgement
+        # `(_ResumeIteration, None)` of a persistent worker's next pass.
+        index, data = item
+        if isinstance(index, self._resume):
+            self._generation += 1
+            return
+        if type(index) is not int:
+            return
+        digests = None
+        if self._digests and data is not None and not isinstance(data, self._not_batches):
+            digests = batch_digests(self._torch, data)
+            if self._board is not None:
+                self._board.post(self._generation, index, digests)
+        if self._session is None:
+            return
+        indices = self._sent.pop(index, _MISSING)
+        if indices is _MISSING:
+            return
+        scalar = not isinstance(indices, list)
+        try:
+            self._session.emit(FETCHED_KIND, [self._generation, index, 0, [indices] if scalar else indices, scalar,
+                                              digests])
+        except TypeError:  # numpy integers from the sampler, which msgpack does not take: as plain ints
+            self._session.emit(FETCHED_KIND, [self._generation, index, *_encode_indices(indices), digests])
+
+    def failed(self, exc: Exception) -> None:
+        """Report a failure in the queues' hooks: a recorded batch may lack its indices or digests."""
+        if self._session is not None:
+            self._session.hook_failed("DataLoader worker batches", exc)
+
+
+class _ReceivingQueue:
+    """A worker's index queue that tells `_WorkerBatches` what the worker took."""
+
+    def __init__(self, queue: Any, batches: _WorkerBatches) -> None:
+        self._queue = queue
+        self._batches = batches
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        item = self._queue.get(*args, **kwargs)
+        try:
+            self._batches.received(item)
+        except Exception as exc:  # noqa: BLE001 - the worker goes on; a batch without indices is not forced on replay
+            self._batches.failed(exc)
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
+class _SendingQueue:
+    """A worker's data queue that lets `_WorkerBatches` record or post each batch before the main process gets it."""
+
+    def __init__(self, queue: Any, batches: _WorkerBatches) -> None:
+        self._queue = queue
+        self._batches = batches
 
     def put(self, item: Any, *args: Any, **kwargs: Any) -> Any:
-        # Mirrors torch.utils.data._utils.worker._worker_loop's `data_queue.put((idx, data))` (torch 2.x),
-        # and its acknowledgement `(_ResumeIteration, None)` of a persistent worker's next pass.
         try:
-            index, data = item
-            if isinstance(index, self._resume):
-                self._generation += 1
-            elif type(index) is int and data is not None and not isinstance(data, self._not_batches):
-                self._board.post(self._generation, index, batch_digests(self._torch, data))
-        except Exception:  # noqa: BLE001 - the batch still goes; the main process digests it itself
-            pass
+            self._batches.sending(item)
+        except Exception as exc:  # noqa: BLE001 - the batch still goes; on replay the main process digests it itself
+            self._batches.failed(exc)
         return self._queue.put(item, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -263,6 +357,7 @@ class DataLoaderSource(ImportTimeSource):
 
         live_worker_iterators: weakref.WeakSet[Any] = weakref.WeakSet()
         recorded_epochs = _index_recording(session) if not session.recording else {}
+        fetched_passes = _index_fetched(session) if not session.recording else {}
         # Record: the sampler's indices and the batch digests wait here for a batch of events, or the
         # session's flush (about a second, between steps), or the end: emitting at each batch cost
         # some 20 µs per event, cold, right after the batch arrived from a worker.
@@ -316,6 +411,17 @@ class DataLoaderSource(ImportTimeSource):
             states[weak(iterator, forget)] = state
             return state
 
+        def attach_fetched(state: _Epoch) -> None:
+            """Replay: take a pass's indices and digests from its workers' segments, if they recorded them."""
+            recorded = fetched_passes.get((state.prefix, state.generation))
+            if recorded is None:
+                return
+            indices, digests = recorded
+            if not state.indices and not state.unforced:
+                state.indices, state.all_drawn = indices, False
+            if not state.digests and digests:
+                state.digests, state.digests_by_sent = digests, True
+
         def pass_prefix(state: _Epoch) -> str:
             """Return the name of a pass's worker files: `dl<loader>.i<epoch>`, after the rank's role in a rank."""
             prefix = f"dl{state.loader}.i{state.epoch}"
@@ -325,17 +431,19 @@ class DataLoaderSource(ImportTimeSource):
 
         def worker_entry(state: _Epoch, num_workers: int) -> Any:
             """Return the picklable worker target for this iterator's workers, registering their files."""
-            prefix = pass_prefix(state)
+            prefix = state.prefix
             roles = [f"{prefix}.w{worker}" for worker in range(num_workers)]
             if session.recording:
-                config: dict[str, Any] = {"mode": "record", "prefix": prefix,
-                                          "base": session.scratch_path("seg")}
+                config: dict[str, Any] = {"mode": "record", "prefix": prefix, "base": session.scratch_path("seg"),
+                                          "digests": state.digested_in_workers}
                 session.segment_paths.extend(f"{config['base']}.{role}" for role in roles)
             else:
                 trace = session.trace
+                # Without the batches the workers fetched: the main process forces and checks those.
                 config = {"mode": "replay", "prefix": prefix, "base": session.scratch_path("report"),
                           "complete": trace.complete,
-                          "events": {role: trace.events.get(role, {}) for role in roles}}
+                          "events": {role: {kind: payloads for kind, payloads in trace.events.get(role, {}).items()
+                                            if kind != FETCHED_KIND} for role in roles}}
                 session.report_paths.extend(f"{config['base']}.{role}.json" for role in roles)
             if state.board is not None:
                 config["board"] = [state.board.path, state.board.slots]
@@ -360,10 +468,17 @@ class DataLoaderSource(ImportTimeSource):
             try:
                 state = start_epoch(self, loader, self._base_seed)
                 if loader.num_workers > 0:
-                    try:
-                        open_board(state, loader, self)
-                    except Exception:  # noqa: BLE001 - no board: the main process digests the batches itself
-                        state.board = None
+                    state.prefix = pass_prefix(state)
+                    if session.recording:
+                        # The workers record what they are sent and, delivered in order, what they collate.
+                        state.sent_in_workers = True
+                        state.digested_in_workers = getattr(loader, "in_order", True) is True
+                    else:
+                        attach_fetched(state)
+                        try:
+                            open_board(state, loader, self)
+                        except Exception:  # noqa: BLE001 - no board: the main process digests the batches itself
+                            state.board = None
                     worker_module._worker_loop = worker_entry(state, loader.num_workers)
                     live_worker_iterators.add(self)
             except Exception as exc:  # noqa: BLE001
@@ -376,7 +491,10 @@ class DataLoaderSource(ImportTimeSource):
                 try:
                     state = start_epoch(self, loader, None)
                     # The same workers, told of the new pass before their next batch.
-                    state.board, state.generation = previous.board, previous.generation + 1
+                    state.board, state.prefix, state.generation = previous.board, previous.prefix, previous.generation + 1
+                    state.sent_in_workers, state.digested_in_workers = previous.sent_in_workers, previous.digested_in_workers
+                    if not session.recording:
+                        attach_fetched(state)
                 except Exception as exc:  # noqa: BLE001
                     session.hook_failed("DataLoader iteration", exc)
             return original_reset(self, loader, first_iter)
@@ -384,7 +502,7 @@ class DataLoaderSource(ImportTimeSource):
         # Mirrors _BaseDataLoaderIter._next_index (torch 2.x): the sampler's next index or batch.
         def _next_index(self: Any) -> Any:
             state = states.get(weak(self))
-            if state is None or state.iterable or state.unforced:
+            if state is None or state.iterable or state.unforced or state.sent_in_workers:
                 return original_next_index(self)
             if session.recording:
                 value = original_next_index(self)
@@ -404,11 +522,16 @@ class DataLoaderSource(ImportTimeSource):
                 current = original_next_index(self)
             except StopIteration:
                 current = StopIteration
-            if state.next_index >= len(state.indices):
+            forced = state.indices.get(state.next_index, _MISSING)
+            if forced is _MISSING:
+                if not state.all_drawn:  # drawn but never fetched by a worker, or never drawn: the sampler's own
+                    if current is StopIteration:
+                        raise StopIteration
+                    state.next_index += 1
+                    return current
                 if current is not StopIteration:
                     session.mismatch(INDICES_KIND, f"{state.label}: the sampler yields more batches than recorded")
                 raise StopIteration
-            forced = state.indices[state.next_index]
             state.next_index += 1
             if current is StopIteration or not _same_indices(current, forced):
                 state.sampler_departures += 1
@@ -418,7 +541,7 @@ class DataLoaderSource(ImportTimeSource):
         def __next__(self: Any) -> Any:
             data = original_next(self)
             state = states.get(weak(self))
-            if state is None:
+            if state is None or state.digested_in_workers:
                 return data
             try:
                 check_batch(state, data, self)
@@ -428,26 +551,31 @@ class DataLoaderSource(ImportTimeSource):
 
         def check_batch(state: _Epoch, data: Any, iterator: Any) -> None:
             digests = None
-            if state.board is not None:
+            batch = key = state.batch
+            state.batch += 1
+            if state.board is not None or state.digests_by_sent:
                 # Mirrors _MultiProcessingDataLoaderIter._next_data (torch 2.x): with in-order delivery
-                # the batch it returned is the one before `_rcvd_idx`.
+                # the batch it returned is the one before `_rcvd_idx`. The same as `batch` but where an
+                # iterable dataset's worker ran out before another.
                 received = getattr(iterator, "_rcvd_idx", None)
                 if type(received) is int:
-                    digests = state.board.take(state.generation, received - 1)
+                    if state.board is not None:
+                        digests = state.board.take(state.generation, received - 1)
+                    if state.digests_by_sent:
+                        key = received - 1
             if digests is None:
                 digests = batch_digests(torch, data)
-            batch = state.batch
-            state.batch += 1
             if session.recording:
                 pending.append((BATCH_KIND, [state.loader, state.epoch, batch, digests]))
                 return
-            if batch >= len(state.digests):
-                if batch == len(state.digests):
-                    session.mismatch(BATCH_KIND, f"{state.label}, batch {batch}: the recording has only "
-                                                f"{len(state.digests)} batches in this epoch",
+            recorded = state.digests.get(key)
+            if recorded is None:
+                if not state.missing_told:
+                    state.missing_told = True
+                    session.mismatch(BATCH_KIND, f"{state.label}, batch {batch}: the recording has no such batch "
+                                                f"({len(state.digests)} in this epoch)",
                                     batch=f"{state.label}, batch {batch}")
                 return
-            recorded = state.digests[batch]
             session.count_check("batches")
             if recorded != digests:
                 names = [name for name, _leaf in _leaves(data)]
@@ -480,17 +608,35 @@ class DataLoaderSource(ImportTimeSource):
             session.on_stop(write_pending)
 
 
-def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]]:
-    """Group a recording's DataLoader events by (loader, epoch) for replay."""
-    grouped: dict[tuple[int, int], tuple[list[Any], list[Any], list[list[int]]]] = {}
+def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any], dict[int, Any], dict[int, list[int]]]]:
+    """Group the main process's recorded DataLoader events by (loader, epoch) for replay: start, indices, digests."""
+    grouped: dict[tuple[int, int], tuple[list[Any], dict[int, Any], dict[int, list[int]]]] = {}
     for start in session.take_all(EPOCH_KIND):
-        grouped[(start[0], start[1])] = (start, [], [])
+        grouped[(start[0], start[1])] = (start, {}, {})
     for loader, epoch, width, packed, scalar in session.take_all(INDICES_KIND):
         if (loader, epoch) in grouped:
-            grouped[(loader, epoch)][1].append(_decode_indices(width, packed, scalar))
-    for loader, epoch, _batch, digests in session.take_all(BATCH_KIND):
+            indices = grouped[(loader, epoch)][1]
+            indices[len(indices)] = _decode_indices(width, packed, scalar)
+    for loader, epoch, batch, digests in session.take_all(BATCH_KIND):
         if (loader, epoch) in grouped:
-            grouped[(loader, epoch)][2].append(digests)
+            grouped[(loader, epoch)][2][batch] = digests
+    return grouped
+
+
+def _index_fetched(session: Session) -> dict[tuple[str, int], tuple[dict[int, Any], dict[int, list[int]]]]:
+    """Group what the recording's DataLoader workers fetched by (pass prefix, pass) for replay: indices, digests."""
+    assert session.trace is not None
+    grouped: dict[tuple[str, int], tuple[dict[int, Any], dict[int, list[int]]]] = {}
+    for role, kinds in session.trace.events.items():
+        payloads = kinds.get(FETCHED_KIND)
+        if not payloads or ".w" not in role:
+            continue
+        prefix = role.rsplit(".w", 1)[0]  # `<prefix>.w<worker>`: the segment of one worker of one pass
+        for generation, batch, width, packed, scalar, digests in payloads:
+            indices, digests_by_batch = grouped.setdefault((prefix, generation), ({}, {}))
+            indices[batch] = _decode_indices(width, packed, scalar)
+            if digests is not None:
+                digests_by_batch[batch] = digests
     return grouped
 
 
@@ -514,7 +660,7 @@ class _WorkerEntry:
             bound = inspect.signature(loop).bind(*args, **kwargs)
             worker_id = bound.arguments["worker_id"]
             session = _start_worker_session(self.config, f"{self.config['prefix']}.w{worker_id}")
-            args, kwargs = _posting_digests(self.config, bound, args, kwargs)
+            args, kwargs = _watching_batches(self.config, bound, session)
         except Exception as exc:  # noqa: BLE001 - the worker must run even if detrun cannot follow it
             import sys
 
@@ -526,16 +672,25 @@ class _WorkerEntry:
                 session.finish_child()
 
 
-def _posting_digests(config: dict[str, Any], bound: Any, args: Any, kwargs: Any) -> tuple[Any, Any]:
-    """Return the worker loop's arguments with a data queue that posts each batch's digests, if it can."""
-    board = config.get("board")
-    if board is None or "data_queue" not in bound.arguments:
-        return args, kwargs
-    try:
-        posting = _DigestPostingQueue(bound.arguments["data_queue"], BatchDigestBoard(*board, create=False))
-    except Exception:  # noqa: BLE001 - no board: the main process digests this worker's batches itself
-        return args, kwargs
-    bound.arguments["data_queue"] = posting
+def _watching_batches(config: dict[str, Any], bound: Any, session: Any) -> tuple[Any, Any]:
+    """Return the worker loop's arguments with queues that record its batches, or post their digests, if it can."""
+    arguments = bound.arguments
+    if "index_queue" not in arguments or "data_queue" not in arguments:
+        if session.recording:  # a worker loop detrun does not know: its batches go unrecorded
+            session.hook_failed("DataLoader worker batches", TypeError("the worker loop has no index_queue/data_queue"))
+        return bound.args, bound.kwargs
+    board = None
+    if config.get("board") is not None:
+        try:
+            board = BatchDigestBoard(*config["board"], create=False)
+        except Exception:  # noqa: BLE001 - no board: the main process digests this worker's batches itself
+            board = None
+    if not session.recording and board is None:
+        return bound.args, bound.kwargs
+    batches = _WorkerBatches(session, board, record_digests=bool(config.get("digests")))
+    if session.recording:
+        arguments["index_queue"] = _ReceivingQueue(arguments["index_queue"], batches)
+    arguments["data_queue"] = _SendingQueue(arguments["data_queue"], batches)
     return bound.args, bound.kwargs
 
 
