@@ -204,7 +204,6 @@ class _WorkerBatches:
         from torch._utils import ExceptionWrapper
         from torch.utils.data._utils import worker as worker_module
 
-        self._owner = session
         self._session = session if session.recording else None
         self._board = board
         self._digests = record_digests or board is not None
