@@ -219,7 +219,7 @@ class _WorkerBatches:
         # persistent worker's next pass starts with `_ResumeIteration`, then `(idx, index)` per batch.
         if isinstance(item, self._resume):
             self._sent.clear()  # what it was sent and dropped when the last pass ended
-        elif self._session is not None and type(item) is tuple and len(item) == 2 and type(item[0]) is int:
+        elif type(item) is tuple and len(item) == 2 and type(item[0]) is int:  # only a recording watches gets
             indices = item[1]
             self._sent[item[0]] = list(indices) if isinstance(indices, (list, tuple)) else indices
 
@@ -256,12 +256,19 @@ class _WorkerBatches:
             self._session.hook_failed("DataLoader worker batches", exc)
 
 
-class _ReceivingQueue:
-    """A worker's index queue that tells `_WorkerBatches` what the worker took."""
+class _WatchedQueue:
+    """A worker's queue, seen by `_WorkerBatches`; everything but the watched method is the queue's own."""
 
     def __init__(self, queue: Any, batches: _WorkerBatches) -> None:
         self._queue = queue
         self._batches = batches
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
+class _ReceivingQueue(_WatchedQueue):
+    """A worker's index queue that tells `_WorkerBatches` what the worker took."""
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         item = self._queue.get(*args, **kwargs)
@@ -271,16 +278,9 @@ class _ReceivingQueue:
             self._batches.failed(exc)
         return item
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._queue, name)
 
-
-class _SendingQueue:
+class _SendingQueue(_WatchedQueue):
     """A worker's data queue that lets `_WorkerBatches` record or post each batch before the main process gets it."""
-
-    def __init__(self, queue: Any, batches: _WorkerBatches) -> None:
-        self._queue = queue
-        self._batches = batches
 
     def put(self, item: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -288,9 +288,6 @@ class _SendingQueue:
         except Exception as exc:  # noqa: BLE001 - the batch still goes; on replay the main process digests it itself
             self._batches.failed(exc)
         return self._queue.put(item, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._queue, name)
 
 
 def _encode_indices(value: Any) -> tuple[int, Any, bool]:
