@@ -212,3 +212,38 @@ def test_a_pass_left_early_replays_reproduced_though_its_workers_never_fetched_t
         replayed = _train_on_two_batches(SlowAugmented())
     assert replayed == recorded
     assert result.verdict == "REPRODUCED" and "departed" not in result.line, result
+
+
+def _shuffled_epoch(seed: int) -> list[list[int]]:
+    """One pass over a shuffled loader whose generator the program seeds itself, with workers."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return _epochs(DataLoader(Augmented(), batch_size=8, shuffle=True, num_workers=2, generator=generator), epochs=1)
+
+
+def test_a_sampler_that_departs_is_counted_and_the_recorded_order_forced(tmp_path: Path) -> None:
+    trace = str(tmp_path / "trace.zst")
+    with detrun.record(trace, quiet=True):
+        received = _shuffled_epoch(1)
+    with detrun.replay(trace, quiet=True) as same:
+        assert _shuffled_epoch(1) == received
+    assert not any("another order" in cause for cause in same.causes), same
+    # Another seed draws another permutation: every batch departs at its ends, and the forced
+    # recorded order still gives the recorded batches.
+    with detrun.replay(trace, quiet=True) as departed:
+        assert _shuffled_epoch(2) == received
+    assert "DataLoader #0 epoch 0: the sampler produced another order in 5 batches" in " ".join(departed.causes)
+
+
+def test_sampler_output_is_compared_whole_or_by_its_ends_and_middle() -> None:
+    same_sampler = dataloader_source._same_indices
+    recorded = [4, 9, 1, 7, 3]
+    assert same_sampler([4, 9, 1, 7, 3], recorded, whole=True)
+    assert not same_sampler([4, 9, 2, 7, 3], recorded, whole=True)  # a pass's first batch: every index
+    assert same_sampler([4, 0, 1, 0, 3], recorded, whole=False)  # later ones: the length, the ends, the middle
+    assert not same_sampler([4, 9, 2, 7, 3], recorded, whole=False)
+    assert not same_sampler([5, 9, 1, 7, 3], recorded, whole=False)
+    assert not same_sampler([4, 9, 1, 7], recorded, whole=False)
+    assert same_sampler([], [], whole=False)
+    assert same_sampler([torch.tensor(4), torch.tensor(9)], [4, 9], whole=False)  # tensors as items: as plain ints
+    assert same_sampler(3, 3, whole=False) and not same_sampler(3, [3], whole=False)
