@@ -68,3 +68,15 @@ def test_a_wrapper_bound_during_the_watch_changes_nothing_after_it(watch: tuple[
     bound_empty(4)
     assert torch.utils.deterministic.fill_uninitialized_memory is False
     assert session.failures == []
+
+
+def test_an_empty_shape_is_not_judged_and_a_bad_one_is_torchs_error(watch: tuple[PolicySource, _Failures]) -> None:
+    source, session = watch
+    empty = torch.empty((0,))  # no elements, no memory to read: torch rebuilds received tensors this way
+    assert empty.numel() == 0
+    assert torch.utils.deterministic.fill_uninitialized_memory is False and source._empty_watch.active
+    with pytest.raises(TypeError):
+        torch.empty(("four",))  # the program's error, raised as torch raises it
+    assert session.failures == []
+    assert torch.utils.deterministic.fill_uninitialized_memory is True  # judged: the program's own call
+    assert torch.isnan(torch.empty((2,))).all()

@@ -180,10 +180,10 @@ class BatchDigestBoard:
 
     def take(self, generation: int, index: int) -> list[int] | None:
         """Return the digests posted for a batch the main process received, or None if none were."""
-        tag, count, *digests = _BOARD_SLOT.unpack_from(self._memory, (index % self.slots) * _BOARD_SLOT.size)
-        if tag != ((generation << 32) | index) + 1:
+        slot = _BOARD_SLOT.unpack_from(self._memory, (index % self.slots) * _BOARD_SLOT.size)
+        if slot[0] != ((generation << 32) | index) + 1:
             return None
-        return digests[:count]
+        return list(slot[2:2 + slot[1]])
 
     def close(self, remove: bool = False) -> None:
         """Unmap the board (mmap holds a descriptor of its own until then); `remove` deletes its file too."""
@@ -329,7 +329,9 @@ def _same_indices(current: Any, forced: list[Any] | int, whole: bool) -> bool:
 
 
 def _decode_indices(width: int, packed: Any, scalar: bool) -> Any:
-    items = unpack_indices(width, packed) if width else list(packed)
+    # A plain list is the trace's own (validated) one, not a copy: a second list of every batch's
+    # indices only gave the garbage collector more to walk, at every full collection of the replay.
+    items = unpack_indices(width, packed) if width else packed
     return items[0] if scalar else items
 
 
@@ -365,6 +367,8 @@ class DataLoaderSource(ImportTimeSource):
         # Replay: the batches whose sampler output departed from the recording, by pass label; kept
         # here, not in the pass's state, which goes with its iterator, before the end of the run.
         sampler_departures: dict[str, int] = {}
+        # Replay: the batches checked, told to the session at the end, not under its lock at every batch.
+        batches_checked = [0]
         recorded_epochs = _index_recording(session) if not session.recording else {}
         fetched_passes = _index_fetched(session) if not session.recording else {}
         # Record: the sampler's indices and the batch digests wait here for a batch of events, or the
@@ -585,7 +589,7 @@ class DataLoaderSource(ImportTimeSource):
                                                 f"({len(state.digests)} in this epoch)",
                                     batch=f"{state.label}, batch {batch}")
                 return
-            session.count_check("batches")
+            batches_checked[0] += 1
             if recorded != digests:
                 names = [name for name, _leaf in _leaves(data)]
                 differing = [name for name, a, b in zip(names, recorded, digests) if a != b] or names
@@ -600,6 +604,9 @@ class DataLoaderSource(ImportTimeSource):
                 shutdown = getattr(iterator, "_shutdown_workers", None)
                 if shutdown is not None:
                     shutdown()
+            if batches_checked[0]:
+                session.count_check("batches", batches_checked[0])
+                batches_checked[0] = 0
             for label, count in list(sampler_departures.items())[:1]:
                 session.note_cause(f"{label}: the sampler produced another order in {count} batches (the first "
                                    "compared whole, the others by their ends and middle; the recorded order was "

@@ -86,15 +86,20 @@ class PolicySource:
                 watch.undo()  # once on, it stays on: nothing more to watch
                 torch.utils.deterministic.fill_uninitialized_memory = True
 
-        def watched(original: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(original: Callable[..., Any], sized_first: bool) -> Callable[..., Any]:
             # Mirrors torch.empty / empty_like / empty_strided and Tensor.new_empty / resize_ (torch 2.x).
             def call(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    code = getframe(1).f_code
-                    if code not in library_callers:
-                        judge(code)
-                except Exception as exc:  # noqa: BLE001
-                    session.hook_failed("the uninitialised-memory watch", exc)
+                # A tensor of no elements has no memory to read: torch rebuilds every tensor a
+                # DataLoader worker sends from `torch.empty((0,))` (torch._utils._rebuild_tensor),
+                # and judging its caller cost two audit events and a frame at every batch.
+                shape = args[0] if sized_first and args else None
+                if not (type(shape) is tuple and len(shape) == 1 and type(shape[0]) is int and shape[0] == 0):
+                    try:
+                        code = getframe(1).f_code
+                        if code not in library_callers:
+                            judge(code)
+                    except Exception as exc:  # noqa: BLE001
+                        session.hook_failed("the uninitialised-memory watch", exc)
                 return original(*args, **kwargs)
 
             call.__name__ = getattr(original, "__name__", "empty")
@@ -105,8 +110,8 @@ class PolicySource:
                              (torch.Tensor, ("new_empty", "new_empty_strided", "resize_"))):
             for name in names:
                 original = getattr(owner, name, None)
-                if original is not None:
-                    watch.setattr(owner, name, watched(original))
+                if original is not None:  # torch.empty and empty_strided take the size first
+                    watch.setattr(owner, name, watched(original, sized_first=owner is torch and name != "empty_like"))
 
     def uninstall(self) -> None:
         self._installed = False
