@@ -235,15 +235,18 @@ def test_a_sampler_that_departs_is_counted_and_the_recorded_order_forced(tmp_pat
     assert "DataLoader #0 epoch 0: the sampler produced another order in 5 batches" in " ".join(departed.causes)
 
 
-def test_sampler_output_is_compared_whole_or_by_its_ends_and_middle() -> None:
+def test_sampler_output_is_compared_index_by_index_with_the_kept_recording() -> None:
     same_sampler = dataloader_source._same_indices
-    recorded = [4, 9, 1, 7, 3]
-    assert same_sampler([4, 9, 1, 7, 3], recorded, whole=True)
-    assert not same_sampler([4, 9, 2, 7, 3], recorded, whole=True)  # a pass's first batch: every index
-    assert same_sampler([4, 0, 1, 0, 3], recorded, whole=False)  # later ones: the length, the ends, the middle
-    assert not same_sampler([4, 9, 2, 7, 3], recorded, whole=False)
-    assert not same_sampler([5, 9, 1, 7, 3], recorded, whole=False)
-    assert not same_sampler([4, 9, 1, 7], recorded, whole=False)
-    assert same_sampler([], [], whole=False)
-    assert same_sampler([torch.tensor(4), torch.tensor(9)], [4, 9], whole=False)  # tensors as items: as plain ints
-    assert same_sampler(3, 3, whole=False) and not same_sampler(3, [3], whole=False)
+    recorded = dataloader_source._decode_indices(0, [4, 9, 1, 7, 3], False)
+    assert same_sampler([4, 9, 1, 7, 3], recorded)
+    assert not same_sampler([4, 9, 2, 7, 3], recorded)  # one index inside the batch
+    assert not same_sampler([4, 9, 1, 7], recorded) and not same_sampler([4, 9, 1, 7, 3, 0], recorded)
+    assert same_sampler((4, 9, 1, 7, 3), recorded)  # a tuple, a numpy array: compared as plain values
+    assert same_sampler([torch.tensor(4), torch.tensor(9)], dataloader_source._decode_indices(0, [4, 9], False))
+    assert not same_sampler([4, "9", 1, 7, 3], recorded)
+    assert same_sampler(3, dataloader_source._decode_indices(0, [3], True))
+    assert not same_sampler(3, recorded)
+    assert dataloader_source._as_list(recorded) == [4, 9, 1, 7, 3]
+    kept_as_is = dataloader_source._decode_indices(0, [1, True, "a"], False)  # not all plain ints
+    assert kept_as_is == [1, True, "a"] and same_sampler([1, True, "a"], kept_as_is)
+    assert dataloader_source._kept_ints([2**64], "q") == [2**64]  # out of range: kept as the trace has it

@@ -38,6 +38,7 @@ land in a trace segment named `dl<loader>.i<iteration>.w<worker>`.
 """
 from __future__ import annotations
 
+import array
 import os
 import struct
 import weakref
@@ -306,33 +307,48 @@ def _as_plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
 
 
-def _same_indices(current: Any, forced: list[Any] | int, whole: bool) -> bool:
-    """Return whether the sampler's output matches the recorded one: whole, or by its length and three indices.
-
-    Comparing every index of a 256-sample batch cost the main process some 33,000 instructions a
-    batch, on a DataLoader-bound epoch's critical path. The recorded order is forced either way, so
-    this only says whether the sampler departed; one that did (another seed, another permutation)
-    shows at its first batch, which is compared whole (`whole`), and at the ends of nearly every other.
-    """
-    if type(current) is list and type(forced) is list:
+def _same_indices(current: Any, forced: Any) -> bool:
+    """Return whether the sampler's output equals the recorded one (as _kept_ints keeps it)."""
+    if type(current) is list and type(forced) is array.array:
         try:
-            if whole:
-                if current == forced:
-                    return True
-            else:
-                count = len(current)
-                return count == len(forced) and (count == 0 or bool(
-                    current[0] == forced[0] and current[-1] == forced[-1] and current[count // 2] == forced[count // 2]))
-        except ValueError:  # numpy arrays as items: compared as plain values below
+            # The sampler's ints packed, against the recording's buffer: compared without making or
+            # touching an int object of the recording's (see _kept_ints).
+            return struct.pack(f"{len(current)}q", *current) == forced.tobytes()
+        except (struct.error, TypeError, OverflowError):  # not plain ints: compared as plain values below
             pass
-    return bool(_as_plain(current) == forced)
+    try:
+        return bool(_as_plain(current) == _as_list(forced))
+    except ValueError:  # items that do not compare as one value (arrays): another order
+        return False
 
 
 def _decode_indices(width: int, packed: Any, scalar: bool) -> Any:
-    # A plain list is the trace's own (validated) one, not a copy: a second list of every batch's
-    # indices only gave the garbage collector more to walk, at every full collection of the replay.
+    """Return a recorded sampler output for replay: a batch of plain ints as an array (see _kept_ints)."""
     items = unpack_indices(width, packed) if width else packed
-    return items[0] if scalar else items
+    return items[0] if scalar else _kept_ints(items, "q")
+
+
+def _kept_ints(items: list[Any], typecode: str) -> Any:
+    """Return a recorded list of plain ints as an array of `typecode`; any other list as it is.
+
+    The decoded trace is allocated before a DataLoader forks its workers, and an int object's
+    reference count is written whenever the object is used: handing the program a batch of the
+    trace's own ints, or comparing them, copied two or three shared pages a batch (a page fault
+    each, which cost the replayed epoch more than all of detrun's instructions there). An array
+    keeps the values in a buffer that is only read; a batch that must be forced gets fresh ints
+    (`_as_list`).
+    """
+    if type(items) is list and {*map(type, items)} <= {int}:
+        try:
+            return array.array(typecode, items)
+        except OverflowError:  # out of the array's range: kept as the trace has it
+            pass
+    return items
+
+
+def _as_list(kept: Any) -> Any:
+    """Return what _kept_ints kept as a fresh list (anything else as it is)."""
+    return kept.tolist() if type(kept) is array.array else kept
 
 
 class DataLoaderSource(ImportTimeSource):
@@ -546,9 +562,10 @@ class DataLoaderSource(ImportTimeSource):
                     session.mismatch(INDICES_KIND, f"{state.label}: the sampler yields more batches than recorded")
                 raise StopIteration
             state.next_index += 1
-            if current is StopIteration or not _same_indices(current, forced, whole=state.next_index == 1):
-                sampler_departures[state.label] = sampler_departures.get(state.label, 0) + 1
-            return forced
+            if current is not StopIteration and _same_indices(current, forced):
+                return current  # the sampler's own output, as a run without detrun hands it on
+            sampler_departures[state.label] = sampler_departures.get(state.label, 0) + 1
+            return _as_list(forced)
 
         # Mirrors _BaseDataLoaderIter.__next__ (torch 2.x): the collated batch the program receives.
         def __next__(self: Any) -> Any:
@@ -581,7 +598,7 @@ class DataLoaderSource(ImportTimeSource):
             if session.recording:
                 pending.append((BATCH_KIND, [state.loader, state.epoch, batch, digests]))
                 return
-            recorded = state.digests.get(key)
+            recorded = _as_list(state.digests.get(key))
             if recorded is None:
                 if not state.missing_told:
                     state.missing_told = True
@@ -608,9 +625,8 @@ class DataLoaderSource(ImportTimeSource):
                 session.count_check("batches", batches_checked[0])
                 batches_checked[0] = 0
             for label, count in list(sampler_departures.items())[:1]:
-                session.note_cause(f"{label}: the sampler produced another order in {count} batches (the first "
-                                   "compared whole, the others by their ends and middle; the recorded order was "
-                                   "forced)")
+                session.note_cause(f"{label}: the sampler produced another order in {count} batches (the "
+                                   "recorded order was forced)")
 
         patch = self.patcher.setattr
         patch(base, "__init__", __init__)
@@ -635,7 +651,7 @@ def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any],
             indices[len(indices)] = _decode_indices(width, packed, scalar)
     for loader, epoch, batch, digests in session.take_all(BATCH_KIND):
         if (loader, epoch) in grouped:
-            grouped[(loader, epoch)][2][batch] = digests
+            grouped[(loader, epoch)][2][batch] = _kept_ints(digests, "I")
     return grouped
 
 
@@ -652,7 +668,7 @@ def _index_fetched(session: Session) -> dict[tuple[str, int], tuple[dict[int, An
             indices, digests_by_batch = grouped.setdefault((prefix, generation), ({}, {}))
             indices[batch] = _decode_indices(width, packed, scalar)
             if digests is not None:
-                digests_by_batch[batch] = digests
+                digests_by_batch[batch] = _kept_ints(digests, "I")
     return grouped
 
 
