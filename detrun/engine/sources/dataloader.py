@@ -92,7 +92,7 @@ class _Epoch:
         # them), not only those a worker fetched
         self.all_drawn = True
         self.next_index = 0  # replay: the batch whose indices are forced next
-        self.digests: dict[int, list[int]] = {}  # replay: the recorded batch digests by batch
+        self.digests: dict[int, Any] = {}  # replay: the recorded batch digests by batch (see _kept_ints)
         # replay: `digests` are keyed by the index the main process sent each batch's indices with (the
         # workers recorded them), not by the order the program received the batches
         self.digests_by_sent = False
@@ -334,7 +334,7 @@ def _kept_ints(items: list[Any], typecode: str) -> Any:
     The decoded trace is allocated before a DataLoader forks its workers, and an int object's
     reference count is written whenever the object is used: handing the program a batch of the
     trace's own ints, or comparing them, copied two or three shared pages a batch (a page fault
-    each, which cost the replayed epoch more than all of detrun's instructions there). An array
+    each, some 3.6 µs on the 2-core benchmark machine, on the epoch's critical path). An array
     keeps the values in a buffer that is only read; a batch that must be forced gets fresh ints
     (`_as_list`).
     """
