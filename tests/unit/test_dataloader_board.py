@@ -228,8 +228,8 @@ def test_a_sampler_that_departs_is_counted_and_the_recorded_order_forced(tmp_pat
     with detrun.replay(trace, quiet=True) as same:
         assert _shuffled_epoch(1) == received
     assert not any("another order" in cause for cause in same.causes), same
-    # Another seed draws another permutation: every batch departs at its ends, and the forced
-    # recorded order still gives the recorded batches.
+    # Another seed draws another permutation: every batch departs, and the forced recorded order
+    # still gives the recorded batches.
     with detrun.replay(trace, quiet=True) as departed:
         assert _shuffled_epoch(2) == received
     assert "DataLoader #0 epoch 0: the sampler produced another order in 5 batches" in " ".join(departed.causes)
@@ -241,7 +241,7 @@ def test_sampler_output_is_compared_index_by_index_with_the_kept_recording() -> 
     assert same_sampler([4, 9, 1, 7, 3], recorded)
     assert not same_sampler([4, 9, 2, 7, 3], recorded)  # one index inside the batch
     assert not same_sampler([4, 9, 1, 7], recorded) and not same_sampler([4, 9, 1, 7, 3, 0], recorded)
-    assert same_sampler((4, 9, 1, 7, 3), recorded)  # a tuple, a numpy array: compared as plain values
+    assert same_sampler((4, 9, 1, 7, 3), recorded)  # a tuple: compared as plain values
     assert same_sampler([torch.tensor(4), torch.tensor(9)], dataloader_source._decode_indices(0, [4, 9], False))
     assert not same_sampler([4, "9", 1, 7, 3], recorded)
     assert same_sampler(3, dataloader_source._decode_indices(0, [3], True))
