@@ -244,11 +244,11 @@ class _WorkerBatches:
         if indices is _MISSING:
             return
         scalar = not isinstance(indices, list)
+        payload = [self._generation, index, 0, [indices] if scalar else indices, scalar, digests]
         try:
-            self._session.emit(FETCHED_KIND, [self._generation, index, 0, [indices] if scalar else indices, scalar,
-                                              digests])
+            self._session.emit(FETCHED_KIND, payload)
         except TypeError:  # numpy integers from the sampler, which msgpack does not take: as plain ints
-            self._session.emit(FETCHED_KIND, [self._generation, index, *_encode_indices(indices), digests])
+            self._session.emit(FETCHED_KIND, _with_encoded_indices(payload))
 
     def failed(self, exc: Exception) -> None:
         """Report a failure in the queues' hooks: a recorded batch may lack its indices or digests."""
@@ -298,6 +298,12 @@ def _encode_indices(value: Any) -> tuple[int, Any, bool]:
         width, packed = pack_indices(items)
         return width, packed, scalar
     return 0, [i.tolist() if hasattr(i, "tolist") else i for i in items], scalar
+
+
+def _with_encoded_indices(payload: list[Any]) -> list[Any]:
+    """Return a `dl.indices` or `dl.fetched` payload with its sampler output (`0, items, scalar`) as plain ints."""
+    items, scalar = payload[3], payload[4]
+    return [*payload[:2], *_encode_indices(items[0] if scalar else items), *payload[5:]]
 
 
 def _as_plain(value: Any) -> Any:
@@ -401,8 +407,7 @@ class DataLoaderSource(ImportTimeSource):
                 try:
                     session.emit(kind, payload)
                 except TypeError:  # numpy integers from the sampler, which msgpack does not take: as plain ints
-                    loader, epoch, _width, items, scalar = payload
-                    session.emit(kind, [loader, epoch, *_encode_indices(items[0] if scalar else items)])
+                    session.emit(kind, _with_encoded_indices(payload))
 
         def start_epoch(iterator: Any, loader: Any, base_seed: Any) -> _Epoch:
             """Open a new epoch for a loader, record or check its start, and return its state."""
@@ -640,9 +645,9 @@ class DataLoaderSource(ImportTimeSource):
             session.on_stop(write_pending)
 
 
-def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any], dict[int, Any], dict[int, list[int]]]]:
+def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any], dict[int, Any], dict[int, Any]]]:
     """Group the main process's recorded DataLoader events by (loader, epoch) for replay: start, indices, digests."""
-    grouped: dict[tuple[int, int], tuple[list[Any], dict[int, Any], dict[int, list[int]]]] = {}
+    grouped: dict[tuple[int, int], tuple[list[Any], dict[int, Any], dict[int, Any]]] = {}
     for start in session.take_all(EPOCH_KIND):
         grouped[(start[0], start[1])] = (start, {}, {})
     for loader, epoch, width, packed, scalar in session.take_all(INDICES_KIND):
@@ -655,10 +660,10 @@ def _index_recording(session: Session) -> dict[tuple[int, int], tuple[list[Any],
     return grouped
 
 
-def _index_fetched(session: Session) -> dict[tuple[str, int], tuple[dict[int, Any], dict[int, list[int]]]]:
+def _index_fetched(session: Session) -> dict[tuple[str, int], tuple[dict[int, Any], dict[int, Any]]]:
     """Group what the recording's DataLoader workers fetched by (pass prefix, pass) for replay: indices, digests."""
     assert session.trace is not None
-    grouped: dict[tuple[str, int], tuple[dict[int, Any], dict[int, list[int]]]] = {}
+    grouped: dict[tuple[str, int], tuple[dict[int, Any], dict[int, Any]]] = {}
     for role, kinds in session.trace.events.items():
         payloads = kinds.get(FETCHED_KIND)
         if not payloads or ".w" not in role:
