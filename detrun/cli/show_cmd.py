@@ -24,6 +24,8 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "complete": trace.complete,
         "end_reason": end.get("reason"),
         "exit_status": end.get("exit_status"),
+        # A hook that failed while recording (any process's): such a trace cannot vouch for its replay.
+        "hook_failures": [f for f in end.get("hook_failures") or [] if isinstance(f, str)],
         "script": trace.header.get("script", {}),
         "argv": trace.header.get("argv", []),
         "command": trace.header.get("command"),
@@ -71,6 +73,8 @@ def render(summary: dict[str, Any]) -> str:
         f"trace      {summary['path']} ({format_bytes(summary['size_bytes'])}, format {summary['format_version']}, "
         f"detrun {summary['detrun_version']})",
         f"status     {status}; script exit status {summary['exit_status']}",
+        *([f"warning    {len(summary['hook_failures'])} detrun hook failure(s) while recording, so a replay of this "
+           f"trace is at best UNVERIFIED; the first: {summary['hook_failures'][0]}"] if summary["hook_failures"] else []),
         f"recorded   {summary['created']} in {summary['cwd']}",
         *([f"command    {shell_words(summary['command'])}"] if summary.get("command") is not None else [
             f"script     {'-m ' if script.get('module') else ''}{script.get('name')}"

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 # appear as the program's entropy.
 _os_urandom = os.urandom
 
+# A recorded segment's hook failures, in a file beside it (`<segment><suffix>`) that only a child
+# with a failure writes.
+FAILURES_SUFFIX = ".failures.json"
+
 
 class ChildSegments:
     """The part of the Session that deals with DataLoader worker processes (a mixin)."""
@@ -65,7 +69,13 @@ class ChildSegments:
             assert self.writer is not None
             partial = self.writer.path
             self.writer.close()
-            os.replace(partial, partial.removesuffix(".partial"))
+            finished = partial.removesuffix(".partial")
+            if self.hook_failures:
+                # Beside the segment, before it is published: the main session reads it with the
+                # segment, and its end record then says the recording cannot vouch for its replay.
+                with open(finished + FAILURES_SUFFIX, "w", encoding="utf-8") as failures:
+                    json.dump({"role": self.role, "hook_failures": self.hook_failures}, failures)
+            os.replace(partial, finished)
             return
         report_path = self.settings.get("report_path")
         if report_path:
@@ -76,6 +86,19 @@ class ChildSegments:
                 json.dump({"divergences": [d._asdict() for d in self.divergences + self.mismatches],
                            "checks": self.checked, "hook_failures": self.hook_failures}, report)
 
+    def _take_segment_failures(self, path: str) -> None:
+        """Add the hook failures a child noted while recording its segment (written only if it had any)."""
+        try:
+            with open(path, encoding="utf-8") as failures:
+                data = json.load(failures)
+            os.unlink(path)
+            self.hook_failures.extend(f"{data['role']}: {failure}" for failure in data["hook_failures"])
+        except FileNotFoundError:
+            return  # the usual case: no hook failed in that child
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # Unreadable: a failure all the same, or the trace would vouch for a segment that did not.
+            self.hook_failures.append(f"reading a child's hook failures: {type(exc).__name__}: {exc}")
+
     def _merge_children(self) -> None:
         """Fold finished child segments into the trace, or child divergences into the verdict."""
         if self.recording and self.writer is not None:
@@ -83,6 +106,8 @@ class ChildSegments:
             for unfinished in self.segment_paths:
                 if os.path.exists(unfinished + ".partial"):
                     os.unlink(unfinished + ".partial")
+            for path in finished:
+                self._take_segment_failures(path + FAILURES_SUFFIX)
             if finished:
                 self.writer.append_segments(finished)
             return

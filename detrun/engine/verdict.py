@@ -75,6 +75,9 @@ def likely_cause(facts: ReplayFacts, first: Divergence | None = None) -> str | N
     step = first.step if first is not None else None
     if facts.unrecorded:
         return f"the script's code ran in process(es) detrun did not record: {', '.join(facts.unrecorded[:3])}"
+    if facts.hook_failures:
+        # detrun's own failure comes before any departure it may have caused (a batch it never recorded).
+        return f"a detrun hook failed ({facts.hook_failures[0]}), so that source may not have been replayed"
     for mismatch in facts.mismatches:
         if step is None or mismatch.step is None or mismatch.step <= step:
             return mismatch.message

@@ -258,3 +258,55 @@ def test_a_sampler_of_numpy_indices_that_refills_its_list_is_recorded_as_it_yiel
     assert replayed.stdout == recorded.stdout
     shown = detrun("show", "--json", "trace.zst", cwd=tmp_path)
     assert json.loads(shown.stdout)["events"]["main"]["dl.indices"] == 8
+
+
+UNPRINTABLE_IN_WORKERS = '''
+import os, torch
+from torch.utils.data import DataLoader
+
+MAIN = os.getpid()
+
+class Source:
+    """A batch field that cannot be printed in a worker process (its repr raises there)."""
+    def __repr__(self):
+        if os.getpid() != MAIN:
+            raise RuntimeError("no repr in a worker")
+        return "Source()"
+
+def collate(items):
+    return torch.stack(items), Source()
+
+data = torch.rand(32, 2)  # unseeded: two plain runs differ
+model = torch.nn.Linear(2, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=1, collate_fn=collate,
+                    multiprocessing_context="fork")
+for batch, _source in loader:
+    optimizer.zero_grad()
+    model(batch).pow(2).mean().backward()
+    optimizer.step()
+print([round(float(p.sum()), 6) for p in model.parameters()])
+'''
+
+
+def test_a_hook_failure_in_a_recording_worker_is_in_the_trace_and_lowers_the_verdict(tmp_path: Path) -> None:
+    # The worker's batch digest fails (the field's repr raises there): the program runs on unchanged,
+    # and the trace's end record says so, or a replay would vouch for batches nobody recorded.
+    (tmp_path / "unprintable.py").write_text(UNPRINTABLE_IN_WORKERS)
+    plain = [python("unprintable.py", cwd=tmp_path) for _ in range(2)]
+    assert all(p.returncode == 0 for p in plain), plain[0].stderr
+    assert plain[0].stdout != plain[1].stdout
+    recorded = detrun("record", "-q", "unprintable.py", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    assert "internal error in DataLoader worker batches" in recorded.stderr, recorded.stderr
+
+    summary = json.loads(detrun("show", "--json", "trace.zst", cwd=tmp_path).stdout)
+    assert [f.split(":")[:2] for f in summary["hook_failures"]] == [["dl0.i0.w0", " DataLoader worker batches"]]
+    shown = detrun("show", "trace.zst", cwd=tmp_path).stdout
+    assert "warning    1 detrun hook failure(s) while recording" in shown, shown
+
+    replayed = detrun("replay", "trace.zst", "unprintable.py", cwd=tmp_path)
+    assert replayed.stdout == recorded.stdout  # the run itself was replayed
+    assert verdict(replayed.stderr).startswith(
+        "detrun: UNVERIFIED (a detrun hook failed (while recording: dl0.i0.w0: DataLoader worker batches"), \
+        replayed.stderr

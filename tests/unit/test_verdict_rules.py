@@ -46,6 +46,13 @@ def test_hook_failures_and_unrecorded_children_lower_the_verdict() -> None:
     both = decide(facts(unrecorded=["multiprocessing.Process(target=train)"],
                         divergences=[Divergence("final.state", "at exit, module #0 (Linear) differs")]))
     assert both.status == "DIVERGED" and "target=train" in both.line
+    # A hook that failed (here while recording) is named before a departure it may have caused.
+    lost = decide(facts(hook_failures=["while recording: dl0.i0.w0: DataLoader worker batches: RuntimeError: x"],
+                        mismatches=[Divergence("dl.batch", "DataLoader #0 epoch 0, batch 3: the recording has no "
+                                               "such batch", step=2, check="event")],
+                        divergences=[Divergence("step", "parameter 'fc.weight' differs", step=5)]))
+    assert lost.status == "DIVERGED"
+    assert "likely cause: a detrun hook failed (while recording: dl0.i0.w0" in lost.line, lost.line
 
 
 def test_incomplete_recording_says_how_far_it_was_checked() -> None:

@@ -235,9 +235,13 @@ class _WorkerBatches:
             return
         digests = None
         if self._digests and data is not None and not isinstance(data, self._not_batches):
-            digests = batch_digests(self._torch, data)
-            if self._board is not None:
-                self._board.post(self._generation, index, digests)
+            try:
+                digests = batch_digests(self._torch, data)
+            except Exception as exc:  # noqa: BLE001 - reported; the batch's indices are still recorded below
+                self.failed(exc)
+            else:
+                if self._board is not None:
+                    self._board.post(self._generation, index, digests)
         if self._session is None:
             return
         indices = self._sent.pop(index, _MISSING)
