@@ -43,7 +43,7 @@ import os
 import struct
 import weakref
 import zlib
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from detrun.engine.patcher import ImportTimeSource
 from detrun.trace.format import pack_indices, unpack_indices
@@ -317,13 +317,23 @@ def _as_plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
 
 
+# A batch of n sampler indices packed as the recording keeps it (_kept_ints), by n: a loader has one
+# or two batch lengths (the last batch's is shorter), each Struct compiled once.
+_INDEX_PACKERS: dict[int, Callable[..., bytes]] = {}
+
+
 def _same_indices(current: Any, forced: Any) -> bool:
     """Return whether the sampler's output equals the recorded one (as _kept_ints keeps it)."""
     if type(current) is list and type(forced) is array.array:
         try:
             # The sampler's ints packed, against the recording's buffer: compared without making or
             # touching an int object of the recording's (see _kept_ints).
-            return struct.pack(f"{len(current)}q", *current) == forced.tobytes()
+            pack = _INDEX_PACKERS.get(len(current))
+            if pack is None:  # once per batch length: a format string built and hashed every batch cost ~0.8 µs
+                pack = struct.Struct(f"{len(current)}q").pack
+                if len(_INDEX_PACKERS) < 64:  # a sampler of ever new lengths (buckets) keeps a few
+                    _INDEX_PACKERS[len(current)] = pack
+            return pack(*current) == forced.tobytes()
         except (struct.error, TypeError, OverflowError):  # not plain ints: compared as plain values below
             pass
     try:
