@@ -84,7 +84,7 @@ class ChildSegments:
                     self.mismatch(kind, f"{self.role}: {message}")
             with open(report_path, "w", encoding="utf-8") as report:
                 json.dump({"divergences": [d._asdict() for d in self.divergences + self.mismatches],
-                           "checks": self.checked, "hook_failures": self.hook_failures}, report)
+                           "checks": self.checked, "role": self.role, "hook_failures": self.hook_failures}, report)
 
     def _take_segment_failures(self, path: str) -> None:
         """Add the hook failures a child noted while recording its segment (written only if it had any)."""
@@ -120,7 +120,7 @@ class ChildSegments:
                     (self.mismatches if found.check == "event" else self.divergences).append(found)
                 for name, count in data["checks"].items():
                     self.count_check(name, int(count))
-                self.hook_failures.extend(str(f) for f in data["hook_failures"])
+                self.hook_failures.extend(f"{data['role']}: {f}" for f in data["hook_failures"])
                 os.unlink(path)
             except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 continue

@@ -305,8 +305,11 @@ def test_a_hook_failure_in_a_recording_worker_is_in_the_trace_and_lowers_the_ver
     shown = detrun("show", "trace.zst", cwd=tmp_path).stdout
     assert "warning    1 detrun hook failure(s) while recording" in shown, shown
 
-    replayed = detrun("replay", "trace.zst", "unprintable.py", cwd=tmp_path)
+    replayed = detrun("replay", "--json", "verdict.json", "trace.zst", "unprintable.py", cwd=tmp_path)
     assert replayed.stdout == recorded.stdout  # the run itself was replayed
     assert verdict(replayed.stderr).startswith(
         "detrun: UNVERIFIED (a detrun hook failed (while recording: dl0.i0.w0: DataLoader worker batches"), \
         replayed.stderr
+    # The replay's worker fails the same way, but there the main process digests the batch itself.
+    failures = json.loads((tmp_path / "verdict.json").read_text())["hook_failures"]
+    assert [f.split(": ")[:3] for f in failures] == [["while recording", "dl0.i0.w0", "DataLoader worker batches"]]
