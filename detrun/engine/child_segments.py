@@ -73,8 +73,11 @@ class ChildSegments:
             if self.hook_failures:
                 # Beside the segment, before it is published: the main session reads it with the
                 # segment, and its end record then says the recording cannot vouch for its replay.
-                with open(finished + FAILURES_SUFFIX, "w", encoding="utf-8") as failures:
-                    json.dump({"role": self.role, "hook_failures": self.hook_failures}, failures)
+                try:
+                    with open(finished + FAILURES_SUFFIX, "w", encoding="utf-8") as failures:
+                        json.dump({"role": self.role, "hook_failures": self.hook_failures}, failures)
+                except OSError:
+                    pass  # never raised into the worker's exit; the failure was printed on stderr
             os.replace(partial, finished)
             return
         report_path = self.settings.get("report_path")
