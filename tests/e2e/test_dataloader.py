@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -214,6 +215,17 @@ def test_worker_rngs_are_recorded_and_replayed_in_the_workers(context: str, tmp_
     assert line.startswith("detrun: UNVERIFIED") and "departed" not in line, line  # no model: data only
 
 
+def _differing_then_recorded(tmp_path: Path, name: str, source: str) -> subprocess.CompletedProcess[str]:
+    """Write a script, assert that two plain runs of it print differently, and return its recording."""
+    (tmp_path / name).write_text(source)
+    plain = [python(name, cwd=tmp_path) for _ in range(2)]
+    assert all(p.returncode == 0 for p in plain), plain[0].stderr
+    assert plain[0].stdout != plain[1].stdout
+    recorded = detrun("record", "-q", name, cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    return recorded
+
+
 REUSING_SAMPLER = '''
 import numpy as np, torch
 from torch.utils.data import DataLoader
@@ -247,12 +259,7 @@ print([round(float(p.sum()), 6) for p in model.parameters()], float(batch.sum())
 
 def test_a_sampler_of_numpy_indices_that_refills_its_list_is_recorded_as_it_yielded(tmp_path: Path) -> None:
     # The batched sampler events hold a copy of each batch of indices, as numpy integers become plain ones.
-    (tmp_path / "refill.py").write_text(REUSING_SAMPLER)
-    plain = [python("refill.py", cwd=tmp_path) for _ in range(2)]
-    assert all(p.returncode == 0 for p in plain), plain[0].stderr
-    assert plain[0].stdout != plain[1].stdout
-    recorded = detrun("record", "-q", "refill.py", cwd=tmp_path)
-    assert recorded.returncode == 0, recorded.stderr
+    recorded = _differing_then_recorded(tmp_path, "refill.py", REUSING_SAMPLER)
     replayed = detrun("replay", "trace.zst", "refill.py", cwd=tmp_path)
     assert verdict(replayed.stderr).startswith("detrun: REPRODUCED (8 steps"), replayed.stderr
     assert replayed.stdout == recorded.stdout
@@ -292,12 +299,7 @@ print([round(float(p.sum()), 6) for p in model.parameters()])
 def test_a_hook_failure_in_a_recording_worker_is_in_the_trace_and_lowers_the_verdict(tmp_path: Path) -> None:
     # The worker's batch digest fails (the field's repr raises there): the program runs on unchanged,
     # and the trace's end record says so, or a replay would vouch for batches nobody recorded.
-    (tmp_path / "unprintable.py").write_text(UNPRINTABLE_IN_WORKERS)
-    plain = [python("unprintable.py", cwd=tmp_path) for _ in range(2)]
-    assert all(p.returncode == 0 for p in plain), plain[0].stderr
-    assert plain[0].stdout != plain[1].stdout
-    recorded = detrun("record", "-q", "unprintable.py", cwd=tmp_path)
-    assert recorded.returncode == 0, recorded.stderr
+    recorded = _differing_then_recorded(tmp_path, "unprintable.py", UNPRINTABLE_IN_WORKERS)
     assert "internal error in DataLoader worker batches" in recorded.stderr, recorded.stderr
 
     summary = json.loads(detrun("show", "--json", "trace.zst", cwd=tmp_path).stdout)
