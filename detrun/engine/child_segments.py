@@ -89,13 +89,17 @@ class ChildSegments:
                 json.dump({"divergences": [d._asdict() for d in self.divergences + self.mismatches],
                            "checks": self.checked, "role": self.role, "hook_failures": self.hook_failures}, report)
 
+    def _take_child_failures(self, data: dict[str, Any]) -> None:
+        """Add a child's hook failures, from its failures file or its report, named by its role."""
+        self.hook_failures.extend(f"{data['role']}: {failure}" for failure in data["hook_failures"])
+
     def _take_segment_failures(self, path: str) -> None:
         """Add the hook failures a child noted while recording its segment (written only if it had any)."""
         try:
             with open(path, encoding="utf-8") as failures:
                 data = json.load(failures)
             os.unlink(path)
-            self.hook_failures.extend(f"{data['role']}: {failure}" for failure in data["hook_failures"])
+            self._take_child_failures(data)
         except FileNotFoundError:
             return  # the usual case: no hook failed in that child
         except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -123,7 +127,7 @@ class ChildSegments:
                     (self.mismatches if found.check == "event" else self.divergences).append(found)
                 for name, count in data["checks"].items():
                     self.count_check(name, int(count))
-                self.hook_failures.extend(f"{data['role']}: {f}" for f in data["hook_failures"])
+                self._take_child_failures(data)
                 os.unlink(path)
             except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 continue
