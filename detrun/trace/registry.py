@@ -231,15 +231,17 @@ DL_INDICES = _declare(
           "packed indices need width 1, 2, 4 or 8 and a whole number of words (width 0: a plain list)"),
     "[loader, epoch, width, packed, scalar]: one index or batch of indices the sampler yielded; forced on replay",
     "dataloader", fed_back=True)
+# dl.batch and dl.fetched version 2: a field's digest is the low 32 bits of XXH3 of its bytes (version
+# 1: crc32, some six times slower); a replay digests with the version its trace recorded.
 DL_BATCH = _declare(
-    "dl.batch", 1, Tuple(SMALL, SMALL, SMALL, ListOf(U32, 1 << 16)),
-    "[loader, epoch, batch, [crc32 per field]] of every collated batch; checked on replay", "dataloader")
+    "dl.batch", 2, Tuple(SMALL, SMALL, SMALL, ListOf(U32, 1 << 16)),
+    "[loader, epoch, batch, [digest per field]] of every collated batch; checked on replay", "dataloader")
 DL_FETCHED = _declare(
-    "dl.fetched", 1,
+    "dl.fetched", 2,
     Check(Tuple(SMALL, SMALL, Int(0, 8), OneOf(Bytes(1 << 24), ListOf(SMALL_DATA, 1 << 21)), Bool,
                 OneOf(Null, ListOf(U32, 1 << 16))), _indices_ok,
           "packed indices need width 1, 2, 4 or 8 and a whole number of words (width 0: a plain list)"),
-    "in a DataLoader worker's segment: [pass, batch, width, packed, scalar, [crc32 per field] or null] for "
+    "in a DataLoader worker's segment: [pass, batch, width, packed, scalar, [digest per field] or null] for "
     "each batch the worker was sent (pass counts a persistent worker's epochs); the indices are forced and "
     "the digests checked on replay", "dataloader", fed_back=True)
 

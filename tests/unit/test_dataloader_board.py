@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 import torch
+import xxhash
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 import detrun
 from detrun.engine.session import active_session
 from detrun.engine.sources import dataloader as dataloader_source
 from detrun.engine.sources.dataloader import BOARD_LEAVES, BatchDigestBoard
-from detrun.trace import read_trace
+from detrun.trace import read_trace, registry
 
 
 class Augmented(Dataset):
@@ -53,9 +54,14 @@ def _fetched_digests(trace: str) -> list[list[int]]:
     return [digests for _epoch, _batch, digests in sorted(found)]
 
 
-def _epochs(loader: DataLoader, epochs: int = 2) -> list[list[int]]:
-    """Iterate; return crc32 of each field of every batch, as the main process received it."""
-    return [[zlib.crc32(field.numpy()) for field in batch] for _ in range(epochs) for batch in loader]
+def _xxh3_low32(data: Any) -> int:
+    """The definition of a batch field's digest since dl.batch/dl.fetched version 2."""
+    return xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF
+
+
+def _epochs(loader: DataLoader, epochs: int = 2, digest: Any = _xxh3_low32) -> list[list[int]]:
+    """Iterate; return the digest of each field of every batch, as the main process received it."""
+    return [[digest(field.numpy()) for field in batch] for _ in range(epochs) for batch in loader]
 
 
 @pytest.fixture
@@ -64,10 +70,10 @@ def main_digests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counted: list[int] = []
     original, main = dataloader_source.batch_digests, os.getpid()
 
-    def counting(torch_module: Any, data: Any) -> list[int]:
+    def counting(torch_module: Any, data: Any, digest: Any) -> list[int]:
         if os.getpid() == main:
             counted.append(1)
-        return original(torch_module, data)
+        return original(torch_module, data, digest)
 
     monkeypatch.setattr(dataloader_source, "batch_digests", counting)
     return counted
@@ -90,6 +96,35 @@ def test_worker_digests_are_the_received_batches_and_replay_checks_them(options:
         replayed = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2, **options))
     assert replayed == received
     assert result.checks.get("batches") == len(received), result
+
+
+def test_a_trace_of_crc32_batch_digests_replays_with_crc32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A trace recorded before XXH3 (dl.batch and dl.fetched version 1): its digests keep their meaning.
+    trace = str(tmp_path / "trace.zst")
+    with monkeypatch.context() as old_detrun:
+        for name in ("dl.batch", "dl.fetched"):
+            old_detrun.setitem(registry.KINDS, name, registry.KINDS[name]._replace(version=1))
+        with detrun.record(trace, quiet=True):
+            received = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2), digest=zlib.crc32)
+        with detrun.record(str(tmp_path / "main.zst"), quiet=True):
+            in_main = _epochs(DataLoader(Augmented(), batch_size=8), epochs=1, digest=zlib.crc32)
+    assert read_trace(trace).version("dl.fetched") == 1
+    assert _fetched_digests(trace) == received  # crc32s, as that detrun recorded them
+    assert [payload[3] for payload in read_trace(str(tmp_path / "main.zst")).events["main"]["dl.batch"]] == in_main
+    assert _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2), digest=zlib.crc32) != received
+
+    with detrun.replay(trace, quiet=True) as result:
+        replayed = _epochs(DataLoader(Augmented(), batch_size=8, num_workers=2), digest=zlib.crc32)
+    assert replayed == received
+    assert result.checks.get("batches") == len(received) and not result.divergences, result
+    with detrun.replay(str(tmp_path / "main.zst"), quiet=True) as result:
+        assert _epochs(DataLoader(Augmented(), batch_size=8), epochs=1, digest=zlib.crc32) == in_main
+    assert result.checks.get("batches") == len(in_main) and not result.divergences, result
+    # The checks can fail: the same trace, a changed dataset.
+    with detrun.replay(trace, quiet=True) as result:
+        _epochs(DataLoader(OneSampleShifted(), batch_size=8, num_workers=2), epochs=1)
+    assert any("epoch 0, batch 1: field [0] differs" in line for line in [*result.divergences, *result.causes,
+                                                                         result.reason]), result
 
 
 def test_out_of_order_delivery_is_digested_by_the_main_process(tmp_path: Path, main_digests: list[int]) -> None:

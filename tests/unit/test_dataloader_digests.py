@@ -1,4 +1,7 @@
-"""Batch digests: the one-call path gives the bytes, and so the crc32, that every trace has recorded."""
+"""Batch digests: the one-call path gives the bytes, and so the digest, that every trace has recorded.
+
+Version 2 of dl.batch/dl.fetched digests with XXH3's low 32 bits, version 1 with crc32.
+"""
 from __future__ import annotations
 
 import zlib
@@ -7,13 +10,21 @@ from collections import namedtuple
 import numpy as np
 import pytest
 import torch
+import xxhash
 
-from detrun.engine.sources.dataloader import _leaves, batch_digests
+from detrun.engine.sources.dataloader import _leaves, batch_digester, batch_digests
+
+# The definitions, by version: of the values' bytes, in C order.
+DEFINITIONS = {1: zlib.crc32, 2: lambda data: xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF}
 
 
-def _bytes_crc(tensor: torch.Tensor) -> int:
-    """The definition: crc32 of the values' bytes, in C order."""
-    return zlib.crc32(tensor.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8).numpy())
+def _bytes_digest(tensor: torch.Tensor, version: int = 2) -> int:
+    data = tensor.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return DEFINITIONS[version](bytes(data))
+
+
+def _digests(data: object, version: int = 2) -> list[int]:
+    return batch_digests(torch, data, batch_digester(version))
 
 
 CASES = {
@@ -35,11 +46,18 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("version", sorted(DEFINITIONS))
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_a_tensor_is_digested_as_its_bytes_whatever_its_layout_or_dtype(name: str) -> None:
+def test_a_tensor_is_digested_as_its_bytes_whatever_its_layout_or_dtype(name: str, version: int) -> None:
     tensor = CASES[name]
-    assert batch_digests(torch, tensor) == [_bytes_crc(tensor)]
-    assert batch_digests(torch, (tensor, tensor * 2)) == [_bytes_crc(tensor), _bytes_crc(tensor * 2)]
+    assert _digests(tensor, version) == [_bytes_digest(tensor, version)]
+    assert _digests((tensor, tensor * 2), version) == [_bytes_digest(tensor, version), _bytes_digest(tensor * 2, version)]
+
+
+def test_the_two_versions_are_different_functions() -> None:
+    tensor = torch.randn(4, 5)
+    assert _digests(tensor, 1) != _digests(tensor, 2)
+    assert batch_digester(1) is zlib.crc32
 
 
 def test_every_batch_shape_digests_its_leaves_in_the_order_they_are_named() -> None:
@@ -47,9 +65,9 @@ def test_every_batch_shape_digests_its_leaves_in_the_order_they_are_named() -> N
     Pair = namedtuple("Pair", "inputs targets")
     for batch in ([x, y], (x, y), {"x": x, "y": y}, Pair(x, y), (x, [y, "label"]), (x, np.arange(3))):
         leaves = list(_leaves(batch))
-        digests = batch_digests(torch, batch)
+        digests = _digests(batch)
         assert len(digests) == len(leaves)
-        assert digests[0] == _bytes_crc(x)
-    assert batch_digests(torch, ()) == []
+        assert digests[0] == _bytes_digest(x)
+    assert _digests(()) == []
     # Order matters: the same samples in another order are another batch.
-    assert batch_digests(torch, x) != batch_digests(torch, x.flip(0))
+    assert _digests(x) != _digests(x.flip(0))
