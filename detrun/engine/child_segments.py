@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -85,9 +86,17 @@ class ChildSegments:
             if self.trace is not None and self.trace.complete:
                 for kind, message in self._unused_events():
                     self.mismatch(kind, f"{self.role}: {message}")
-            with open(report_path, "w", encoding="utf-8") as report:
-                json.dump({"divergences": [d._asdict() for d in self.divergences + self.mismatches],
-                           "checks": self.checked, "role": self.role, "hook_failures": self.hook_failures}, report)
+            # Whole or not at all: the main session reads a half-written report as a failure, and a
+            # missing one as a child that did not finish (a worker that died with the run).
+            writing = f"{report_path}.{os.getpid()}.tmp"
+            try:
+                with open(writing, "w", encoding="utf-8") as report:
+                    json.dump({"divergences": [d._asdict() for d in self.divergences + self.mismatches],
+                               "checks": self.checked, "role": self.role, "hook_failures": self.hook_failures},
+                              report)
+                os.replace(writing, report_path)
+            except OSError as exc:  # never raised into the worker's exit
+                print(f"detrun: warning: {self.role}: cannot write its replay report: {exc}", file=sys.stderr)
 
     def _take_child_failures(self, data: dict[str, Any]) -> None:
         """Add a child's hook failures, from its failures file or its report, named by its role."""
@@ -129,5 +138,8 @@ class ChildSegments:
                     self.count_check(name, int(count))
                 self._take_child_failures(data)
                 os.unlink(path)
-            except (OSError, ValueError, TypeError, KeyError, AttributeError):
-                continue
+            except FileNotFoundError:
+                continue  # a child that did not finish: as a recording drops its unfinished segment
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                # Its checks are unknown: a failure, or the verdict would vouch for checks nobody saw.
+                self.hook_failures.append(f"reading a child's replay report: {type(exc).__name__}: {exc}")

@@ -1,6 +1,7 @@
 """A child process's hook failures reach the main session: a recorded segment's and a replay report's."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from detrun.engine.child_segments import FAILURES_SUFFIX
@@ -52,3 +53,28 @@ def test_a_replay_reports_hook_failures_are_named_by_role(tmp_path: Path) -> Non
     main._merge_children()
     assert main.hook_failures == ["w0: DataLoader worker seeds: KeyError: 'x'"]
     assert not report.exists()
+
+
+def test_an_unreadable_replay_report_is_a_failure_and_a_missing_one_is_not(tmp_path: Path) -> None:
+    # A report that is there but does not read: the child's checks are unknown, so the verdict
+    # cannot vouch for them. A missing one: a child that did not finish, as a recording's
+    # unfinished segment is dropped (the state checks decide).
+    main = Session("replay", trace=Trace(path="", header={}, events={}, end={"complete": True}, size=0), quiet=True)
+    (tmp_path / "report.w0.json").write_text('{"divergences": [')
+    main.report_paths.extend([str(tmp_path / "report.w0.json"), str(tmp_path / "report.w1.json")])
+    main._merge_children()
+    assert len(main.hook_failures) == 1, main.hook_failures
+    assert main.hook_failures[0].startswith("reading a child's replay report: JSONDecodeError: ")
+
+
+def test_a_replay_report_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    trace = Trace(path="", header={}, events={"w0": {}}, end={"complete": True}, size=0)
+    report = tmp_path / "gone" / "report.w0.json"  # its directory went first: the write fails
+    child = Session("replay", trace=trace, quiet=True, role="w0", settings={"report_path": str(report)})
+    child.finish_child()  # does not raise into the worker's exit
+    assert not report.exists()
+    written = tmp_path / "report.w1.json"
+    child = Session("replay", trace=trace, quiet=True, role="w1", settings={"report_path": str(written)})
+    child.finish_child()
+    assert json.loads(written.read_text())["role"] == "w1"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
