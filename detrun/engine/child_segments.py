@@ -95,8 +95,12 @@ class ChildSegments:
                                "checks": self.checked, "role": self.role, "hook_failures": self.hook_failures},
                               report)
                 os.replace(writing, report_path)
-            except OSError as exc:  # never raised into the worker's exit
+            except Exception as exc:  # noqa: BLE001 - never raised into the worker's exit
                 print(f"detrun: warning: {self.role}: cannot write its replay report: {exc}", file=sys.stderr)
+                try:
+                    os.unlink(writing)
+                except OSError:
+                    pass
 
     def _take_child_failures(self, data: dict[str, Any]) -> None:
         """Add a child's hook failures, from its failures file or its report, named by its role."""
