@@ -22,6 +22,7 @@ def merge_traces(paths: list[str], output: str, *, force: bool = False) -> dict[
     if len(paths) < 2:
         raise TraceError("detrun merge needs the traces of at least two nodes")
     traces = sorted((read_trace(path) for path in paths), key=_node_of)
+    _check_one_detrun(traces)
     first = traces[0]
     first_ranks = first.process_keys()
     nodes: dict[int, str] = {}
@@ -62,6 +63,19 @@ def merge_traces(paths: list[str], output: str, *, force: bool = False) -> dict[
     write_objects(partial, objects)
     publish(partial, output, force=force)
     return {"nodes": sorted(nodes), "ranks": recorded, "output": output}
+
+
+def _check_one_detrun(traces: list[Trace]) -> None:
+    """Refuse traces that write a kind of event in different versions (a merged trace has one per kind)."""
+    # A replay reads each kind's events in the trace's one version (the DataLoader's batch digests:
+    # crc32 in version 1, XXH3 in 2); a node's events in another would all read as departures.
+    seen: dict[str, tuple[int, str]] = {}
+    for trace in traces:
+        for kind, version in sorted(trace.declared_versions().items()):
+            first_version, first_path = seen.setdefault(kind, (version, trace.path))
+            if version != first_version:
+                raise TraceError(f"{trace.path} holds {kind} events of version {version} and {first_path} of "
+                                 f"version {first_version}: record every node with one detrun release")
 
 
 def _node_of(trace: Trace) -> int:

@@ -361,6 +361,10 @@ class Trace:
         """Return the payload version of a kind's events here (this detrun's own for a kind the trace lacks)."""
         return self._versions.get(kind) or registry.current_version(kind)
 
+    def declared_versions(self) -> dict[str, int]:
+        """Return the payload version of each kind the trace declares."""
+        return dict(self._versions)
+
     @property
     def complete(self) -> bool:
         """Return whether the recorded run finished normally (a killed run's trace is incomplete)."""
