@@ -74,11 +74,8 @@ class ChildSegments:
             if self.hook_failures:
                 # Beside the segment, before it is published: the main session reads it with the
                 # segment, and its end record then says the recording cannot vouch for its replay.
-                try:
-                    with open(finished + FAILURES_SUFFIX, "w", encoding="utf-8") as failures:
-                        json.dump({"role": self.role, "hook_failures": self.hook_failures}, failures)
-                except OSError:
-                    pass  # never raised into the worker's exit; the failure was printed on stderr
+                # Not written: the failure was printed on stderr already.
+                _write_child_file(finished + FAILURES_SUFFIX, {"role": self.role, "hook_failures": self.hook_failures})
             os.replace(partial, finished)
             return
         report_path = self.settings.get("report_path")
@@ -86,38 +83,41 @@ class ChildSegments:
             if self.trace is not None and self.trace.complete:
                 for kind, message in self._unused_events():
                     self.mismatch(kind, f"{self.role}: {message}")
-            # Whole or not at all: the main session reads a half-written report as a failure, and a
-            # missing one as a child that did not finish (a worker that died with the run).
-            writing = f"{report_path}.{os.getpid()}.tmp"
-            try:
-                with open(writing, "w", encoding="utf-8") as report:
-                    json.dump({"divergences": [d._asdict() for d in self.divergences + self.mismatches],
-                               "checks": self.checked, "role": self.role, "hook_failures": self.hook_failures},
-                              report)
-                os.replace(writing, report_path)
-            except Exception as exc:  # noqa: BLE001 - never raised into the worker's exit
-                print(f"detrun: warning: {self.role}: cannot write its replay report: {exc}", file=sys.stderr)
-                try:
-                    os.unlink(writing)
-                except OSError:
-                    pass
+            # Not written: the main session reads a missing report as a child that did not finish.
+            failed = _write_child_file(report_path, {
+                "divergences": [d._asdict() for d in self.divergences + self.mismatches],
+                "checks": self.checked, "role": self.role, "hook_failures": self.hook_failures})
+            if failed is not None:
+                print(f"detrun: warning: {self.role}: cannot write its replay report: {failed}", file=sys.stderr)
 
     def _take_child_failures(self, data: dict[str, Any]) -> None:
         """Add a child's hook failures, from its failures file or its report, named by its role."""
         self.hook_failures.extend(f"{data['role']}: {failure}" for failure in data["hook_failures"])
 
-    def _take_segment_failures(self, path: str) -> None:
-        """Add the hook failures a child noted while recording its segment (written only if it had any)."""
+    def _take_child_report(self, data: dict[str, Any]) -> None:
+        """Add a replay child's divergences, checks and hook failures."""
+        for item in data["divergences"]:
+            found = Divergence(**item)
+            (self.mismatches if found.check == "event" else self.divergences).append(found)
+        for name, count in data["checks"].items():
+            self.count_check(name, int(count))
+        self._take_child_failures(data)
+
+    def _take_child_file(self, path: str, what: str, take: Callable[[dict[str, Any]], None]) -> None:
+        """Read a child's JSON file into `take` and remove it; an unreadable one is a hook failure.
+
+        A missing file is none: a recording child writes its failures file only if it had any, and a
+        child that did not finish wrote no report (as a recording drops its unfinished segment).
+        """
         try:
-            with open(path, encoding="utf-8") as failures:
-                data = json.load(failures)
+            with open(path, encoding="utf-8") as child_file:
+                take(json.load(child_file))
             os.unlink(path)
-            self._take_child_failures(data)
         except FileNotFoundError:
-            return  # the usual case: no hook failed in that child
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            # Unreadable: a failure all the same, or the trace would vouch for a segment that did not.
-            self.hook_failures.append(f"reading a child's hook failures: {type(exc).__name__}: {exc}")
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Unreadable: the trace would vouch for a segment, or the verdict for checks, nobody saw.
+            self.hook_failures.append(f"reading a child's {what}: {type(exc).__name__}: {exc}")
 
     def _merge_children(self) -> None:
         """Fold finished child segments into the trace, or child divergences into the verdict."""
@@ -127,23 +127,26 @@ class ChildSegments:
                 if os.path.exists(unfinished + ".partial"):
                     os.unlink(unfinished + ".partial")
             for path in finished:
-                self._take_segment_failures(path + FAILURES_SUFFIX)
+                self._take_child_file(path + FAILURES_SUFFIX, "hook failures", self._take_child_failures)
             if finished:
                 self.writer.append_segments(finished)
             return
         for path in self.report_paths:
-            try:
-                with open(path, encoding="utf-8") as report:
-                    data = json.load(report)
-                for item in data["divergences"]:
-                    found = Divergence(**item)
-                    (self.mismatches if found.check == "event" else self.divergences).append(found)
-                for name, count in data["checks"].items():
-                    self.count_check(name, int(count))
-                self._take_child_failures(data)
-                os.unlink(path)
-            except FileNotFoundError:
-                continue  # a child that did not finish: as a recording drops its unfinished segment
-            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-                # Its checks are unknown: a failure, or the verdict would vouch for checks nobody saw.
-                self.hook_failures.append(f"reading a child's replay report: {type(exc).__name__}: {exc}")
+            self._take_child_file(path, "replay report", self._take_child_report)
+
+
+def _write_child_file(path: str, data: dict[str, Any]) -> Exception | None:
+    """Write a child's JSON file whole or not at all; return what stopped it (never raised into the child's exit)."""
+    # Whole: the main session reads a half-written file as a failure.
+    writing = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(writing, "w", encoding="utf-8") as child_file:
+            json.dump(data, child_file)
+        os.replace(writing, path)
+    except Exception as exc:  # noqa: BLE001
+        try:
+            os.unlink(writing)
+        except OSError:
+            pass
+        return exc
+    return None
