@@ -24,6 +24,9 @@ time, for more rounds.
     python benchmarks/overhead.py --only images     # CIFAR-sized batches: where their digest costs CPU
     python benchmarks/overhead.py --rounds 7 --only train
     python benchmarks/overhead.py --rounds 25 --only train --modes record,replay,plain-again
+    python benchmarks/overhead.py --only train --baseline /tmp/old   # also `base-record`/`base-replay`: the
+                                                    # detrun of another checkout (`git worktree add /tmp/old
+                                                    # COMMIT`), in the same interleaved rounds: before and after
     python benchmarks/overhead.py --only startup    # `detrun record/replay hello.py` against `python hello.py`,
                                                     # then a script that imports torch (with a bytecode
                                                     # cache, as an install has)
@@ -72,26 +75,34 @@ def timed(command: list[str], cwd: str, env: dict[str, str] | None = None) -> tu
 
 
 MODES = ("plain", "record", "replay", "rec-every1", "rep-every1", "rec-off", "plain-again")
+BASELINE_MODES = ("base-record", "base-replay")  # with --baseline: another checkout's detrun
 
 
-def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
+def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES, baseline: str | None = None) -> None:
     script, args, unit, units = WORKLOADS[name]
     path = str(HERE / script)
     with tempfile.TemporaryDirectory() as work:
         trace, every1 = os.path.join(work, "trace.zst"), os.path.join(work, "every1.zst")
         modes = mode_commands(path, args, work)
+        base_trace = os.path.join(work, "base.zst")
+        if baseline:  # the same `detrun` entry point, importing the other checkout's package first
+            modes["base-record"] = [*DETRUN, "record", "-q", "--force", "-o", base_trace, path, *args]
+            modes["base-replay"] = [*DETRUN, "replay", "-q", base_trace, path, *args]
         # Every mode with a bytecode cache, as a user's install has: without it, each detrun process
         # (and each DataLoader worker that imports a detrun module) recompiles it inside the loop.
         if name in DATA_ONLY:  # no training steps: the digest cadence changes nothing, and the rounds are shorter
             del modes["rec-every1"], modes["rep-every1"]
         env = startup_env(os.path.join(work, "pycache"))
+        # Its own bytecode cache too: the two checkouts' files share paths below the tree only.
+        envs = {mode: {**startup_env(os.path.join(work, "base-pycache")), "PYTHONPATH": baseline}
+                for mode in BASELINE_MODES if baseline}
         # Warm the file and bytecode caches, and write the replays' traces: `record` always (its trace's
         # size is printed), the others when they or their replay run.
         warm = {"record": True, "rec-every1": bool({"rec-every1", "rep-every1"} & set(wanted)),
-                "rec-off": "rec-off" in wanted}
+                "rec-off": "rec-off" in wanted, "base-record": bool(baseline)}
         for mode, needed in warm.items():
             if needed and mode in modes:
-                timed(modes[mode], work, env)
+                timed(modes[mode], work, envs.get(mode, env))
         modes = {mode: command for mode, command in modes.items() if mode in wanted or mode == "plain"}
         loops: dict[str, list[float]] = {mode: [] for mode in modes}
         cpus: dict[str, list[float]] = {mode: [] for mode in modes}
@@ -103,7 +114,7 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES) -> None:
             # no mode always runs first, or always after the same one: a run seems to slow the next.
             shuffle(order)
             for mode in order:
-                loop, cpu, wall, output = timed(modes[mode], work, env)
+                loop, cpu, wall, output = timed(modes[mode], work, envs.get(mode, env))
                 loops[mode].append(loop)
                 cpus[mode].append(cpu)
                 walls[mode].append(wall)
@@ -222,16 +233,23 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted([*WORKLOADS, "startup"]))
     parser.add_argument("--modes", default=",".join(MODES[1:]),
                         help=f"comma-separated, plain always runs (default: {','.join(MODES[1:])})")
+    parser.add_argument("--baseline", metavar="TREE",
+                        help="another checkout of detrun (e.g. `git worktree add /tmp/old COMMIT`): adds its "
+                             "record and replay as base-record and base-replay, in the same rounds")
     options = parser.parse_args()
     wanted = tuple(mode.strip() for mode in options.modes.split(","))
-    unknown = sorted(set(wanted) - set(MODES))
+    if options.baseline:
+        if not Path(options.baseline, "detrun", "__init__.py").is_file():
+            parser.error(f"--baseline {options.baseline}: no detrun package there")
+        wanted += tuple(mode for mode in BASELINE_MODES if mode not in wanted)
+    unknown = sorted(set(wanted) - set(MODES) - (set(BASELINE_MODES) if options.baseline else set()))
     if unknown:
         parser.error(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     for name in [options.only] if options.only else [*WORKLOADS, "startup"]:
         if name == "startup":
             measure_startup(max(options.rounds, 9))
         else:
-            measure(name, options.rounds, wanted)
+            measure(name, options.rounds, wanted, options.baseline)
 
 
 if __name__ == "__main__":
