@@ -83,23 +83,20 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES, baseline: s
     path = str(HERE / script)
     with tempfile.TemporaryDirectory() as work:
         trace, every1 = os.path.join(work, "trace.zst"), os.path.join(work, "every1.zst")
-        modes = mode_commands(path, args, work)
-        base_trace = os.path.join(work, "base.zst")
-        if baseline:  # the same `detrun` entry point, importing the other checkout's package first
-            modes["base-record"] = [*DETRUN, "record", "-q", "--force", "-o", base_trace, path, *args]
-            modes["base-replay"] = [*DETRUN, "replay", "-q", base_trace, path, *args]
+        modes = mode_commands(path, args, work, with_baseline=bool(baseline))
         # Every mode with a bytecode cache, as a user's install has: without it, each detrun process
         # (and each DataLoader worker that imports a detrun module) recompiles it inside the loop.
         if name in DATA_ONLY:  # no training steps: the digest cadence changes nothing, and the rounds are shorter
             del modes["rec-every1"], modes["rep-every1"]
         env = startup_env(os.path.join(work, "pycache"))
-        # Its own bytecode cache too: the two checkouts' files share paths below the tree only.
-        envs = {mode: {**startup_env(os.path.join(work, "base-pycache")), "PYTHONPATH": baseline}
-                for mode in BASELINE_MODES if baseline}
+        envs: dict[str, dict[str, str]] = {}
+        if baseline:  # the other checkout first on the path, with a bytecode cache of its own
+            envs = dict.fromkeys(BASELINE_MODES, {**startup_env(os.path.join(work, "base-pycache")),
+                                                  "PYTHONPATH": baseline})
         # Warm the file and bytecode caches, and write the replays' traces: `record` always (its trace's
         # size is printed), the others when they or their replay run.
         warm = {"record": True, "rec-every1": bool({"rec-every1", "rep-every1"} & set(wanted)),
-                "rec-off": "rec-off" in wanted, "base-record": bool(baseline)}
+                "rec-off": "rec-off" in wanted, "base-record": True}
         for mode, needed in warm.items():
             if needed and mode in modes:
                 timed(modes[mode], work, envs.get(mode, env))
@@ -148,9 +145,18 @@ def measure(name: str, rounds: int, wanted: tuple[str, ...] = MODES, baseline: s
     print(f"trace: {size} bytes = {size / units:.2f} bytes per {each} ({units} {unit}){every1_note}")
 
 
-def mode_commands(path: str, args: list[str], work: str) -> dict[str, list[str]]:
-    """Return each mode's command for a workload script, with its traces in `work` (instructions.py's too)."""
+def mode_commands(path: str, args: list[str], work: str, with_baseline: bool = False) -> dict[str, list[str]]:
+    """Return each mode's command for a workload script, with its traces in `work` (instructions.py's too).
+
+    With `with_baseline`, base-record and base-replay too: the same commands on a trace of their
+    own, which measure() runs with the other checkout first on PYTHONPATH.
+    """
     trace, every1 = os.path.join(work, "trace.zst"), os.path.join(work, "every1.zst")
+    base_trace = os.path.join(work, "base.zst")
+    baseline_modes = {
+        "base-record": [*DETRUN, "record", "-q", "--force", "-o", base_trace, path, *args],
+        "base-replay": [*DETRUN, "replay", "-q", base_trace, path, *args],
+    } if with_baseline else {}
     return {
         "plain": [sys.executable, path, *args],
         "record": [*DETRUN, "record", "-q", "--force", "-o", trace, path, *args],
@@ -163,6 +169,7 @@ def mode_commands(path: str, args: list[str], work: str) -> dict[str, list[str]]
                     path, *args],
         # The control: the same command as plain, so its ratio is the machine's noise alone.
         "plain-again": [sys.executable, path, *args],
+        **baseline_modes,
     }
 
 
@@ -242,7 +249,7 @@ def main() -> None:
         if not Path(options.baseline, "detrun", "__init__.py").is_file():
             parser.error(f"--baseline {options.baseline}: no detrun package there")
         wanted += tuple(mode for mode in BASELINE_MODES if mode not in wanted)
-    unknown = sorted(set(wanted) - set(MODES) - (set(BASELINE_MODES) if options.baseline else set()))
+    unknown = sorted(set(wanted) - set(MODES) - set(BASELINE_MODES if options.baseline else ()))
     if unknown:
         parser.error(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     for name in [options.only] if options.only else [*WORKLOADS, "startup"]:
